@@ -1,0 +1,25 @@
+"""Command-line plumbing shared by the jobs: `--config FILE` plus `--set dotted.key=value` overrides."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from raytrain.config import Config, ConfigError, load_config
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", required=True, help="YAML config (see jobs/configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.total_steps=10 (repeatable)")
+    return p
+
+
+def load(args: argparse.Namespace, extra: list[str] = ()) -> Config:
+    """The validated config, or exit 2 with a message that names every bad key."""
+    try:
+        return load_config(args.config, [*args.set, *extra])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

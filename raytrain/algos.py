@@ -1,0 +1,182 @@
+"""Advantage, policy-loss and KL functions of the DAPO/GRPO family (SPEC section 4).
+
+Small pure torch functions in the style of verl's ``core_algos``:
+- GRPO: Shao et al. 2024, "DeepSeekMath", arXiv 2402.03300.
+- DAPO: Yu et al. 2025, "DAPO: an open-source LLM RL system at scale", arXiv 2503.14476.
+- Dr.GRPO: Liu et al. 2025, "Understanding R1-Zero-Like Training", arXiv 2503.20783.
+- KL estimators k1/k2/k3: Schulman 2020, "Approximating KL divergence".
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
+KLKind = Literal["k1", "k2", "k3"]
+
+# exp() of a log-ratio beyond this overflows or yields useless gradients;
+# verl clamps at the same bound.
+_MAX_LOG_RATIO = 20.0
+
+
+def _groups(values: Tensor, group_size: int) -> Tensor:
+    if group_size < 1 or values.numel() % group_size:
+        raise ValueError(
+            f"{values.numel()} values cannot be split into groups of group_size={group_size}"
+        )
+    return values.reshape(-1, group_size)
+
+
+def _safe_div(numerator: Tensor, denominator: Tensor) -> Tensor:
+    # An empty denominator only occurs with an all-zero numerator; dividing by
+    # 1 then returns 0 while keeping the graph connected for backward().
+    return numerator / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` over positions where ``mask`` is nonzero; 0 when there are none."""
+    keep = mask.bool()
+    # where() rather than x * mask so inf/nan at padded positions cannot leak in.
+    return _safe_div(torch.where(keep, x, 0).sum(), keep.sum().to(x.dtype))
+
+
+def group_advantages(
+    rewards: Tensor,
+    group_size: int,
+    *,
+    eps: float = 1e-6,
+    scale: Literal["std", "none"] = "std",
+) -> Tensor:
+    """Group-relative outcome advantages (GRPO, Shao et al. 2024; DAPO, Yu et al. 2025).
+
+    ``rewards`` holds ``num_groups * group_size`` values, each group (the G
+    responses of one prompt) contiguous. ``scale="std"`` gives
+    A_i = (R_i - mean_g) / (std_g + eps) with the unbiased (Bessel-corrected)
+    std, torch's default and what verl uses; ``scale="none"`` is Dr.GRPO
+    (Liu et al. 2025), which drops the division to remove the
+    question-difficulty bias: A_i = R_i - mean_g.
+    """
+    if scale not in ("std", "none"):
+        raise ValueError(f"scale must be 'std' or 'none', got {scale!r}")
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2 for a group baseline, got {group_size}")
+    grouped = _groups(rewards, group_size)
+    if not grouped.is_floating_point():
+        grouped = grouped.float()
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale == "std":
+        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
+    return centred.reshape(rewards.shape)
+
+
+def informative_groups(values: Tensor, group_size: int) -> Tensor:
+    """DAPO dynamic sampling (Yu et al. 2025): True for groups whose values are not all equal.
+
+    A group where every response scores the same has zero advantage and so
+    contributes no gradient; DAPO drops it and samples more prompts.
+    """
+    grouped = _groups(values, group_size)
+    return (grouped != grouped[:, :1]).any(dim=1)
+
+
+def policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    clip_ratio_c: float | None = None,
+    loss_agg: LossAgg = "token-mean",
+    num_tokens: float | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Clipped surrogate policy loss with decoupled clip range (DAPO Clip-Higher).
+
+    Tensors are ``[B, T]`` over response tokens; ``advantages`` may be ``[B]``
+    (one per response, broadcast to its tokens) or ``[B, T]``. Per token,
+    loss = -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A) with
+    r = exp(logprobs - old_logprobs). ``clip_ratio_c`` (> 1) adds dual clip
+    (Ye et al. 2019, arXiv 1912.09729; verl's ``clip_ratio_c``): for A < 0 the
+    loss is capped at -c A so a huge ratio cannot blow up the update.
+
+    ``loss_agg``:
+    - ``"token-mean"``: sum over all response tokens / token count (DAPO
+      token-level loss). ``num_tokens`` replaces the local count, so a
+      data-parallel caller can normalise by the global batch's tokens; the
+      caller then owns the rescaling for its gradient all-reduce (which
+      averages over ranks, so pass global_tokens / world_size).
+    - ``"seq-mean-token-mean"``: mean over responses of the per-response
+      token mean (GRPO, Shao et al. 2024).
+    - ``"seq-mean-token-sum"``: mean over responses of the per-response token
+      sum (Dr.GRPO, Liu et al. 2025).
+    Responses without any unmasked token (padding rows, overlong-filtered
+    responses) do not count in the seq-mean modes. An all-masked batch gives
+    a zero loss that still backpropagates (zero gradients).
+
+    Stats (floats over unmasked tokens): ``clip_frac`` (the clipped branch was
+    the one taken), ``ratio_mean``, ``approx_kl`` (mean of old - new logprob).
+    """
+    if clip_ratio_c is not None and clip_ratio_c <= 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1, got {clip_ratio_c}")
+    if loss_agg not in get_args(LossAgg):
+        raise ValueError(f"loss_agg must be one of {get_args(LossAgg)}, got {loss_agg!r}")
+    if num_tokens is not None and loss_agg != "token-mean":
+        raise ValueError(f"num_tokens only applies to loss_agg='token-mean', not {loss_agg!r}")
+    if num_tokens is not None and num_tokens < 0:
+        raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)
+    keep = mask.bool()
+
+    log_ratio = torch.clamp(logprobs - old_logprobs, -_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    token_loss = torch.maximum(unclipped, clipped)
+    if clip_ratio_c is not None:
+        token_loss = torch.where(
+            advantages < 0, torch.minimum(token_loss, -advantages * clip_ratio_c), token_loss
+        )
+    token_loss = torch.where(keep, token_loss, 0)
+
+    if loss_agg == "token-mean":
+        count = keep.sum() if num_tokens is None else torch.tensor(num_tokens, device=keep.device)
+        loss = _safe_div(token_loss.sum(), count.to(token_loss.dtype))
+    else:
+        seq_tokens = keep.sum(dim=-1).to(token_loss.dtype)
+        seq_loss = token_loss.sum(dim=-1)
+        if loss_agg == "seq-mean-token-mean":
+            seq_loss = _safe_div(seq_loss, seq_tokens)
+        loss = _safe_div(seq_loss.sum(), (seq_tokens > 0).sum().to(token_loss.dtype))
+
+    with torch.no_grad():
+        stats = {
+            "clip_frac": masked_mean((clipped > unclipped).to(ratio.dtype), keep).item(),
+            "ratio_mean": masked_mean(ratio, keep).item(),
+            "approx_kl": masked_mean(-log_ratio, keep).item(),
+        }
+    return loss, stats
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: KLKind) -> Tensor:
+    """Per-token estimate of KL(pi_theta || pi_ref) from sampled-token logprobs (Schulman 2020).
+
+    With d = logprobs - ref_logprobs: k1 = d (unbiased, high variance),
+    k2 = d^2 / 2 (biased, low variance), k3 = exp(-d) + d - 1 (unbiased,
+    low variance, always >= 0; the "low-variance KL" of GRPO, Shao et al. 2024).
+    """
+    diff = logprobs - ref_logprobs
+    if kind == "k1":
+        return diff
+    if kind == "k2":
+        return 0.5 * diff.square()
+    if kind == "k3":
+        # Clamped like the policy ratio: exp(-d) overflows for tokens the
+        # policy has all but abandoned.
+        neg = torch.clamp(-diff, -_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+        return torch.exp(neg) - neg - 1.0
+    raise ValueError(f"kind must be one of {get_args(KLKind)}, got {kind!r}")

@@ -1,0 +1,193 @@
+"""The one configuration system: typed, documented, strict.
+
+Every option is declared once here with its default and, where it comes from a
+paper, the citation. YAML files under `jobs/configs/` fill these models;
+an unknown key or a wrong type fails at start with the key's dotted path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Strict):
+    name: str = Field("run", description="Run name; checkpoints and metrics go to `output_dir`.")
+    output_dir: Path = Field(Path("runs/run"), description="Where checkpoints, metrics and reports are written. Re-running with the same directory resumes.")
+    seed: int = Field(0, description="Seed for data order, sampling and initialisation.")
+
+
+class LoraConfig(_Strict):
+    """LoRA (Hu et al. 2021, arXiv 2106.09685). BusterX++ trains r=16, alpha=32."""
+
+    enabled: bool = Field(False, description="Train a LoRA adapter instead of all weights.")
+    r: int = Field(16, gt=0, description="Adapter rank.")
+    alpha: int = Field(32, gt=0, description="Scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names (language model) that receive adapters.",
+    )
+
+
+class ModelConfig(_Strict):
+    path: str = Field(..., description="Hugging Face folder or hub name, e.g. `Qwen/Qwen2.5-VL-7B-Instruct`.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="Weight dtype; use float32 on CPU.")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with a checkpoint. Off unless you trust it.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory in the trainer.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class DataConfig(_Strict):
+    manifest: Path = Field(..., description="Parquet manifest (see `raytrain.manifest`).")
+    train_split: str = Field("train", description="Manifest split used for training.")
+    eval_split: str = Field("test", description="Manifest split used for held-out evaluation.")
+    num_frames: int = Field(16, gt=0, description="Frames sampled uniformly per video (BusterX++: 16).")
+    max_pixels: int = Field(448 * 448, gt=0, description="Per-frame pixel cap: bounds visual tokens of a 1080p clip.")
+    min_pixels: int = Field(28 * 28, gt=0, description="Per-frame pixel floor.")
+    prompt: str = Field(
+        "Is this {media} real or fake? Think inside <think></think>, then answer real or fake inside <answer></answer>.",
+        description="User prompt; `{media}` becomes `video` or `image`.",
+    )
+    answer_format: Literal["word", "letter"] = Field("word", description="`word`: real/fake; `letter`: the BusterX++ `\\boxed{A|B}` form.")
+    epochs: int = Field(1, gt=0, description="Passes over the training split (each reshuffled).")
+    decode_concurrency: int = Field(2, gt=0, description="Parallel Ray Data decode tasks.")
+    max_rows: int | None = Field(None, gt=0, description="Use only the first N rows of each split (quick tests).")
+
+
+class SamplingConfig(_Strict):
+    group_size: int = Field(8, gt=0, description="G: responses sampled per prompt (DAPO: 8; 4 fits one 40 GB GPU).")
+    temperature: float = Field(1.0, gt=0, description="Rollout temperature (DAPO: 1.0).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (PRPO: 0.7).")
+    max_new_tokens: int = Field(768, gt=0, description="Response length limit; a response hitting it is truncated.")
+
+
+class RolloutConfig(_Strict):
+    engine: Literal["transformers"] = Field("transformers", description="Generation backend (vLLM: a later engine).")
+    num_actors: int = Field(1, gt=0, description="Rollout actors; training workers are spread over them.")
+    num_cpus: float = Field(1, gt=0, description="CPUs reserved per rollout actor.")
+    num_gpus: float = Field(0, ge=0, description="GPUs per rollout actor (0 on CPU).")
+    torch_threads: int = Field(1, gt=0, description="Intra-op threads of a rollout actor on CPU.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+
+class RewardConfig(_Strict):
+    """Outcome rewards of SPEC section 3 (DAPO / BusterX++)."""
+
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"format": 1.0, "overlong": 1.0, "accuracy": 1.0},
+        description="Enabled components and their weights in the total reward R.",
+    )
+    max_len: int = Field(750, gt=0, description="L_max of the soft overlong punishment (DAPO section 3.4).")
+    overlong_buffer: int = Field(150, gt=0, description="L_c: the punishment ramps over the last L_c tokens before L_max.")
+
+    @model_validator(mode="after")
+    def _known_components(self):
+        known = {"format", "overlong", "accuracy"}
+        unknown = set(self.weights) - known
+        if unknown:
+            raise ValueError(f"unknown reward component(s) {sorted(unknown)}; known: {sorted(known)}")
+        if self.overlong_buffer > self.max_len:
+            raise ValueError("overlong_buffer must not exceed max_len")
+        return self
+
+
+class AlgorithmConfig(_Strict):
+    """DAPO (Yu et al. 2025, arXiv 2503.14476); GRPO and Dr.GRPO are settings of it."""
+
+    clip_low: float = Field(0.2, ge=0, description="epsilon_low of Clip-Higher.")
+    clip_high: float = Field(0.28, ge=0, description="epsilon_high of Clip-Higher (decoupled; GRPO uses 0.2).")
+    clip_ratio_c: float | None = Field(None, gt=1, description="Dual-clip constant for negative advantages (verl's clip_ratio_c); off when null.")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = Field(
+        "token-mean", description="token-mean: DAPO token-level loss; seq-mean-token-mean: GRPO; seq-mean-token-sum: Dr.GRPO."
+    )
+    advantage_scale: Literal["std", "none"] = Field("std", description="`none` drops the std division (Dr.GRPO, arXiv 2503.20783).")
+    dynamic_sampling: bool = Field(True, description="Drop groups whose `filter_metric` has zero variance and draw more prompts.")
+    filter_metric: Literal["accuracy", "total"] = Field("accuracy", description="Reward component whose variance decides informativeness.")
+    max_generation_rounds: int = Field(4, gt=0, description="Generation rounds per step before training on what was kept.")
+    overlong_filter: bool = Field(False, description="Mask the loss of truncated responses (DAPO overlong filtering).")
+    kl_coef: float = Field(0.0, ge=0, description="beta of a KL penalty to the initial policy; 0 (DAPO default) loads no reference model.")
+    kl_kind: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (Schulman 2020); k3 is GRPO's low-variance one.")
+    max_staleness: int = Field(0, ge=0, description="Largest allowed gap between the trainer's policy version and a rollout's; larger fails loudly.")
+
+
+class SFTConfig(_Strict):
+    answer: Literal["label", "random"] = Field(
+        "label", description="`label`: teach the true answer; `random`: teach only the response format (demo warm-up)."
+    )
+    think: str = Field("I look at the faces, lips, textures and motion.", description="Reasoning text of the template target.")
+
+
+class TrainConfig(_Strict):
+    algorithm: Literal["dapo", "sft"] = Field("dapo", description="Update rule of the Ray Train workers.")
+    num_workers: int = Field(2, gt=0, description="Ray Train workers (data-parallel ranks).")
+    use_gpu: bool = Field(False, description="One GPU per worker and the NCCL backend; gloo on CPU.")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker.")
+    torch_threads: int = Field(1, gt=0, description="Intra-op threads per worker on CPU.")
+    total_steps: int = Field(100, gt=0, description="Optimizer steps of the run.")
+    prompts_per_worker: int = Field(4, gt=0, description="Prompts (groups, for RL) per worker per step.")
+    lr: float = Field(1e-6, gt=0, description="Learning rate (DAPO full fine-tune: 1e-6; LoRA: 1e-5).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
+    checkpoint_every: int = Field(50, gt=0, description="Steps between checkpoints (the last step always checkpoints).")
+    keep_checkpoints: int = Field(2, gt=0, description="Checkpoints kept on storage.")
+    max_failures: int = Field(2, ge=0, description="Worker-group restarts from the last checkpoint before giving up.")
+
+
+class ClusterConfig(_Strict):
+    num_cpus: int | None = Field(None, gt=0, description="Logical CPUs of the embedded local Ray (ignored when joining a cluster).")
+    dashboard: bool = Field(False, description="Start the dashboard with the embedded Ray (bound to 127.0.0.1).")
+
+
+class Config(_Strict):
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig
+    data: DataConfig
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+
+class ConfigError(ValueError):
+    """A config file that does not validate; the message names every bad key."""
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML config; `overrides` are `dotted.key=yaml_value` strings (CLI `--set`)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read config: {e}") from e
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict, source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(lines)) from None

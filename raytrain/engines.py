@@ -1,0 +1,92 @@
+"""Rollout engines: G sampled responses per prompt, with log-probabilities and the weight version.
+
+`RolloutEngine` is the interface the rollout actor holds; `TransformersEngine`
+implements it with `model.generate` (CPU and small GPU runs). A vLLM engine
+implements the same three members.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from raytrain.config import ModelConfig, SamplingConfig
+from raytrain.models import load_policy, load_processor, load_sync_state
+from raytrain.policy import Prompt, Sample, masked_logprobs, token_type_ids, vision_inputs, vision_special_ids
+
+
+class RolloutEngine(Protocol):
+    version: int
+
+    def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample]]:
+        """`sampling.group_size` samples per prompt (one when `greedy`)."""
+
+    def update_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
+        """Serve `state` from now on; returns the version now served."""
+
+
+class TransformersEngine:
+    def __init__(self, cfg: ModelConfig, *, weights: str | None = None, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.processor = load_processor(cfg)
+        self.model = load_policy(cfg, weights=weights).to(self.device).eval()
+        tok = self.processor.tokenizer
+        self.eos_id = tok.convert_tokens_to_ids("<|im_end|>")
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
+        self.image_token_id = self.processor.image_token_id
+        self.video_token_id = self.processor.video_token_id
+        self.suppress_ids = vision_special_ids(self.processor)
+        self.version = 0
+
+    @torch.no_grad()
+    def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample]]:
+        n = 1 if greedy else sampling.group_size
+        return [self._generate_one(p, sampling, n, greedy) for p in prompts]
+
+    def _generate_one(self, prompt: Prompt, sampling: SamplingConfig, n: int, greedy: bool) -> list[Sample]:
+        input_ids = torch.from_numpy(prompt.input_ids).long().unsqueeze(0)
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "mm_token_type_ids": token_type_ids(input_ids, self.image_token_id, self.video_token_id),
+            **vision_inputs([prompt]),
+        }
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        sample_args = {"do_sample": False} if greedy else {
+            "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
+        }
+        out = self.model.generate(
+            **inputs,
+            **sample_args,
+            num_return_sequences=n,
+            max_new_tokens=sampling.max_new_tokens,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+            suppress_tokens=self.suppress_ids,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        new_tokens = out.sequences[:, input_ids.shape[1]:].cpu()
+        # From raw logits: the policy's own (temperature-scaled) distribution, which the trainer recomputes.
+        logprobs = masked_logprobs(
+            torch.stack(out.logits, dim=1).cpu(), new_tokens,
+            temperature=1.0 if greedy else sampling.temperature, suppress_ids=self.suppress_ids,
+        )
+        samples = []
+        for row, row_logp in zip(new_tokens.tolist(), logprobs.tolist()):
+            length = row.index(self.eos_id) + 1 if self.eos_id in row else len(row)
+            ids = row[:length]
+            samples.append(Sample(
+                token_ids=ids,
+                logprobs=row_logp[:length],
+                text=self.processor.tokenizer.decode(ids, skip_special_tokens=True),
+                truncated=self.eos_id not in ids,
+                version=self.version,
+            ))
+        return samples
+
+    def update_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
+        load_sync_state(self.model, {k: v.to(self.device) for k, v in state.items()})
+        self.version = version
+        return self.version

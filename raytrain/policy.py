@@ -1,0 +1,119 @@
+"""Turning processed prompts and sampled responses into model inputs and log-probabilities.
+
+Shared by the rollout engine (generation) and the trainer (the policy-gradient
+forward pass), so both see exactly the same tokens, pixels and positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Prompt:
+    """One processed prompt: chat-template tokens with vision placeholders expanded, plus its pixels."""
+
+    key: str  # unique per (epoch, row): the unit of data-position bookkeeping
+    id: str
+    path: str
+    label: str
+    category: str
+    input_ids: np.ndarray  # int64 [L]
+    pixel_values: np.ndarray  # float32 [patches, C*T*P*P]
+    grid_thw: np.ndarray  # int64 [3]
+    is_video: bool
+    second_per_grid_t: float = 1.0
+
+
+@dataclass
+class Sample:
+    """One sampled response and what produced it."""
+
+    token_ids: list[int]
+    logprobs: list[float]  # under the sampling policy (temperature-scaled raw logits)
+    text: str
+    truncated: bool  # hit max_new_tokens without an end-of-sequence token
+    version: int  # policy weight version that generated it
+    extra: dict = field(default_factory=dict)
+
+
+def vision_special_ids(processor) -> list[int]:
+    """Tokens a response must never contain: a sampled `<|video_pad|>` would make the trainer's
+    forward expect pixels that do not exist. Generation and training both mask them out."""
+    tok = processor.tokenizer
+    ids = {processor.image_token_id, processor.video_token_id}
+    for name in ("<|vision_start|>", "<|vision_end|>"):
+        token_id = tok.convert_tokens_to_ids(name)
+        if token_id is not None and token_id != tok.unk_token_id:
+            ids.add(token_id)
+    return sorted(ids)
+
+
+def masked_logprobs(logits: torch.Tensor, tokens: torch.Tensor, *, temperature: float, suppress_ids: list[int]) -> torch.Tensor:
+    """log-probabilities of `tokens` under softmax(logits / temperature) with `suppress_ids` removed:
+    the distribution the rollout samples from, so trainer and engine compute the same numbers."""
+    logits = logits.float() / temperature
+    if not suppress_ids:
+        return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    logits[..., suppress_ids] = float("-inf")
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    # Suppressed tokens occur only inside prompts (vision placeholders), never in a response:
+    # 0 there keeps -inf out of masked sums (0 * -inf is nan).
+    return logp.masked_fill(torch.isin(tokens, torch.tensor(suppress_ids, device=tokens.device)), 0.0)
+
+
+def token_type_ids(input_ids: torch.Tensor, image_token_id: int, video_token_id: int) -> torch.Tensor:
+    """Qwen2.5-VL's `mm_token_type_ids` (0 text, 1 image, 2 video): M-RoPE positions depend on it."""
+    return (input_ids == image_token_id).long() + 2 * (input_ids == video_token_id).long()
+
+
+def vision_inputs(prompts: list[Prompt]) -> dict[str, torch.Tensor]:
+    """Concatenate the pixels of a batch in sequence order, split by modality as Qwen2.5-VL expects."""
+    out: dict[str, torch.Tensor] = {}
+    for is_video, pv_key, grid_key in ((False, "pixel_values", "image_grid_thw"), (True, "pixel_values_videos", "video_grid_thw")):
+        chosen = [p for p in prompts if p.is_video == is_video]
+        if chosen:
+            out[pv_key] = torch.from_numpy(np.concatenate([p.pixel_values for p in chosen])).float()
+            out[grid_key] = torch.from_numpy(np.stack([p.grid_thw for p in chosen])).long()
+    videos = [p for p in prompts if p.is_video]
+    if videos:
+        out["second_per_grid_ts"] = torch.tensor([p.second_per_grid_t for p in videos])
+    return out
+
+
+def collate(prompts: list[Prompt], responses: list[list[int]], *, pad_id: int, image_token_id: int, video_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+response batch with a mask over response tokens.
+
+    `prompts[i]` is the prompt of `responses[i]` (a group repeats its prompt G times).
+    `response_mask[i, t]` marks positions whose token is a response token.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
+    seqs = [np.concatenate([p.input_ids, np.asarray(r, dtype=np.int64)]) for p, r in zip(prompts, responses)]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    response_mask = torch.zeros_like(input_ids, dtype=torch.float32)
+    for i, (seq, p) in enumerate(zip(seqs, prompts)):
+        input_ids[i, : len(seq)] = torch.from_numpy(seq)
+        attention_mask[i, : len(seq)] = 1
+        response_mask[i, len(p.input_ids) : len(seq)] = 1
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "mm_token_type_ids": token_type_ids(input_ids, image_token_id, video_token_id),
+        "response_mask": response_mask,
+    }
+    batch.update(vision_inputs(prompts))
+    return batch
+
+
+def token_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float = 1.0, suppress_ids: list[int] = ()) -> torch.Tensor:
+    """log pi(token_t | tokens_<t) for every position t >= 1 (position 0 gets 0), shape [B, L]."""
+    inputs = {k: v for k, v in batch.items() if k != "response_mask"}
+    logits = model(**inputs, use_cache=False).logits[:, :-1]
+    logp = masked_logprobs(logits, batch["input_ids"][:, 1:], temperature=temperature, suppress_ids=list(suppress_ids))
+    return torch.nn.functional.pad(logp, (1, 0))

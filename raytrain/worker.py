@@ -1,0 +1,368 @@
+"""The Ray Train worker loop: draw prompts, roll out, reward, update with DeepSpeed, sync weights.
+
+Each data-parallel rank streams its own Ray Data shard and asks its rollout
+actor for G samples per prompt and the reward actor for scores. DAPO keeps only
+informative groups (dynamic sampling) until the rank has its quota, then every
+rank takes one DeepSpeed step on the token-level clipped loss; rank 0 pushes
+the new weights (or only the LoRA adapter) to every rollout actor, versioned.
+The SFT algorithm shares everything but the rollout: the targets are templates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import deepspeed
+import numpy as np
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+
+from raytrain import algos
+from raytrain.checkpoint import DEEPSPEED_TAG, MODEL_DIR, TrainerState
+from raytrain.config import Config, parse_config
+from raytrain.data import prompts_from_batch
+from raytrain.models import export_weights, load_policy, load_processor, sync_state
+from raytrain.policy import Prompt, Sample, collate, token_logprobs, vision_special_ids
+
+
+@dataclass
+class Group:
+    prompt: Prompt
+    samples: list[Sample]
+    scores: list[dict[str, float]]
+
+
+class PromptFeed:
+    """Prompts from this rank's shard, one at a time, skipping consumed keys and recording undecodable media."""
+
+    def __init__(self, shard, batch_size: int, consumed: set[str]):
+        self._batches = iter(shard.iter_batches(batch_size=batch_size, batch_format="numpy"))
+        self._buffer: list[Prompt] = []
+        self._consumed = consumed
+        self.drawn: list[str] = []
+        self.skipped: list[dict] = []
+        self.exhausted = False
+
+    def take(self, n: int) -> list[Prompt]:
+        while len(self._buffer) < n and not self.exhausted:
+            try:
+                prompts, skipped = prompts_from_batch(next(self._batches))
+            except StopIteration:
+                self.exhausted = True
+                break
+            self.skipped += [s for s in skipped if s["key"] not in self._consumed]
+            self.drawn += [s["key"] for s in skipped if s["key"] not in self._consumed]
+            self._buffer += [p for p in prompts if p.key not in self._consumed]
+        out, self._buffer = self._buffer[:n], self._buffer[n:]
+        self.drawn += [p.key for p in out]
+        return out
+
+
+def _deepspeed_config(cfg: Config) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.train.max_grad_norm,
+        "zero_optimization": {"stage": cfg.train.zero_stage, "overlap_comm": False, "contiguous_gradients": True},
+        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "fp16": {"enabled": cfg.model.dtype == "float16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+    }
+
+
+@contextlib.contextmanager
+def _full_params(engine, cfg: Config):
+    """ZeRO-3 shards parameters; gather them (collectively) while reading full weights."""
+    if cfg.train.zero_stage == 3:
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+            yield
+    else:
+        yield
+
+
+def _push_weights(engine, cfg: Config, rollouts: list, version: int, rank: int) -> float:
+    start = time.perf_counter()
+    with _full_params(engine, cfg):
+        state = sync_state(engine.module) if rank == 0 else None
+    if rank == 0:
+        ref = ray.put(state)
+        served = ray.get([a.update_weights.remote(ref, version) for a in rollouts])
+        if any(v != version for v in served):
+            raise RuntimeError(f"weight sync to version {version} did not take effect: actors serve {served}")
+    dist.barrier()
+    return time.perf_counter() - start
+
+
+def _sum_across_ranks(values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _collect_dapo(cfg: Config, feed: PromptFeed, rollout, reward_actor, version: int) -> tuple[list[Group], dict]:
+    """DAPO dynamic sampling: draw prompts until `prompts_per_worker` informative groups or the round limit."""
+    algo, want = cfg.algorithm, cfg.train.prompts_per_worker
+    kept: list[Group] = []
+    drawn = dropped = rounds = 0
+    all_groups: list[Group] = []
+    while len(kept) < want and rounds < algo.max_generation_rounds:
+        prompts = feed.take(want - len(kept))
+        if not prompts:
+            break
+        rounds += 1
+        samples = ray.get(rollout.generate.remote(prompts, cfg.rollout.sampling))
+        flat = [s for group in samples for s in group]
+        stale = max(version - s.version for s in flat)
+        if stale > algo.max_staleness:
+            raise RuntimeError(f"rollouts are {stale} versions behind the trainer (max_staleness={algo.max_staleness})")
+        labels = [p.label for p, group in zip(prompts, samples) for _ in group]
+        scores = ray.get(reward_actor.score.remote([s.text for s in flat], [len(s.token_ids) for s in flat], labels))
+        g = cfg.rollout.sampling.group_size
+        groups = [Group(p, samples[i], scores[i * g:(i + 1) * g]) for i, p in enumerate(prompts)]
+        all_groups += groups
+        drawn += len(groups)
+        if algo.dynamic_sampling:
+            metric = torch.tensor([sc[algo.filter_metric] for sc in scores])
+            informative = algos.informative_groups(metric, g).tolist()
+            dropped += informative.count(False)
+            groups = [grp for grp, ok in zip(groups, informative) if ok]
+        kept += groups
+    stats = _rollout_stats(all_groups)
+    stats.update({"groups_drawn": drawn, "groups_dropped": dropped, "groups_kept": len(kept), "generation_rounds": rounds})
+    return kept, stats
+
+
+def _rollout_stats(groups: list[Group]) -> dict:
+    """Sums over every sampled response (kept or dropped): the policy's actual behaviour."""
+    scores = [sc for grp in groups for sc in grp.scores]
+    samples = [s for grp in groups for s in grp.samples]
+    stats = {f"reward_{k}_sum": sum(sc[k] for sc in scores) for k in (scores[0] if scores else ())}
+    stats["responses"] = len(samples)
+    stats["response_tokens_sum"] = sum(len(s.token_ids) for s in samples)
+    stats["truncated_sum"] = sum(s.truncated for s in samples)
+    return stats
+
+
+def _dapo_tensors(cfg: Config, groups: list[Group], tokenizer_ids: dict) -> dict | None:
+    if not groups:
+        return None
+    g = cfg.rollout.sampling.group_size
+    rewards = torch.tensor([sc["total"] for grp in groups for sc in grp.scores])
+    advantages = algos.group_advantages(rewards, g, scale=cfg.algorithm.advantage_scale)
+    samples = [s for grp in groups for s in grp.samples]
+    batch = collate([grp.prompt for grp in groups for _ in grp.samples], [s.token_ids for s in samples], **tokenizer_ids)
+    old = torch.zeros_like(batch["response_mask"])
+    mask = batch["response_mask"].clone()
+    for i, s in enumerate(samples):
+        positions = batch["response_mask"][i].nonzero().squeeze(-1)
+        old[i, positions] = torch.tensor(s.logprobs)
+        if cfg.algorithm.overlong_filter and s.truncated:
+            mask[i] = 0
+    batch.update({"old_logprobs": old, "advantages": advantages, "loss_mask": mask})
+    return batch
+
+
+def _sft_tensors(cfg: Config, prompts: list[Prompt], tokenizer, tokenizer_ids: dict) -> dict | None:
+    if not prompts:
+        return None
+    targets = []
+    for p in prompts:
+        answer = p.label
+        if cfg.sft.answer == "random":
+            # Seeded by the data key, so a resumed run teaches the same answers.
+            answer = ("real", "fake")[hashlib.sha1(f"{cfg.run.seed}:{p.key}".encode()).digest()[0] % 2]
+        text = f"<think>{cfg.sft.think}</think><answer>{answer}</answer>"
+        targets.append(tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")])
+    batch = collate(prompts, targets, **tokenizer_ids)
+    batch["loss_mask"] = batch["response_mask"]
+    return batch
+
+
+def _zero_loss(engine) -> torch.Tensor:
+    """A rank with nothing to train still joins the gradient all-reduce."""
+    return sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0
+
+
+def _loss(cfg: Config, engine, ref_model, batch: dict | None, global_tokens: float, world: int, suppress: list[int]) -> tuple[torch.Tensor, dict]:
+    if batch is None:
+        return _zero_loss(engine), {}
+    model_inputs = {k: v for k, v in batch.items() if k not in ("old_logprobs", "advantages", "loss_mask")}
+    temperature = cfg.rollout.sampling.temperature if cfg.train.algorithm == "dapo" else 1.0
+    logp = token_logprobs(engine.module, model_inputs, temperature=temperature, suppress_ids=suppress)
+    mask = batch["loss_mask"]
+    # DeepSpeed averages gradients over ranks, so dividing by global_tokens / world makes the
+    # result the DAPO token-level mean over the whole global batch.
+    num_tokens = global_tokens / world
+    if cfg.train.algorithm == "sft":
+        loss = -(logp * mask).sum() / num_tokens
+        return loss, {"sft_nll_sum": float(-(logp.detach() * mask).sum())}
+    algo = cfg.algorithm
+    loss, stats = algos.policy_loss(
+        logp, batch["old_logprobs"], batch["advantages"], mask,
+        clip_low=algo.clip_low, clip_high=algo.clip_high, clip_ratio_c=algo.clip_ratio_c,
+        loss_agg=algo.loss_agg, num_tokens=num_tokens if algo.loss_agg == "token-mean" else None,
+    )
+    if algo.kl_coef > 0:
+        with torch.no_grad():
+            ref_logp = token_logprobs(ref_model, model_inputs, temperature=temperature, suppress_ids=suppress)
+        kl = algos.kl_penalty(logp, ref_logp, algo.kl_kind)
+        kl_term = (kl * mask).sum() / num_tokens
+        loss = loss + algo.kl_coef * kl_term
+        stats["kl"] = float(kl_term)
+    return loss, stats
+
+
+def _save_checkpoint(engine, processor, cfg: Config, state: TrainerState, rank: int, directory: Path) -> None:
+    engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, exclude_frozen_parameters=cfg.model.lora.enabled)
+    with _full_params(engine, cfg):
+        if rank == 0:
+            export_weights(engine.module, processor, directory / MODEL_DIR)
+            state.save(directory)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    cfg = parse_config(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.train.torch_threads)
+    torch.manual_seed(cfg.run.seed + rank)
+
+    rollouts, reward_actor = loop_config["rollout_actors"], loop_config["reward_actor"]
+    processor = load_processor(cfg.model)
+    tokenizer = processor.tokenizer
+    tokenizer_ids = {
+        "pad_id": tokenizer.pad_token_id,
+        "image_token_id": processor.image_token_id,
+        "video_token_id": processor.video_token_id,
+    }
+
+    suppress = vision_special_ids(processor)
+    model = load_policy(cfg.model)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    ref_model = None
+    if cfg.train.algorithm == "dapo" and cfg.algorithm.kl_coef > 0:
+        frozen = cfg.model.model_copy(update={"lora": cfg.model.lora.model_copy(update={"enabled": False})})
+        ref_model = load_policy(frozen).eval().requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=_deepspeed_config(cfg))
+
+    state = TrainerState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            engine.load_checkpoint(d, tag=DEEPSPEED_TAG, load_module_strict=not cfg.model.lora.enabled)
+            state = TrainerState.load(d)
+        if rollouts:
+            _push_weights(engine, cfg, rollouts, state.version, rank)
+        if rank == 0:
+            print(f"[train] resumed at step {state.step} (policy version {state.version}, {len(state.consumed)} prompts consumed)", flush=True)
+
+    feed = PromptFeed(ray.train.get_dataset_shard("train"), cfg.train.prompts_per_worker, set(state.consumed))
+    rollout = rollouts[rank % len(rollouts)] if rollouts else None
+    out_dir = Path(cfg.run.output_dir)
+    engine.train()
+    while state.step < cfg.train.total_steps:
+        t0 = time.perf_counter()
+        if cfg.train.algorithm == "dapo":
+            groups, stats = _collect_dapo(cfg, feed, rollout, reward_actor, state.version)
+            batch = _dapo_tensors(cfg, groups, tokenizer_ids)
+        else:
+            prompts = feed.take(cfg.train.prompts_per_worker)
+            batch, stats = _sft_tensors(cfg, prompts, tokenizer, tokenizer_ids), {"prompts": len(prompts)}
+        t_rollout = time.perf_counter() - t0
+        local_tokens = float(batch["loss_mask"].sum()) if batch is not None else 0.0
+        global_tokens, global_seqs, any_exhausted = _sum_across_ranks(
+            [local_tokens, 0.0 if batch is None else float(batch["input_ids"].shape[0]), float(feed.exhausted)]
+        )
+        if global_seqs == 0:
+            break  # every rank is out of data (or kept nothing in the last round): nothing to learn from
+
+        t1 = time.perf_counter()
+        loss, loss_stats = _loss(cfg, engine, ref_model, batch, max(global_tokens, 1.0), world, suppress)
+        engine.backward(loss)
+        engine.step()
+        state.step += 1
+        state.version += 1
+        t_sync = _push_weights(engine, cfg, rollouts, state.version, rank) if cfg.train.algorithm == "dapo" else 0.0
+        t_train = time.perf_counter() - t1 - t_sync
+
+        stats.update(loss_stats, loss=float(loss.detach()), ranks_trained=float(batch is not None))
+        metrics = _step_metrics(cfg, state, stats, global_tokens, feed)
+        metrics.update({"time/rollout_s": t_rollout, "time/train_s": t_train, "time/weight_sync_s": t_sync})
+        last = state.step >= cfg.train.total_steps or any_exhausted > 0
+        if state.step % cfg.train.checkpoint_every == 0 or last:
+            _gather_data_position(state, feed)
+            with tempfile.TemporaryDirectory() as tmp:
+                _save_checkpoint(engine, processor, cfg, state, rank, Path(tmp))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=f"checkpoint_{state.step:06d}")
+        else:
+            ray.train.report(metrics)
+        if rank == 0:
+            _log(out_dir, metrics)
+        if last:
+            break
+
+
+def _gather_data_position(state: TrainerState, feed: PromptFeed) -> None:
+    """Every rank's drawn keys and skipped media, merged into the state rank 0 saves."""
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (feed.drawn, feed.skipped))
+    consumed = set(state.consumed)
+    seen_skips = {s["key"] for s in state.skipped}
+    for drawn, skipped in gathered:
+        consumed.update(drawn)
+        state.skipped += [s for s in skipped if s["key"] not in seen_skips and not seen_skips.add(s["key"])]
+    state.consumed = sorted(consumed)
+
+
+def _metric_keys(cfg: Config) -> list[str]:
+    """Per-rank sums every rank reduces, in one fixed order (a rank with no data sends zeros)."""
+    if cfg.train.algorithm == "sft":
+        return ["prompts", "sft_nll_sum"]
+    rewards = [f"reward_{c}_sum" for c in [*cfg.reward.weights, "total"]]
+    kl = ["kl"] if cfg.algorithm.kl_coef > 0 else []
+    return ["responses", "response_tokens_sum", "truncated_sum", "groups_drawn", "groups_dropped", "groups_kept",
+            "generation_rounds", *rewards, "clip_frac", "ratio_mean", "approx_kl", *kl, "ranks_trained"]
+
+
+def _step_metrics(cfg: Config, state: TrainerState, stats: dict, global_tokens: float, feed: PromptFeed) -> dict:
+    """Global metrics of one step from every rank's sums."""
+    keys = _metric_keys(cfg) + ["media_skipped", "loss"]
+    totals = dict(zip(keys, _sum_across_ranks([float(stats.get(k, 0.0)) for k in keys[:-2]] + [float(len(feed.skipped)), stats["loss"]])))
+    m = {"step": state.step, "policy_version": state.version, "tokens": global_tokens, "media_skipped": int(totals["media_skipped"])}
+    ranks = max(totals.get("ranks_trained", 1.0), 1.0)
+    m["loss"] = totals["loss"] / ranks
+    responses = max(totals.get("responses", 0.0), 1.0)
+    for k, v in totals.items():
+        if k.startswith("reward_"):
+            m["reward/" + k[len("reward_"):-len("_sum")]] = v / responses
+        elif k in ("response_tokens_sum", "truncated_sum"):
+            m[k[:-len("_sum")] + "_mean"] = v / responses
+        elif k in ("clip_frac", "ratio_mean", "approx_kl", "kl"):
+            m[k] = v / ranks
+        elif k in ("groups_drawn", "groups_dropped", "groups_kept", "generation_rounds", "prompts", "responses"):
+            m[k] = int(v)
+    if "sft_nll_sum" in totals:
+        m["sft_nll"] = totals["sft_nll_sum"] / max(global_tokens, 1.0)
+    return m
+
+
+def _log(out_dir: Path, metrics: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}) + "\n")
+    shown = {k: metrics[k] for k in ("loss", "reward/total", "reward/accuracy", "reward/format", "groups_kept", "groups_dropped", "sft_nll") if k in metrics}
+    text = " | ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+    print(f"[train] step {metrics['step']} | {text} | {metrics['time/rollout_s'] + metrics['time/train_s']:.1f}s", flush=True)

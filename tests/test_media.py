@@ -1,0 +1,158 @@
+"""Frame sampling, pixel budget and decoding errors (raytrain.media)."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from raytrain.media import MediaError, fit_to_budget, load_frames, probe, uniform_indices
+
+BUDGET = {"max_pixels": 56 * 56, "min_pixels": 28 * 28}
+
+
+@pytest.fixture(scope="module")
+def ramp_video(tmp_path_factory) -> str:
+    """10 frames of 56x56 grey, frame t at brightness 20 * t + 10, so indices can be read back."""
+    path = tmp_path_factory.mktemp("media") / "ramp.mp4"
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=4)
+        stream.width = stream.height = 56
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "10"}
+        for t in range(10):
+            frame = np.full((56, 56, 3), 20 * t + 10, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("media") / "img.png"
+    Image.fromarray(np.full((40, 60, 3), 200, dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def _frame_ids(frames: np.ndarray) -> list[int]:
+    return [round((f.mean() - 10) / 20) for f in frames]
+
+
+def test_uniform_indices_hand_cases():
+    assert uniform_indices(10, 4) == [1, 3, 6, 8]
+    assert uniform_indices(2, 4) == [0, 0, 1, 1]
+    assert uniform_indices(1, 3) == [0, 0, 0]
+    assert uniform_indices(8, 8) == list(range(8))
+    assert uniform_indices(5, 1) == [2]
+
+
+@pytest.mark.parametrize("total,n", [(1, 16), (3, 16), (16, 16), (17, 16), (1000, 16), (7, 3)])
+def test_uniform_indices_properties(total, n):
+    idx = uniform_indices(total, n)
+    assert len(idx) == n
+    assert idx == sorted(idx)
+    assert 0 <= idx[0] and idx[-1] < total
+
+
+@pytest.mark.parametrize("total,n", [(0, 4), (-1, 4), (4, 0)])
+def test_uniform_indices_rejects_bad_arguments(total, n):
+    with pytest.raises(ValueError):
+        uniform_indices(total, n)
+
+
+@pytest.mark.parametrize("size,mn,mx,expected", [
+    # Reference values from transformers' Qwen2-VL smart_resize.
+    ((1080, 1920), 3136, 200704, (336, 588)),
+    ((720, 1280), 3136, 401408, (448, 840)),
+    ((56, 56), 3136, 3136, (56, 56)),
+    ((30, 500), 3136, 1003520, (28, 504)),
+    ((10, 10), 3136, 1003520, (56, 56)),
+    ((56, 56), 12544, 1003520, (112, 112)),
+    ((480, 360), 784, 50176, (252, 168)),
+    ((1000, 37), 784, 50176, (1008, 28)),
+    ((100, 200), 1, 10**6, (112, 196)),
+])
+def test_fit_to_budget_matches_smart_resize(size, mn, mx, expected):
+    assert fit_to_budget(*size, max_pixels=mx, min_pixels=mn) == expected
+
+
+def test_fit_to_budget_invariants():
+    for h, w in [(1080, 1920), (1920, 1080), (57, 3000), (333, 444)]:
+        oh, ow = fit_to_budget(h, w, max_pixels=200704, min_pixels=3136)
+        assert oh % 28 == 0 and ow % 28 == 0
+        assert 3136 <= oh * ow <= 200704
+        assert abs(oh / ow - h / w) / (h / w) < 0.2
+
+
+def test_fit_to_budget_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        fit_to_budget(0, 10, max_pixels=3136, min_pixels=784)
+    with pytest.raises(ValueError):
+        fit_to_budget(10, 10, max_pixels=100, min_pixels=10)
+    with pytest.raises(ValueError):
+        fit_to_budget(10, 10, max_pixels=3136, min_pixels=6272)
+    with pytest.raises(ValueError):
+        fit_to_budget(10, 3000, max_pixels=3136, min_pixels=784)
+
+
+def test_load_video_samples_uniformly(ramp_video):
+    frames = load_frames(ramp_video, "video", 4, **BUDGET)
+    assert frames.shape == (4, 56, 56, 3) and frames.dtype == np.uint8
+    assert _frame_ids(frames) == [1, 3, 6, 8]
+
+
+def test_load_video_repeats_frames_of_short_clips(ramp_video):
+    frames = load_frames(ramp_video, "video", 16, **BUDGET)
+    assert frames.shape == (16, 56, 56, 3)
+    assert _frame_ids(frames) == uniform_indices(10, 16)
+
+
+def test_load_video_resizes_to_budget(ramp_video):
+    assert load_frames(ramp_video, "video", 2, max_pixels=28 * 28, min_pixels=28 * 28).shape == (2, 28, 28, 3)
+    upscaled = load_frames(ramp_video, "video", 2, max_pixels=10**6, min_pixels=112 * 112)
+    assert upscaled.shape == (2, 112, 112, 3)
+
+
+def test_load_image(image):
+    frames = load_frames(image, "image", 16, **BUDGET)
+    # 40x60 rounds to 28x56 (multiples of 28, aspect kept, no crop).
+    assert frames.shape == (1, 28, 56, 3)
+    assert abs(float(frames.mean()) - 200) < 2
+
+
+def test_probe(ramp_video, image):
+    assert probe(ramp_video, "video") == {"fps": 4.0, "num_frames": 10, "width": 56, "height": 56}
+    assert probe(image, "image") == {"fps": None, "num_frames": 1, "width": 60, "height": 40}
+
+
+def _bad_files(tmp_path, ramp_video, image):
+    data = open(ramp_video, "rb").read()
+    png = open(image, "rb").read()
+    files = {
+        "empty.mp4": (b"", "video", "empty file (0 bytes)"),
+        "truncated.mp4": (data[:300], "video", "cannot decode video"),
+        "half.mp4": (data[: len(data) // 2], "video", "cannot decode video"),
+        "text.mp4": (b"this is not a video\n" * 10, "video", "cannot decode video"),
+        "text.png": (b"this is not an image\n", "image", "cannot decode image"),
+        "truncated.png": (png[: len(png) // 2], "image", "cannot decode image"),
+        "empty.png": (b"", "image", "empty file (0 bytes)"),
+    }
+    for name, (content, _, _) in files.items():
+        (tmp_path / name).write_bytes(content)
+    return [(str(tmp_path / name), media, reason) for name, (_, media, reason) in files.items()]
+
+
+def test_bad_files_raise_media_error(tmp_path, ramp_video, image):
+    cases = _bad_files(tmp_path, ramp_video, image) + [
+        (str(tmp_path / "missing.mp4"), "video", "file not found")]
+    for path, media, reason in cases:
+        for call in (lambda: load_frames(path, media, 4, **BUDGET), lambda: probe(path, media)):
+            with pytest.raises(MediaError) as info:
+                call()
+            err = info.value
+            assert err.path == path
+            assert reason in err.reason, (path, err.reason)
+            assert str(err) == f"{path}: {err.reason}"
+            # decord's build-path prefix ("[hh:mm:ss] /github/...") is noise for users.
+            assert "/github/" not in err.reason

@@ -37,4 +37,5 @@ def latest_checkpoint(storage_dir: str | Path) -> Path | None:
     candidates = [p.parent for p in Path(storage_dir).glob(f"*/{STATE_FILE}")]
     if not candidates:
         return None
-    return max(candidates, key=lambda p: TrainerState.load(p).step)
+    # A run that ran out of data checkpoints its final data position after its last step.
+    return max(candidates, key=lambda p: (TrainerState.load(p).step, len(TrainerState.load(p).consumed)))

@@ -165,8 +165,10 @@ class ConfigError(ValueError):
 
 def _set_dotted(tree: dict, dotted: str, value) -> None:
     *parents, leaf = dotted.split(".")
-    for key in parents:
+    for depth, key in enumerate(parents):
         tree = tree.setdefault(key, {})
+        if not isinstance(tree, dict):
+            raise ConfigError(f"override {dotted}: {'.'.join(parents[:depth + 1])} is not a section")
     tree[leaf] = value
 
 
@@ -177,6 +179,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot read config: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections, not {type(raw).__name__}")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:

@@ -78,9 +78,10 @@ class PromptBuilder:
             )
             pixel_values, grid = out["pixel_values"], out["image_grid_thw"][0]
         second_per_grid_t = 1.0
-        if is_video and row.get("fps") and row.get("num_frames"):
+        fps, total = row.get("fps"), row.get("num_frames")
+        if is_video and fps and total and np.isfinite(fps) and fps > 0 and total > 0:  # unknown fps arrives as NaN
             # Real time between temporal patches, so M-RoPE spaces frames as the clip does.
-            duration = row["num_frames"] / row["fps"]
+            duration = total / fps
             second_per_grid_t = self.processor.video_processor.temporal_patch_size * duration / self.data.num_frames
         return {
             "input_ids": out["input_ids"][0].astype(np.int64),
@@ -132,7 +133,7 @@ def build_dataset(cfg: Config, rows: pa.Table) -> ray.data.Dataset:
         PromptBuilder,
         fn_constructor_kwargs={"model": cfg.model, "data": cfg.data},
         batch_size=_ROWS_PER_BLOCK,
-        concurrency=cfg.data.decode_concurrency,
+        compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_concurrency),
         num_cpus=0.5,
     )
 

@@ -44,6 +44,7 @@ def init_ray(cfg: Config) -> None:
         return
     # Logical CPUs above the physical count let actors, workers and decode tasks share a small machine.
     ray.init(
+        address="local",  # never silently join some other Ray left running on this machine
         num_cpus=cfg.cluster.num_cpus or max(8, os.cpu_count() or 1),
         include_dashboard=cfg.cluster.dashboard,
         dashboard_host="127.0.0.1",

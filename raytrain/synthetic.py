@@ -6,8 +6,8 @@ Qwen2.5-VL (patch 14, spatial merge 2, temporal patch 2) can learn real vs
 fake by RL within a few dozen steps:
 
 - real: a smooth gradient scene with a face-like ellipse drifting slowly;
-- face-swap: the face replaced by a differently coloured, striped patch
-  with a hard rectangular seam;
+- face-swap: the face replaced by a differently coloured patch with a fine
+  high-contrast blending pattern and a hard rectangular seam;
 - lip-sync: the mouth flickers between a striped open state and a dark
   closed state on alternating frames (images: a striped mouth);
 - text-to-video: a high-frequency checkerboard generator texture over most
@@ -99,7 +99,9 @@ class _Scene:
         img[face] = self.skin
         if self.category == "face-swap":
             seam = _box(yy, xx, cy, cx, 0.95 * ry, 1.05 * rx)
-            patch = self.swap_colour + 45.0 * (np.floor((yy + xx) / 3) % 2)[..., None] - 22.0
+            # Blending artifacts: a fine, high-contrast pattern over the pasted face.
+            fine = (np.floor(yy / self.cell) + np.floor(xx / self.cell)) % 2
+            patch = 0.5 * self.swap_colour + 120.0 * fine[..., None]
             img[seam] = 0.15 * img[seam] + 0.85 * patch[seam]
             edge = seam & ~_box(yy, xx, cy, cx, 0.95 * ry - 1, 1.05 * rx - 1)
             img[edge] = 10.0
@@ -108,7 +110,7 @@ class _Scene:
             img[_ellipse(yy, xx, cy - 0.25 * ry, cx + side * 0.38 * rx, eye, eye)] = 20.0
         mouth_y = cy + 0.45 * ry
         if self.category == "lip-sync":
-            mouth = _box(yy, xx, mouth_y, cx, 0.3 * ry, 0.7 * rx)
+            mouth = _box(yy, xx, mouth_y, cx, 0.4 * ry, 0.9 * rx)
             if self.media == "image" or t % 2 == 0:
                 stripes = np.floor(yy / 2) % 2  # 2-pixel black/white bars: "teeth"
                 img[mouth] = (15.0 + 235.0 * stripes)[mouth, None]

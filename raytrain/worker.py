@@ -137,6 +137,8 @@ def _collect_dapo(cfg: Config, feed: PromptFeed, rollout, reward_actor, version:
             groups = [grp for grp, ok in zip(groups, informative) if ok]
         kept += groups
     stats = _rollout_stats(all_groups)
+    # The policy version that generated this rank's rollouts (all equal while max_staleness is 0).
+    stats["rollout_version"] = min((s.version for grp in all_groups for s in grp.samples), default=-1)
     stats.update({"groups_drawn": drawn, "groups_dropped": dropped, "groups_kept": len(kept), "generation_rounds": rounds})
     return kept, stats
 
@@ -195,6 +197,7 @@ def _zero_loss(engine) -> torch.Tensor:
 def _loss(cfg: Config, engine, ref_model, batch: dict | None, global_tokens: float, world: int, suppress: list[int]) -> tuple[torch.Tensor, dict]:
     if batch is None:
         return _zero_loss(engine), {}
+    batch = {k: v.to(engine.device) for k, v in batch.items()}
     model_inputs = {k: v for k, v in batch.items() if k not in ("old_logprobs", "advantages", "loss_mask")}
     temperature = cfg.rollout.sampling.temperature if cfg.train.algorithm == "dapo" else 1.0
     logp = token_logprobs(engine.module, model_inputs, temperature=temperature, suppress_ids=suppress)
@@ -282,11 +285,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
             batch, stats = _sft_tensors(cfg, prompts, tokenizer, tokenizer_ids), {"prompts": len(prompts)}
         t_rollout = time.perf_counter() - t0
         local_tokens = float(batch["loss_mask"].sum()) if batch is not None else 0.0
-        global_tokens, global_seqs, any_exhausted = _sum_across_ranks(
-            [local_tokens, 0.0 if batch is None else float(batch["input_ids"].shape[0]), float(feed.exhausted)]
+        global_tokens, global_seqs, ranks_with_data = _sum_across_ranks(
+            [local_tokens, 0.0 if batch is None else float(batch["input_ids"].shape[0]), float(not feed.exhausted)]
         )
+        if global_seqs == 0 and ranks_with_data == 0:
+            # Every rank has run out of data: record the final data position (skipped media
+            # drawn in this last round included) and stop.
+            _checkpoint(engine, processor, cfg, state, rank, feed, {"step": state.step, "data_exhausted": 1})
+            break
         if global_seqs == 0:
-            break  # every rank is out of data (or kept nothing in the last round): nothing to learn from
+            if rank == 0:
+                print(f"[train] no informative groups in {cfg.algorithm.max_generation_rounds} generation rounds; "
+                      "drawing new prompts without an update", flush=True)
+            continue
 
         t1 = time.perf_counter()
         loss, loss_stats = _loss(cfg, engine, ref_model, batch, max(global_tokens, 1.0), world, suppress)
@@ -300,19 +311,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
         stats.update(loss_stats, loss=float(loss.detach()), ranks_trained=float(batch is not None))
         metrics = _step_metrics(cfg, state, stats, global_tokens, feed)
         metrics.update({"time/rollout_s": t_rollout, "time/train_s": t_train, "time/weight_sync_s": t_sync})
-        last = state.step >= cfg.train.total_steps or any_exhausted > 0
-        if state.step % cfg.train.checkpoint_every == 0 or last:
-            _gather_data_position(state, feed)
-            with tempfile.TemporaryDirectory() as tmp:
-                _save_checkpoint(engine, processor, cfg, state, rank, Path(tmp))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"checkpoint_{state.step:06d}")
-        else:
-            ray.train.report(metrics)
         if rank == 0:
             _log(out_dir, metrics)
-        if last:
-            break
+        if state.step % cfg.train.checkpoint_every == 0 or state.step >= cfg.train.total_steps:
+            _checkpoint(engine, processor, cfg, state, rank, feed, metrics)
+        else:
+            ray.train.report(metrics)
+
+
+def _checkpoint(engine, processor, cfg: Config, state: TrainerState, rank: int, feed: PromptFeed, metrics: dict) -> None:
+    _gather_data_position(state, feed)
+    with tempfile.TemporaryDirectory() as tmp:
+        _save_checkpoint(engine, processor, cfg, state, rank, Path(tmp))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def _gather_data_position(state: TrainerState, feed: PromptFeed) -> None:
@@ -342,6 +353,8 @@ def _step_metrics(cfg: Config, state: TrainerState, stats: dict, global_tokens: 
     keys = _metric_keys(cfg) + ["media_skipped", "loss"]
     totals = dict(zip(keys, _sum_across_ranks([float(stats.get(k, 0.0)) for k in keys[:-2]] + [float(len(feed.skipped)), stats["loss"]])))
     m = {"step": state.step, "policy_version": state.version, "tokens": global_tokens, "media_skipped": int(totals["media_skipped"])}
+    if "rollout_version" in stats:
+        m["rollout_version"] = stats["rollout_version"]  # this rank's; every rank checked staleness itself
     ranks = max(totals.get("ranks_trained", 1.0), 1.0)
     m["loss"] = totals["loss"] / ranks
     responses = max(totals.get("responses", 0.0), 1.0)

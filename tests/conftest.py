@@ -1,0 +1,107 @@
+"""Shared fixtures: a tiny Qwen2.5-VL on disk, a small synthetic dataset with its manifest,
+a tiny config close to jobs/configs/demo.yaml, and a local Ray instance."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from raytrain.tiny_model import save_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    save_tiny_model(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """16 train + 8 test synthetic items with `manifest.parquet` next to them."""
+    from raytrain.manifest import scan_genbuster, write_manifest
+    from raytrain.synthetic import make_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_dataset(out, num_train=16, num_test=8, seed=0)
+    table, rejects = scan_genbuster(out, source="synthetic")
+    assert not rejects, rejects
+    write_manifest(table, out / "manifest.parquet")
+    return out
+
+
+def config_dict(model_path, manifest, output_dir) -> dict:
+    """A plain config dict for `parse_config`: jobs/configs/demo.yaml made tiny enough for CPU tests."""
+    return {
+        "run": {"name": "test", "output_dir": str(output_dir), "seed": 0},
+        "model": {"path": str(model_path), "dtype": "float32"},
+        "data": {
+            "manifest": str(manifest),
+            "num_frames": 8,
+            "max_pixels": 3136,
+            "min_pixels": 784,
+            "prompt": "Is this {media} real or fake?",
+        },
+        "rollout": {
+            "num_actors": 1,
+            "sampling": {"group_size": 4, "temperature": 1.0, "max_new_tokens": 16},
+        },
+        "reward": {"weights": {"format": 1.0, "overlong": 1.0, "accuracy": 1.0}, "max_len": 16, "overlong_buffer": 4},
+        "algorithm": {"clip_low": 0.2, "clip_high": 0.28, "dynamic_sampling": True, "max_generation_rounds": 3},
+        "train": {
+            "algorithm": "dapo",
+            "num_workers": 2,
+            "total_steps": 2,
+            "prompts_per_worker": 2,
+            "lr": 1e-3,
+            "checkpoint_every": 1,
+            "max_failures": 0,
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def make_config_dict(tiny_model_dir, synthetic_dir):
+    """`make_config_dict(output_dir)`: the tiny config dict, for fixtures wider than one test."""
+
+    def make(output_dir) -> dict:
+        return config_dict(tiny_model_dir, synthetic_dir / "manifest.parquet", output_dir)
+
+    return make
+
+
+@pytest.fixture
+def base_config_dict(tiny_model_dir, synthetic_dir, tmp_path) -> dict:
+    """A fresh tiny config dict per test; `run.output_dir` is `tmp_path/"run"`."""
+    return config_dict(tiny_model_dir, synthetic_dir / "manifest.parquet", tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        # address="local": always a fresh instance, never a cluster some other process left
+        # in /tmp/ray/ray_current_cluster.
+        ray.init(address="local", num_cpus=8, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def warm_model_dir(make_config_dict, ray_local, tmp_path_factory) -> Path:
+    """The tiny model after a short format-only SFT on local Ray (random answers), as the demo does:
+    DAPO tests need a policy whose groups differ in accuracy, or dynamic sampling keeps nothing."""
+    from raytrain.config import parse_config
+    from raytrain.launch import train
+
+    raw = make_config_dict(tmp_path_factory.mktemp("warmup") / "run")
+    raw["data"]["epochs"] = 60
+    raw["sft"] = {"answer": "random", "think": "I look at the frames."}
+    raw["train"].update(algorithm="sft", total_steps=60, prompts_per_worker=8, lr=3e-3, checkpoint_every=60)
+    return train(parse_config(raw))

@@ -1,0 +1,130 @@
+"""End-to-end runs on local Ray: two DeepSpeed workers, a rollout actor and a reward actor, for real."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import ray
+import torch
+from safetensors.torch import load_file
+
+from raytrain.checkpoint import MODEL_DIR, TrainerState, latest_checkpoint
+from raytrain.config import parse_config
+from raytrain.launch import STORAGE_DIR, train
+from raytrain.models import load_policy
+
+pytestmark = pytest.mark.slow
+
+
+def _metrics(cfg) -> list[dict]:
+    path = Path(cfg.run.output_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _dapo_config(base: dict, warm_model_dir, **train) -> dict:
+    return {**base, "model": {**base["model"], "path": str(warm_model_dir)},
+            "train": {**base["train"], "algorithm": "dapo", **train}}
+
+
+def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_dir, ray_local):
+    cfg = parse_config(_dapo_config(base_config_dict, warm_model_dir, total_steps=2, checkpoint_every=1))
+    final = train(cfg)
+
+    # The weights changed and the export loads as an ordinary Hugging Face model.
+    before, after = load_file(Path(warm_model_dir) / "model.safetensors"), load_file(final / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    load_policy(cfg.model.model_copy(update={"path": str(final)}))
+
+    # Metrics were reported each step, and step 2 was rolled out by the weights of step 1.
+    records = _metrics(cfg)
+    assert [r["step"] for r in records] == [1, 2]
+    assert [r["rollout_version"] for r in records] == [0, 1]
+    for r in records:
+        assert -2.0 <= r["reward/total"] <= 1.0
+        assert 0.0 <= r["reward/accuracy"] <= 1.0
+        assert r["groups_kept"] + r["groups_dropped"] == r["groups_drawn"]
+        assert r["responses"] == r["groups_drawn"] * cfg.rollout.sampling.group_size
+
+    # The checkpoint holds DeepSpeed state, the export and the data position.
+    ckpt = latest_checkpoint(Path(cfg.run.output_dir) / STORAGE_DIR)
+    state = TrainerState.load(ckpt)
+    assert (state.step, state.version) == (2, 2)
+    assert (ckpt / "deepspeed").is_dir() and (ckpt / MODEL_DIR / "model.safetensors").is_file()
+    drawn = sum(r["groups_drawn"] for r in records)
+    assert len(state.consumed) == drawn == len(set(state.consumed))
+
+    # Resuming continues at step 3 with prompts it has not drawn before.
+    resumed = parse_config(_dapo_config(base_config_dict, warm_model_dir, total_steps=3, checkpoint_every=1))
+    train(resumed)
+    state3 = TrainerState.load(latest_checkpoint(Path(cfg.run.output_dir) / STORAGE_DIR))
+    assert (state3.step, state3.version) == (3, 3)
+    step3 = _metrics(cfg)[-1]
+    assert step3["step"] == 3 and step3["rollout_version"] == 2
+    assert set(state.consumed) < set(state3.consumed)
+    assert len(state3.consumed) == len(set(state3.consumed)) == drawn + step3["groups_drawn"]
+
+
+def _kill_a_worker_after_first_checkpoint(storage: Path, done: threading.Event, killed: list) -> None:
+    deadline = time.time() + 600
+    while not done.is_set() and time.time() < deadline:
+        if latest_checkpoint(storage) is not None:
+            for proc in psutil.process_iter(["cmdline"]):
+                if "ray::RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+                    proc.kill()
+                    killed.append(proc.pid)
+                    return
+        time.sleep(0.5)
+
+
+def test_killed_worker_resumes_from_checkpoint_without_repeating_data(base_config_dict, warm_model_dir, ray_local):
+    cfg = parse_config(_dapo_config(base_config_dict, warm_model_dir, total_steps=4, checkpoint_every=1, max_failures=2))
+    storage = Path(cfg.run.output_dir).resolve() / STORAGE_DIR
+    done, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(storage, done, killed))
+    killer.start()
+    try:
+        train(cfg)
+    finally:
+        done.set()
+        killer.join()
+    assert killed, "no training worker was found to kill"
+    state = TrainerState.load(latest_checkpoint(storage))
+    assert state.step == 4
+    assert len(state.consumed) == len(set(state.consumed))
+    # Every step after the restart was logged again from the checkpoint on; the final
+    # record of each step is the one that counts, and all four steps are there.
+    assert sorted({r["step"] for r in _metrics(cfg)}) == [1, 2, 3, 4]
+
+
+def test_undecodable_media_are_skipped_counted_and_listed(base_config_dict, synthetic_dir, tmp_path, ray_local):
+    import pyarrow as pa
+
+    from raytrain.manifest import read_manifest, write_manifest
+
+    table = read_manifest(Path(synthetic_dir) / "manifest.parquet")
+    train_rows = [r for r in table.to_pylist() if r["split"] == "train"]
+    bad = []
+    for name, content in (("empty.mp4", b""), ("text.mp4", b"not a video at all")):
+        path = tmp_path / name
+        path.write_bytes(content)
+        bad.append({**train_rows[0], "id": f"bad-{name}", "path": str(path)})
+    bad.append({**train_rows[0], "id": "bad-missing", "path": str(tmp_path / "missing.mp4")})
+    manifest = tmp_path / "manifest.parquet"
+    write_manifest(pa.Table.from_pylist(bad + train_rows[:6], schema=table.schema), manifest)
+
+    raw = {**base_config_dict, "data": {**base_config_dict["data"], "manifest": str(manifest)},
+           "train": {**base_config_dict["train"], "algorithm": "sft", "total_steps": 3, "prompts_per_worker": 2}}
+    cfg = parse_config(raw)
+    train(cfg)
+    state = TrainerState.load(latest_checkpoint(Path(cfg.run.output_dir) / STORAGE_DIR))
+    assert sorted(s["path"] for s in state.skipped) == sorted(r["path"] for r in bad)
+    assert all(s["reason"] for s in state.skipped)
+    assert _metrics(cfg)[-1]["media_skipped"] == 3
+    # Nothing usable was dropped: all six good rows were drawn, and the three bad ones recorded.
+    assert len(state.consumed) == 9

@@ -1,0 +1,61 @@
+"""The DAPO job, unchanged, through `ray start --head` + `ray job submit` (what a cluster user runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dapo_job_under_ray_job_submit(base_config_dict, warm_model_dir, tmp_path):
+    ray.shutdown()  # the head node started here must be the only Ray on the machine
+    raw = {**base_config_dict, "model": {**base_config_dict["model"], "path": str(warm_model_dir)},
+           "train": {**base_config_dict["train"], "algorithm": "dapo", "total_steps": 1}}
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(json.loads(json.dumps(raw, default=str))))
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    ray_cli = str(bin_dir / "ray")
+    dashboard_port = _free_port()
+    # Short socket paths: Unix sockets under pytest's deep tmp folders exceed the 107-byte limit.
+    temp_dir = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")
+    subprocess.run(
+        [ray_cli, "start", "--head", f"--port={_free_port()}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard_port}", "--num-cpus=8", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        check=True, env=env, capture_output=True, timeout=180,
+    )
+    try:
+        job = subprocess.run(
+            [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dashboard_port}", f"--working-dir={REPO}", "--",
+             "python", "-m", "jobs.dapo", "--config", str(config)],
+            env=env, capture_output=True, text=True, timeout=900,
+        )
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    log = job.stdout + job.stderr
+    assert job.returncode == 0 and "succeeded" in log, log[-5000:]
+    final = Path(raw["run"]["output_dir"]) / "final"
+    assert (final / "model.safetensors").is_file(), log[-5000:]
+    steps = [json.loads(line)["step"] for line in (Path(raw["run"]["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1]

@@ -23,3 +23,12 @@ def load(args: argparse.Namespace, extra: list[str] = ()) -> Config:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def train_main(description: str, algorithm: str, argv=None) -> None:
+    """Entry point of a training job: parse, validate, train (or resume), print where the weights are."""
+    from raytrain.launch import train
+
+    args = parser(description).parse_args(argv)
+    cfg = load(args, [f"train.algorithm={algorithm}"])
+    print(f"[{algorithm}] final weights: {train(cfg)}")

@@ -22,11 +22,18 @@ from raytrain.policy import Prompt
 _ROWS_PER_BLOCK = 4
 
 
-def split_rows(data: DataConfig, split: str, *, epochs: int = 1, seed: int = 0, exclude: frozenset[str] = frozenset()) -> pa.Table:
+PAD_MEDIA = "pad"
+
+
+def split_rows(data: DataConfig, split: str, *, epochs: int = 1, seed: int = 0, exclude: frozenset[str] = frozenset(),
+               multiple_of: int = 1) -> pa.Table:
     """The manifest rows of `split`, `epochs` times, each epoch in its own seeded order.
 
     Every row gets `key = "<epoch>:<id>"`; keys in `exclude` (already consumed by a
     resumed run) are left out, so a resumed run neither repeats nor loses data.
+    Ray Train splits a dataset into equal shards and drops the remainder, so the table is
+    padded with `media == "pad"` rows to a multiple of `multiple_of` (the worker count);
+    padding is never decoded and never counted as data.
     """
     table = read_manifest(data.manifest)
     table = table.filter(pc.equal(table["split"], split))
@@ -43,6 +50,11 @@ def split_rows(data: DataConfig, split: str, *, epochs: int = 1, seed: int = 0, 
     rows = pa.concat_tables(parts)
     if exclude:
         rows = rows.filter(pc.invert(pc.is_in(rows["key"], value_set=pa.array(sorted(exclude)))))
+    padding = -rows.num_rows % multiple_of
+    if padding and rows.num_rows:
+        pad = rows.slice(0, 1).to_pylist()[0]
+        pads = [{**pad, "key": f"pad:{i}", "media": PAD_MEDIA, "path": ""} for i in range(padding)]
+        rows = pa.concat_tables([rows, pa.Table.from_pylist(pads, schema=rows.schema)])
     return rows
 
 
@@ -96,6 +108,9 @@ class PromptBuilder:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         processed = []
         for row in rows:
+            if row["media"] == PAD_MEDIA:
+                processed.append(_error_row(PAD_MEDIA))
+                continue
             try:
                 processed.append(self._process(row))
             except MediaError as e:
@@ -142,6 +157,8 @@ def prompts_from_batch(batch: dict[str, np.ndarray]) -> tuple[list[Prompt], list
     """Split a numpy batch into usable prompts and skipped rows ({key, path, reason})."""
     prompts, skipped = [], []
     for i in range(len(batch["key"])):
+        if batch["media"][i] == PAD_MEDIA:
+            continue
         if batch["error"][i]:
             skipped.append({"key": str(batch["key"][i]), "path": str(batch["path"][i]), "reason": str(batch["error"][i])})
             continue

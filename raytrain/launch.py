@@ -62,7 +62,8 @@ def train(cfg: Config) -> Path:
     if previous:
         print(f"[run] resuming from {previous} ({len(consumed)} prompts already consumed)", flush=True)
 
-    rows = split_rows(cfg.data, cfg.data.train_split, epochs=cfg.data.epochs, seed=cfg.run.seed, exclude=consumed)
+    rows = split_rows(cfg.data, cfg.data.train_split, epochs=cfg.data.epochs, seed=cfg.run.seed, exclude=consumed,
+                      multiple_of=cfg.train.num_workers)
     rollouts = start_rollout_actors(cfg.model, cfg.rollout) if cfg.train.algorithm == "dapo" else []
     reward = RewardActor.remote(cfg.reward, cfg.data.answer_format) if cfg.train.algorithm == "dapo" else None
     trainer = TorchTrainer(

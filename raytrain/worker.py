@@ -291,7 +291,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if global_seqs == 0 and ranks_with_data == 0:
             # Every rank has run out of data: record the final data position (skipped media
             # drawn in this last round included) and stop.
-            _checkpoint(engine, processor, cfg, state, rank, feed, {"step": state.step, "data_exhausted": 1})
+            _checkpoint(engine, processor, cfg, state, rank, feed, {"step": state.step, "data_exhausted": 1}, "_end")
             break
         if global_seqs == 0:
             if rank == 0:
@@ -319,11 +319,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.train.report(metrics)
 
 
-def _checkpoint(engine, processor, cfg: Config, state: TrainerState, rank: int, feed: PromptFeed, metrics: dict) -> None:
+def _checkpoint(engine, processor, cfg: Config, state: TrainerState, rank: int, feed: PromptFeed, metrics: dict,
+                name: str = "") -> None:
     _gather_data_position(state, feed)
     with tempfile.TemporaryDirectory() as tmp:
         _save_checkpoint(engine, processor, cfg, state, rank, Path(tmp))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        # One name on every rank: Ray Train merges the ranks' files (DeepSpeed's per-rank
+        # optimizer shards) into that one directory.
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"checkpoint_{state.step:06d}{name}")
 
 
 def _gather_data_position(state: TrainerState, feed: PromptFeed) -> None:

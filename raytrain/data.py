@@ -66,6 +66,8 @@ class PromptBuilder:
 
         self.processor = load_processor(model)
         self.data = data
+        # The per-frame pixel budget, in the processor's own terms.
+        self._size = {"longest_edge": data.max_pixels, "shortest_edge": data.min_pixels}
 
     def _prompt_text(self, media: str) -> str:
         content = [{"type": media}, {"type": "text", "text": self.data.prompt.format(media=media)}]
@@ -80,13 +82,13 @@ class PromptBuilder:
         if is_video:
             out = self.processor(
                 text=[text], videos=[frames], return_tensors="np",
-                videos_kwargs={"do_sample_frames": False, "max_pixels": self.data.max_pixels, "min_pixels": self.data.min_pixels},
+                videos_kwargs={"do_sample_frames": False, "size": self._size, "cap_pixels_per_frame": True},
             )
             pixel_values, grid = out["pixel_values_videos"], out["video_grid_thw"][0]
         else:
             out = self.processor(
                 text=[text], images=[frames[0]], return_tensors="np",
-                images_kwargs={"max_pixels": self.data.max_pixels, "min_pixels": self.data.min_pixels},
+                images_kwargs={"size": self._size},
             )
             pixel_values, grid = out["pixel_values"], out["image_grid_thw"][0]
         second_per_grid_t = 1.0

@@ -45,7 +45,7 @@ class TransformersEngine:
         return [self._generate_one(p, sampling, n, greedy) for p in prompts]
 
     def _generate_one(self, prompt: Prompt, sampling: SamplingConfig, n: int, greedy: bool) -> list[Sample]:
-        input_ids = torch.from_numpy(prompt.input_ids).long().unsqueeze(0)
+        input_ids = torch.tensor(prompt.input_ids, dtype=torch.long).unsqueeze(0)
         inputs = {
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),

@@ -11,12 +11,14 @@ import psutil
 import pytest
 import ray
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from raytrain.checkpoint import MODEL_DIR, TrainerState, latest_checkpoint
 from raytrain.config import parse_config
 from raytrain.launch import STORAGE_DIR, train
 from raytrain.models import load_policy
+from raytrain.plots import plot_training
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +52,11 @@ def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_
         assert 0.0 <= r["reward/accuracy"] <= 1.0
         assert r["groups_kept"] + r["groups_dropped"] == r["groups_drawn"]
         assert r["responses"] == r["groups_drawn"] * cfg.rollout.sampling.group_size
+
+    # The training curves render to an image a person can open.
+    png = plot_training(Path(cfg.run.output_dir) / "metrics.jsonl", Path(cfg.run.output_dir) / "training.png")
+    with Image.open(png) as image:
+        assert image.size[0] > 400 and image.size[1] > 200
 
     # The checkpoint holds DeepSpeed state, the export and the data position.
     ckpt = latest_checkpoint(Path(cfg.run.output_dir) / STORAGE_DIR)

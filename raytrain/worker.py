@@ -10,7 +10,6 @@ The SFT algorithm shares everything but the rollout: the targets are templates.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import tempfile
@@ -79,21 +78,10 @@ def _deepspeed_config(cfg: Config) -> dict:
     }
 
 
-@contextlib.contextmanager
-def _full_params(engine, cfg: Config):
-    """ZeRO-3 shards parameters; gather them (collectively) while reading full weights."""
-    if cfg.train.zero_stage == 3:
-        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
-            yield
-    else:
-        yield
-
-
-def _push_weights(engine, cfg: Config, rollouts: list, version: int, rank: int) -> float:
+def _push_weights(engine, rollouts: list, version: int, rank: int) -> float:
     start = time.perf_counter()
-    with _full_params(engine, cfg):
-        state = sync_state(engine.module) if rank == 0 else None
     if rank == 0:
+        state = sync_state(engine.module)
         ref = ray.put(state)
         served = ray.get([a.update_weights.remote(ref, version) for a in rollouts])
         if any(v != version for v in served):
@@ -226,10 +214,9 @@ def _loss(cfg: Config, engine, ref_model, batch: dict | None, global_tokens: flo
 
 def _save_checkpoint(engine, processor, cfg: Config, state: TrainerState, rank: int, directory: Path) -> None:
     engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, exclude_frozen_parameters=cfg.model.lora.enabled)
-    with _full_params(engine, cfg):
-        if rank == 0:
-            export_weights(engine.module, processor, directory / MODEL_DIR)
-            state.save(directory)
+    if rank == 0:
+        export_weights(engine.module, processor, directory / MODEL_DIR)
+        state.save(directory)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -252,13 +239,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model = load_policy(cfg.model)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    ref_model = None
-    if cfg.train.algorithm == "dapo" and cfg.algorithm.kl_coef > 0:
-        frozen = cfg.model.model_copy(update={"lora": cfg.model.lora.model_copy(update={"enabled": False})})
-        ref_model = load_policy(frozen).eval().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=_deepspeed_config(cfg))
+    ref_model = None
+    if cfg.train.algorithm == "dapo" and cfg.algorithm.kl_coef > 0:
+        # The initial policy, frozen: only loaded when a KL term is on.
+        frozen = cfg.model.model_copy(update={"lora": cfg.model.lora.model_copy(update={"enabled": False})})
+        ref_model = load_policy(frozen).to(engine.device).eval().requires_grad_(False)
 
     state = TrainerState()
     checkpoint = ray.train.get_checkpoint()
@@ -267,7 +255,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             engine.load_checkpoint(d, tag=DEEPSPEED_TAG, load_module_strict=not cfg.model.lora.enabled)
             state = TrainerState.load(d)
         if rollouts:
-            _push_weights(engine, cfg, rollouts, state.version, rank)
+            _push_weights(engine, rollouts, state.version, rank)
         if rank == 0:
             print(f"[train] resumed at step {state.step} (policy version {state.version}, {len(state.consumed)} prompts consumed)", flush=True)
 
@@ -305,7 +293,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         engine.step()
         state.step += 1
         state.version += 1
-        t_sync = _push_weights(engine, cfg, rollouts, state.version, rank) if cfg.train.algorithm == "dapo" else 0.0
+        t_sync = _push_weights(engine, rollouts, state.version, rank) if cfg.train.algorithm == "dapo" else 0.0
         t_train = time.perf_counter() - t1 - t_sync
 
         stats.update(loss_stats, loss=float(loss.detach()), ranks_trained=float(batch is not None))

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,10 @@ def _free_port() -> int:
 
 def test_dapo_job_under_ray_job_submit(base_config_dict, warm_model_dir, tmp_path):
     ray.shutdown()  # the head node started here must be the only Ray on the machine
-    raw = {**base_config_dict, "model": {**base_config_dict["model"], "path": str(warm_model_dir)},
+    # LoRA and a KL term here, so this run also covers adapter-only weight sync and the reference policy.
+    raw = {**base_config_dict,
+           "model": {**base_config_dict["model"], "path": str(warm_model_dir), "lora": {"enabled": True, "r": 8, "alpha": 16}},
+           "algorithm": {**base_config_dict["algorithm"], "kl_coef": 0.01},
            "train": {**base_config_dict["train"], "algorithm": "dapo", "total_steps": 1}}
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(json.loads(json.dumps(raw, default=str))))
@@ -44,18 +48,22 @@ def test_dapo_job_under_ray_job_submit(base_config_dict, warm_model_dir, tmp_pat
          f"--dashboard-port={dashboard_port}", "--num-cpus=8", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         check=True, env=env, capture_output=True, timeout=180,
     )
+    submit = [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dashboard_port}", f"--working-dir={REPO}", "--",
+              "python", "-m", "jobs.dapo", "--config", str(config)]
     try:
-        job = subprocess.run(
-            [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dashboard_port}", f"--working-dir={REPO}", "--",
-             "python", "-m", "jobs.dapo", "--config", str(config)],
-            env=env, capture_output=True, text=True, timeout=900,
-        )
+        for _ in range(30):
+            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
+            # The head's job agent comes up a little after `ray start` returns.
+            if "No available agent to submit job" not in job.stdout + job.stderr:
+                break
+            time.sleep(2)
     finally:
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp_dir, ignore_errors=True)
     log = job.stdout + job.stderr
     assert job.returncode == 0 and "succeeded" in log, log[-5000:]
     final = Path(raw["run"]["output_dir"]) / "final"
-    assert (final / "model.safetensors").is_file(), log[-5000:]
-    steps = [json.loads(line)["step"] for line in (Path(raw["run"]["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1]
+    assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists(), log[-5000:]
+    records = [json.loads(line) for line in (Path(raw["run"]["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1]
+    assert records[0]["kl"] >= 0.0 and records[0]["time/weight_sync_s"] > 0

@@ -34,8 +34,8 @@ class TrainerState:
 
 def latest_checkpoint(storage_dir: str | Path) -> Path | None:
     """The newest checkpoint folder of a run's storage directory (one with a trainer state)."""
-    candidates = [p.parent for p in Path(storage_dir).glob(f"*/{STATE_FILE}")]
-    if not candidates:
+    states = {p.parent: TrainerState.load(p.parent) for p in Path(storage_dir).glob(f"*/{STATE_FILE}")}
+    if not states:
         return None
     # A run that ran out of data checkpoints its final data position after its last step.
-    return max(candidates, key=lambda p: (TrainerState.load(p).step, len(TrainerState.load(p).consumed)))
+    return max(states, key=lambda p: (states[p].step, len(states[p].consumed)))

@@ -90,7 +90,10 @@ def _kill_a_worker_after_first_checkpoint(storage: Path, done: threading.Event, 
 
 
 def test_killed_worker_resumes_from_checkpoint_without_repeating_data(base_config_dict, warm_model_dir, ray_local):
-    cfg = parse_config(_dapo_config(base_config_dict, warm_model_dir, total_steps=4, checkpoint_every=1, max_failures=2))
+    raw = _dapo_config(base_config_dict, warm_model_dir, total_steps=4, checkpoint_every=1, max_failures=2)
+    # Enough data that dynamic sampling cannot run the 16-row split dry before step 4.
+    raw["data"] = {**raw["data"], "epochs": 4}
+    cfg = parse_config(raw)
     storage = Path(cfg.run.output_dir).resolve() / STORAGE_DIR
     done, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(storage, done, killed))

@@ -95,8 +95,18 @@ def train(cfg: Config) -> Path:
     with result.checkpoint.as_directory() as d:
         shutil.copytree(Path(d) / MODEL_DIR, final)
         state = TrainerState.load(d)
-    if state.skipped:
-        print(f"[run] {len(state.skipped)} media file(s) could not be decoded and were skipped:", flush=True)
-        for s in state.skipped:
-            print(f"  {s['path']}: {s['reason']}", flush=True)
+    _report_skipped(state.skipped)
     return final
+
+
+def _report_skipped(skipped: list[dict]) -> None:
+    """One line per undecodable file; a file is skipped again in every epoch that draws it."""
+    by_path: dict[str, list[dict]] = {}
+    for s in skipped:
+        by_path.setdefault(s["path"], []).append(s)
+    if not by_path:
+        return
+    print(f"[run] {len(by_path)} media file(s) could not be decoded and were skipped ({len(skipped)} draws):", flush=True)
+    for path, draws in by_path.items():
+        times = f" ({len(draws)} times)" if len(draws) > 1 else ""
+        print(f"  {path}: {draws[-1]['reason']}{times}", flush=True)

@@ -93,15 +93,45 @@ def ray_local():
     ray.shutdown()
 
 
+def _with_undecodable_rows(manifest: Path, out_dir: Path) -> tuple[Path, list[str]]:
+    """A copy of `manifest` whose train split also names an empty, a non-video and a missing file."""
+    import pyarrow as pa
+
+    from raytrain.manifest import read_manifest, write_manifest
+
+    table = read_manifest(manifest)
+    template = next(r for r in table.to_pylist() if r["split"] == "train")
+    bad = []
+    for name, content in (("empty.mp4", b""), ("text.mp4", b"not a video at all"), ("missing.mp4", None)):
+        path = out_dir / name
+        if content is not None:
+            path.write_bytes(content)
+        bad.append({**template, "id": f"bad-{name}", "path": str(path)})
+    out = out_dir / "manifest.parquet"
+    write_manifest(pa.Table.from_pylist(table.to_pylist() + bad, schema=table.schema), out)
+    return out, [r["path"] for r in bad]
+
+
 @pytest.fixture(scope="session")
-def warm_model_dir(make_config_dict, ray_local, tmp_path_factory) -> Path:
-    """The tiny model after a short format-only SFT on local Ray (random answers), as the demo does:
-    DAPO tests need a policy whose groups differ in accuracy, or dynamic sampling keeps nothing."""
+def warm_run(make_config_dict, synthetic_dir, ray_local, tmp_path_factory):
+    """A short format-only SFT on local Ray (random answers), as the demo's warm-up does, over the
+    synthetic manifest plus three undecodable files (real data has them).
+
+    Returns (config, final model folder, bad paths). DAPO tests start from this model: they need a
+    policy whose groups differ in accuracy, or dynamic sampling keeps nothing."""
     from raytrain.config import parse_config
     from raytrain.launch import train
 
-    raw = make_config_dict(tmp_path_factory.mktemp("warmup") / "run")
-    raw["data"]["epochs"] = 60
+    root = tmp_path_factory.mktemp("warmup")
+    manifest, bad_paths = _with_undecodable_rows(synthetic_dir / "manifest.parquet", root)
+    raw = make_config_dict(root / "run")
+    raw["data"].update(manifest=str(manifest), epochs=60)
     raw["sft"] = {"answer": "random", "think": "I look at the frames."}
     raw["train"].update(algorithm="sft", total_steps=60, prompts_per_worker=8, lr=3e-3, checkpoint_every=60)
-    return train(parse_config(raw))
+    cfg = parse_config(raw)
+    return cfg, train(cfg), bad_paths
+
+
+@pytest.fixture(scope="session")
+def warm_model_dir(warm_run) -> Path:
+    return warm_run[1]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import ray
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -112,29 +111,16 @@ def test_killed_worker_resumes_from_checkpoint_without_repeating_data(base_confi
     assert sorted({r["step"] for r in _metrics(cfg)}) == [1, 2, 3, 4]
 
 
-def test_undecodable_media_are_skipped_counted_and_listed(base_config_dict, synthetic_dir, tmp_path, ray_local):
-    import pyarrow as pa
-
-    from raytrain.manifest import read_manifest, write_manifest
-
-    table = read_manifest(Path(synthetic_dir) / "manifest.parquet")
-    train_rows = [r for r in table.to_pylist() if r["split"] == "train"]
-    bad = []
-    for name, content in (("empty.mp4", b""), ("text.mp4", b"not a video at all")):
-        path = tmp_path / name
-        path.write_bytes(content)
-        bad.append({**train_rows[0], "id": f"bad-{name}", "path": str(path)})
-    bad.append({**train_rows[0], "id": "bad-missing", "path": str(tmp_path / "missing.mp4")})
-    manifest = tmp_path / "manifest.parquet"
-    write_manifest(pa.Table.from_pylist(bad + train_rows[:6], schema=table.schema), manifest)
-
-    raw = {**base_config_dict, "data": {**base_config_dict["data"], "manifest": str(manifest)},
-           "train": {**base_config_dict["train"], "algorithm": "sft", "total_steps": 3, "prompts_per_worker": 2}}
-    cfg = parse_config(raw)
-    train(cfg)
+def test_undecodable_media_are_skipped_counted_and_listed(warm_run):
+    cfg, _, bad_paths = warm_run  # the warm-up run's manifest mixes in three undecodable files
     state = TrainerState.load(latest_checkpoint(Path(cfg.run.output_dir) / STORAGE_DIR))
-    assert sorted(s["path"] for s in state.skipped) == sorted(r["path"] for r in bad)
+    assert {s["path"] for s in state.skipped} == set(bad_paths)
     assert all(s["reason"] for s in state.skipped)
-    assert _metrics(cfg)[-1]["media_skipped"] == 3
-    # Nothing usable was dropped: all six good rows were drawn, and the three bad ones recorded.
-    assert len(state.consumed) == 9
+    # Each epoch draws them again under new keys, and every draw is recorded once.
+    keys = [s["key"] for s in state.skipped]
+    assert len(keys) == len(set(keys))
+    # Nothing usable was dropped: every step trained on its full batch of good rows, and the
+    # consumed keys are exactly those rows plus the skipped draws.
+    batch = cfg.train.prompts_per_worker * cfg.train.num_workers
+    assert len(state.consumed) == len(set(state.consumed)) == state.step * batch + len(keys)
+    assert _metrics(cfg)[-1]["media_skipped"] == len(keys)

@@ -1,11 +1,29 @@
-"""Reward actor: scores batches of responses with the pure functions in `rewards/`."""
+"""Reward actor: scores batches of responses with the pure functions in `rewards/`.
+
+It owns what the enabled components need and nothing more: judge actors only when
+the thinking weight is non-zero, a CLIP encoder and YAKE only when the paragraph
+weight is. A judge that fails or times out scores 0 for its batch, is counted in
+the returned scores (`judge_failed`) and printed, and never stalls training.
+"""
 
 from __future__ import annotations
 
-import ray
+import math
+from typing import Sequence
 
+import ray
+import torch
+
+from actors.judge import start_judge_actors
+from raytrain.clip import ClipEncoder
 from raytrain.config import RewardConfig
-from rewards.outcome import score_response
+from raytrain.judge import JudgeRequest
+from raytrain.media import MediaError, load_frames
+from rewards.answer import parse_answer
+from rewards.outcome import accuracy_reward, score_response
+from rewards.paragraphs import make_keyphrase_extractor, paragraph_rewards, segment_paragraphs
+
+MediaRef = tuple[str, str]  # (path, "video" | "image")
 
 
 @ray.remote(num_cpus=0.5)
@@ -13,12 +31,91 @@ class RewardActor:
     def __init__(self, reward: RewardConfig, answer_format: str):
         self.cfg = reward
         self.answer_format = answer_format
+        self.judges = start_judge_actors(reward.judge) if reward.enabled("thinking") else []
+        self.judge_failures = 0
+        self.encoder = self.keyphrase = None
+        para = reward.paragraph
+        if reward.enabled("paragraph"):
+            self.keyphrase = make_keyphrase_extractor(para.yake_language, para.yake_max_ngram)
+            if para.encoder:
+                self.encoder = ClipEncoder(para.encoder, kind=para.encoder_kind, pretrained=para.encoder_pretrained,
+                                           dtype=para.encoder_dtype)
 
-    def score(self, texts: list[str], num_tokens: list[int], labels: list[str]) -> list[dict[str, float]]:
-        return [
-            score_response(
-                text, n, label, self.cfg.weights,
-                max_len=self.cfg.max_len, buffer=self.cfg.overlong_buffer, answer_format=self.answer_format,
-            )
-            for text, n, label in zip(texts, num_tokens, labels)
+    def score(self, texts: list[str], num_tokens: list[int], labels: list[str], modes: Sequence[str] | None = None,
+              media: Sequence[MediaRef | None] | None = None, questions: Sequence[str] | None = None) -> list[dict]:
+        """One dict per response: each enabled component, `total`, and when enabled `judge_asked`/`judge_failed`
+        (0/1) and `paragraph` (mean paragraph reward) with `paragraphs`: [(start, end, reward)] per kept paragraph.
+
+        `modes` (default think), `media` (path and kind of the prompt's file; the G responses of a prompt
+        share one decode and one embedding) and `questions` (the user prompt, for the judge) are per response.
+        """
+        n = len(texts)
+        modes = list(modes or ["think"] * n)
+        media = list(media or [None] * n)
+        questions = list(questions or [""] * n)
+        judged, failed = self._judge(texts, labels, modes, media, questions)
+        results = [
+            score_response(text, length, label, self.cfg.weights, max_len=self.cfg.max_len,
+                           buffer=self.cfg.overlong_buffer, answer_format=self.answer_format,
+                           mode=mode, judge_score=judged.get(i))
+            for i, (text, length, label, mode) in enumerate(zip(texts, num_tokens, labels, modes))
         ]
+        if self.judges:
+            for i, sc in enumerate(results):
+                sc["judge_asked"], sc["judge_failed"] = float(i in judged or i in failed), float(i in failed)
+        if self.cfg.enabled("paragraph"):
+            self._paragraphs(results, texts, media)
+        return results
+
+    def _judge(self, texts, labels, modes, media, questions) -> tuple[dict[int, float], set[int]]:
+        """Judge scores of the correct think-mode responses, and the indices whose judge call failed."""
+        if not self.judges:
+            return {}, set()
+        cfg = self.cfg.judge
+        asked = [i for i in range(len(texts))
+                 if modes[i] == "think" and accuracy_reward(texts[i], labels[i], self.answer_format) == 1.0]
+        batches = [asked[k:k + cfg.batch_size] for k in range(0, len(asked), cfg.batch_size)]
+        refs = [
+            self.judges[b % len(self.judges)].grade.remote(
+                [JudgeRequest(questions[i], texts[i], *(media[i] or (None, "video"))) for i in batch])
+            for b, batch in enumerate(batches)
+        ]
+        scores, failed = {}, set()
+        for batch, ref in zip(batches, refs):
+            try:
+                scores.update(zip(batch, ray.get(ref, timeout=cfg.timeout_s)))
+            except Exception as e:  # timeout, dead judge, undecodable media: 0 for this batch, training goes on
+                ray.cancel(ref)
+                failed.update(batch)
+                self.judge_failures += len(batch)
+                print(f"[reward] judge failed on {len(batch)} response(s) ({type(e).__name__}: {e}); "
+                      f"{self.judge_failures} judge failures so far", flush=True)
+        return scores, failed
+
+    def _paragraphs(self, results: list[dict], texts: list[str], media: list[MediaRef | None]) -> None:
+        para = self.cfg.paragraph
+        embeddings: dict[MediaRef, torch.Tensor] = {}
+        for sc, text, ref in zip(results, texts, media):
+            paragraphs = segment_paragraphs(text, min_chars=para.min_chars, max_paragraphs=para.max_paragraphs)
+            embedding = None
+            if self.encoder is not None and ref is not None:
+                if ref not in embeddings:
+                    embeddings[ref] = self._media_embedding(ref)
+                embedding = embeddings[ref]
+            rewards = paragraph_rewards(
+                paragraphs, parse_answer(text, self.answer_format), embedding,
+                self.encoder.embed_texts if self.encoder is not None else None,
+                keyphrase=self.keyphrase, alpha=para.alpha, beta=para.beta,
+            )
+            sc["paragraph"] = sum(rewards) / len(rewards) if rewards else 0.0
+            sc["paragraphs"] = [(p.start, p.end, r) for p, r in zip(paragraphs, rewards)]
+
+    def _media_embedding(self, ref: MediaRef) -> torch.Tensor:
+        """The prompt's media embedding; NaN when the file cannot be decoded, which VCR scores 0.5 (its failure value)."""
+        para = self.cfg.paragraph
+        try:
+            frames = load_frames(ref[0], ref[1], para.num_frames, max_pixels=para.max_pixels, min_pixels=para.min_pixels)
+            return self.encoder.embed_frames(frames)
+        except (MediaError, OSError, ValueError) as e:
+            print(f"[reward] no media embedding for {ref[0]}: {e}", flush=True)
+            return torch.tensor([math.nan])

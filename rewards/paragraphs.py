@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 import torch
 
 VCR_FAILURE = 0.5  # the paper's score when no keyphrase or embedding can be had
+# YAKE's cost grows faster than linearly; a paragraph of a 1024-token response fits well within this.
+KEYPHRASE_MAX_CHARS = 5000
 
 _BLANK_LINE_RE = re.compile(r"\n[^\S\n]*\n\s*")
 _ANSWER_LINE_RE = re.compile(r"^[^\S\n]*(?:#+[^\S\n]*)?(?:final[^\S\n]+answer|answer|conclusion)[^\S\n]*:", re.IGNORECASE | re.MULTILINE)
@@ -135,10 +137,10 @@ def prediction_consistency(paragraphs: Sequence[Paragraph], answer: str, lexicon
 
 def visual_consistency(phrases: Sequence[str | None], media_embedding: torch.Tensor,
                        text_encoder: Callable[[list[str]], torch.Tensor]) -> list[float]:
-    """VCR: (cos(phrase, media) + 1) / 2 per phrase; a missing phrase, an encoder error or a
-    non-finite cosine scores 0.5."""
+    """VCR: (cos(phrase, media) + 1) / 2 per phrase; a missing phrase, an encoder error, a non-finite
+    media embedding (media that could not be decoded) or a non-finite cosine scores 0.5."""
     wanted = [p for p in phrases if p]
-    if not wanted:
+    if not wanted or not torch.isfinite(media_embedding).all():
         return [VCR_FAILURE] * len(phrases)
     try:
         texts = text_encoder(wanted).float()
@@ -154,14 +156,17 @@ def visual_consistency(phrases: Sequence[str | None], media_embedding: torch.Ten
 
 
 def make_keyphrase_extractor(language: str = "en", max_ngram: int = 10) -> Callable[[str], str | None]:
-    """YAKE top-1 keyphrase (n-grams up to ``max_ngram`` words), as the official PRPO code; None when YAKE finds none."""
+    """YAKE top-1 keyphrase (n-grams up to ``max_ngram`` words), as the official PRPO code; None when YAKE finds none.
+
+    Only the first ``KEYPHRASE_MAX_CHARS`` characters of a paragraph are read.
+    """
     import yake
 
     extractor = yake.KeywordExtractor(lan=language, n=max_ngram, top=1)
 
     def keyphrase(text: str) -> str | None:
         try:
-            found = extractor.extract_keywords(_TAG_RE.sub(" ", text))
+            found = extractor.extract_keywords(_TAG_RE.sub(" ", text[:KEYPHRASE_MAX_CHARS]))
         except Exception:  # YAKE on odd text (e.g. lone surrogates) scores VCR_FAILURE instead of raising
             return None
         return found[0][0] if found else None

@@ -26,12 +26,13 @@ from rewards.paragraphs import make_keyphrase_extractor, paragraph_rewards, segm
 MediaRef = tuple[str, str]  # (path, "video" | "image")
 
 
-@ray.remote(num_cpus=0.5)
-class RewardActor:
-    def __init__(self, reward: RewardConfig, answer_format: str):
+class RewardScorer:
+    """The reward actor's body (`RewardActor` below); `judges` overrides the judge actors it would start."""
+
+    def __init__(self, reward: RewardConfig, answer_format: str, judges: list | None = None):
         self.cfg = reward
         self.answer_format = answer_format
-        self.judges = start_judge_actors(reward.judge) if reward.enabled("thinking") else []
+        self.judges = [] if not reward.enabled("thinking") else judges or start_judge_actors(reward.judge)
         self.judge_failures = 0
         self.encoder = self.keyphrase = None
         para = reward.paragraph
@@ -119,3 +120,6 @@ class RewardActor:
         except (MediaError, OSError, ValueError) as e:
             print(f"[reward] no media embedding for {ref[0]}: {e}", flush=True)
             return torch.tensor([math.nan])
+
+
+RewardActor = ray.remote(num_cpus=0.5)(RewardScorer)

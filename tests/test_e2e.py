@@ -52,6 +52,9 @@ def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_
         assert 0.0 <= r["reward/accuracy"] <= 1.0
         assert r["groups_kept"] + r["groups_dropped"] == r["groups_drawn"]
         assert r["responses"] == r["groups_drawn"] * cfg.rollout.sampling.group_size
+        per_category = {k.rsplit("/", 1)[1]: v for k, v in r.items() if k.startswith("reward/accuracy/")}
+        assert per_category and set(per_category) <= {"camera", "face-swap", "lip-sync", "text-to-video"}
+        assert all(0.0 <= v <= 1.0 for v in per_category.values())
 
     # The training curves render to an image a person can open.
     png = plot_training(Path(cfg.run.output_dir) / "metrics.jsonl", Path(cfg.run.output_dir) / "training.png")

@@ -39,8 +39,9 @@ class RewardScorer:
         if reward.enabled("paragraph"):
             self.keyphrase = make_keyphrase_extractor(para.yake_language, para.yake_max_ngram)
             if para.encoder:
+                device = "cuda" if para.num_gpus > 0 and torch.cuda.is_available() else "cpu"
                 self.encoder = ClipEncoder(para.encoder, kind=para.encoder_kind, pretrained=para.encoder_pretrained,
-                                           dtype=para.encoder_dtype)
+                                           dtype=para.encoder_dtype, device=device)
 
     def score(self, texts: list[str], num_tokens: list[int], labels: list[str], modes: Sequence[str] | None = None,
               media: Sequence[MediaRef | None] | None = None, questions: Sequence[str] | None = None) -> list[dict]:

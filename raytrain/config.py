@@ -116,6 +116,7 @@ class ParagraphConfig(_Strict):
     encoder_kind: Literal["transformers", "open_clip"] = Field("transformers", description="Loader of `encoder`.")
     encoder_pretrained: str | None = Field(None, description="OpenCLIP pretrained tag (PRPO: `laion2b_s29b_b131k_ft_soup`); unused for transformers.")
     encoder_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Encoder weight dtype.")
+    num_gpus: float = Field(0, ge=0, description="GPUs reserved for the reward actor, which runs the encoder (0: CPU).")
     num_frames: int = Field(8, gt=0, description="Frames of a video embedded (mean of the frames' embeddings).")
     max_pixels: int = Field(448 * 448, gt=0, description="Per-frame pixel cap when decoding media for the encoder.")
     min_pixels: int = Field(28 * 28, gt=0, description="Per-frame pixel floor when decoding media for the encoder.")

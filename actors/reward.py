@@ -9,6 +9,7 @@ the returned scores (`judge_failed`) and printed, and never stalls training.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Sequence
 
 import ray
@@ -21,7 +22,7 @@ from raytrain.judge import JudgeRequest
 from raytrain.media import MediaError, load_frames
 from rewards.answer import parse_answer
 from rewards.outcome import accuracy_reward, score_response
-from rewards.paragraphs import make_keyphrase_extractor, paragraph_rewards, segment_paragraphs
+from rewards.paragraphs import make_keyphrase_extractor, paragraph_rewards, segment_paragraphs, vcr_phrases
 
 MediaRef = tuple[str, str]  # (path, "video" | "image")
 
@@ -95,22 +96,37 @@ class RewardScorer:
         return scores, failed
 
     def _paragraphs(self, results: list[dict], texts: list[str], media: list[MediaRef | None]) -> None:
+        """Paragraph rewards of a batch: one media embedding per prompt, one keyphrase per distinct
+        paragraph and one text-encoder call for all phrases."""
         para = self.cfg.paragraph
+        paragraphs = [segment_paragraphs(t, min_chars=para.min_chars, max_paragraphs=para.max_paragraphs) for t in texts]
+        answers = [parse_answer(t, self.answer_format) for t in texts]
+        keyphrase = lru_cache(maxsize=None)(self.keyphrase)
         embeddings: dict[MediaRef, torch.Tensor] = {}
-        for sc, text, ref in zip(results, texts, media):
-            paragraphs = segment_paragraphs(text, min_chars=para.min_chars, max_paragraphs=para.max_paragraphs)
-            embedding = None
-            if self.encoder is not None and ref is not None:
+        phrases: set[str] = set()
+        for ps, answer, ref in zip(paragraphs, answers, media):
+            if self.encoder is not None and ref is not None and answer is not None and ps:
                 if ref not in embeddings:
                     embeddings[ref] = self._media_embedding(ref)
-                embedding = embeddings[ref]
+                phrases.update(p for p in vcr_phrases(ps, answer, keyphrase) if p)
+        text_table = self._embed_texts(sorted(phrases))
+        for sc, ps, answer, ref in zip(results, paragraphs, answers, media):
             rewards = paragraph_rewards(
-                paragraphs, parse_answer(text, self.answer_format), embedding,
-                self.encoder.embed_texts if self.encoder is not None else None,
-                keyphrase=self.keyphrase, alpha=para.alpha, beta=para.beta,
+                ps, answer, embeddings.get(ref), lambda batch: torch.stack([text_table[p] for p in batch]),
+                keyphrase=keyphrase, alpha=para.alpha, beta=para.beta,
             )
             sc["paragraph"] = sum(rewards) / len(rewards) if rewards else 0.0
-            sc["paragraphs"] = [(p.start, p.end, r) for p, r in zip(paragraphs, rewards)]
+            sc["paragraphs"] = [(p.start, p.end, r) for p, r in zip(ps, rewards)]
+
+    def _embed_texts(self, phrases: list[str]) -> dict[str, torch.Tensor]:
+        """Phrase -> embedding; empty when the encoder fails, so VCR falls back to 0.5 (a missing key)."""
+        if not phrases:
+            return {}
+        try:
+            return dict(zip(phrases, self.encoder.embed_texts(phrases)))
+        except Exception as e:  # a broken encoder costs the visual term, never the training step
+            print(f"[reward] text encoder failed on {len(phrases)} phrase(s): {type(e).__name__}: {e}", flush=True)
+            return {}
 
     def _media_embedding(self, ref: MediaRef) -> torch.Tensor:
         """The prompt's media embedding; NaN when the file cannot be decoded, which VCR scores 0.5 (its failure value)."""

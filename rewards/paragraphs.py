@@ -174,6 +174,12 @@ def make_keyphrase_extractor(language: str = "en", max_ngram: int = 10) -> Calla
     return keyphrase
 
 
+def vcr_phrases(paragraphs: Sequence[Paragraph], answer: str, keyphrase: Callable[[str], str | None]) -> list[str | None]:
+    """What VCR embeds per paragraph: the predicted label word for the conclusion, else the keyphrase."""
+    final = _conclusion_index(paragraphs)
+    return [answer if k == final else keyphrase(p.text) for k, p in enumerate(paragraphs)]
+
+
 def paragraph_rewards(
     paragraphs: Sequence[Paragraph],
     answer: str | None,
@@ -196,8 +202,6 @@ def paragraph_rewards(
     pcr = prediction_consistency(paragraphs, answer, lexicon)
     if media_embedding is None or text_encoder is None:
         return pcr
-    keyphrase = keyphrase or make_keyphrase_extractor()
-    final = _conclusion_index(paragraphs)
-    phrases = [answer if k == final else keyphrase(p.text) for k, p in enumerate(paragraphs)]
+    phrases = vcr_phrases(paragraphs, answer, keyphrase or make_keyphrase_extractor())
     vcr = visual_consistency(phrases, media_embedding, text_encoder)
     return [alpha * v + beta * c for v, c in zip(vcr, pcr)]

@@ -13,6 +13,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rewards.judge import JUDGE_PROMPT
+from rewards.outcome import COMPONENTS as REWARD_COMPONENTS
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -78,24 +81,80 @@ class RolloutConfig(_Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
 
 
+class JudgeConfig(_Strict):
+    """The thinking judge of BusterX++ stage 3: a vision-language model grading the reasoning (SPEC section 3).
+
+    Reference: SophiaVL-R1-Thinking-Reward-Model-3B (a Qwen2.5-VL-3B fine-tune, arXiv 2505.17018).
+    Loaded only when `reward.weights.thinking` is non-zero.
+    """
+
+    model: ModelConfig | None = Field(None, description="Judge model (any image-text-to-text folder or hub name); required when the thinking weight is non-zero.")
+    prompt: str = Field(
+        JUDGE_PROMPT,
+        description="Judge prompt with `{question}` and `{response}` placeholders (default: the SophiaVL-R1 criteria); "
+        "the media go beside it.",
+    )
+    num_frames: int = Field(4, gt=0, description="Frames of a video the judge sees (an image is one frame).")
+    max_pixels: int = Field(448 * 448, gt=0, description="Per-frame pixel cap of the judge's media.")
+    min_pixels: int = Field(28 * 28, gt=0, description="Per-frame pixel floor of the judge's media.")
+    max_new_tokens: int = Field(32, gt=0, description="Greedy tokens the judge may write (its answer is `<answer>S</answer>`).")
+    batch_size: int = Field(8, gt=0, description="Requests per judge call (and per generate batch).")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for one judge batch; on timeout its responses score 0, counted as judge failures.")
+    num_actors: int = Field(1, gt=0, description="Judge actors; batches are spread over them.")
+    num_cpus: float = Field(1, gt=0, description="CPUs per judge actor.")
+    num_gpus: float = Field(0, ge=0, description="GPUs per judge actor (0 on CPU).")
+    torch_threads: int = Field(1, gt=0, description="Intra-op threads of a judge actor on CPU.")
+
+
+class ParagraphConfig(_Strict):
+    """PRPO paragraph rewards r_k = alpha * VCR_k + beta * PCR_k (Nguyen et al. 2025; SPEC section 5).
+
+    The encoder is loaded only when `reward.weights.paragraph` is non-zero; without one, r_k = PCR_k.
+    """
+
+    encoder: str | None = Field(None, description="CLIP-style dual encoder: a transformers CLIP folder/hub name, or an OpenCLIP model name (PRPO: `convnext_large_d_320`).")
+    encoder_kind: Literal["transformers", "open_clip"] = Field("transformers", description="Loader of `encoder`.")
+    encoder_pretrained: str | None = Field(None, description="OpenCLIP pretrained tag (PRPO: `laion2b_s29b_b131k_ft_soup`); unused for transformers.")
+    encoder_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Encoder weight dtype.")
+    num_gpus: float = Field(0, ge=0, description="GPUs reserved for the reward actor, which runs the encoder (0: CPU).")
+    num_frames: int = Field(8, gt=0, description="Frames of a video embedded (mean of the frames' embeddings).")
+    max_pixels: int = Field(448 * 448, gt=0, description="Per-frame pixel cap when decoding media for the encoder.")
+    min_pixels: int = Field(28 * 28, gt=0, description="Per-frame pixel floor when decoding media for the encoder.")
+    alpha: float = Field(0.5, ge=0, description="Weight of the visual consistency reward VCR (PRPO: 0.5).")
+    beta: float = Field(0.5, ge=0, description="Weight of the prediction consistency reward PCR (PRPO: 0.5).")
+    max_paragraphs: int = Field(8, gt=0, description="K: paragraphs kept per response (PRPO: 8).")
+    min_chars: int = Field(20, ge=0, description="Paragraphs of at most this many characters are dropped unless they hold an answer line (PRPO: 20).")
+    yake_language: str = Field("en", description="YAKE stop-word language of the keyphrase extractor.")
+    yake_max_ngram: int = Field(10, gt=0, description="Longest YAKE keyphrase in words (PRPO: 10; top-1 phrase).")
+
+
 class RewardConfig(_Strict):
-    """Outcome rewards of SPEC section 3 (DAPO / BusterX++)."""
+    """Rewards of SPEC sections 3 and 5 (DAPO, BusterX++, PRPO)."""
 
     weights: dict[str, float] = Field(
         default_factory=lambda: {"format": 1.0, "overlong": 1.0, "accuracy": 1.0},
-        description="Enabled components and their weights in the total reward R.",
+        description="Enabled components and their weights in the total reward R: format, overlong, accuracy, "
+        "hybrid, thinking (BusterX++ stage 3) and paragraph (PRPO). `paragraph` is a per-paragraph vector, "
+        "so it is not summed into R; its mean is logged and the PRPO update uses the vector. A missing or zero "
+        "weight loads nothing for its component.",
     )
     max_len: int = Field(750, gt=0, description="L_max of the soft overlong punishment (DAPO section 3.4).")
     overlong_buffer: int = Field(150, gt=0, description="L_c: the punishment ramps over the last L_c tokens before L_max.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    paragraph: ParagraphConfig = Field(default_factory=ParagraphConfig)
+
+    def enabled(self, component: str) -> bool:
+        return self.weights.get(component, 0.0) != 0.0
 
     @model_validator(mode="after")
     def _known_components(self):
-        known = {"format", "overlong", "accuracy"}
-        unknown = set(self.weights) - known
+        unknown = set(self.weights) - set(REWARD_COMPONENTS)
         if unknown:
-            raise ValueError(f"unknown reward component(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(f"unknown reward component(s) {sorted(unknown)}; known: {sorted(REWARD_COMPONENTS)}")
         if self.overlong_buffer > self.max_len:
             raise ValueError("overlong_buffer must not exceed max_len")
+        if self.enabled("thinking") and self.judge.model is None:
+            raise ValueError("the thinking reward needs a judge model: set reward.judge.model.path")
         return self
 
 

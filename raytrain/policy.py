@@ -26,6 +26,7 @@ class Prompt:
     grid_thw: np.ndarray  # int64 [3]
     is_video: bool
     second_per_grid_t: float = 1.0
+    mode: str = "think"  # BusterX++ stage-3 mode flag (think / no_think), scored by the hybrid and thinking rewards
 
 
 @dataclass

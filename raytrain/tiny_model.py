@@ -153,3 +153,30 @@ def save_tiny_model(out: Path, *, seed: int = 0) -> Path:
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def save_tiny_clip(out: Path, *, dim: int = 32, image_size: int = 32, seed: int = 0) -> Path:
+    """A tiny random CLIP (transformers `CLIPModel`, safetensors) with its tokenizer and image processor:
+    the local stand-in for PRPO's OpenCLIP ConvNeXt-L-D-320, loaded by path like any CLIP folder."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    tokenizer = _train_tokenizer(512)
+    # CLIP pools the text at its end-of-text token, which real CLIP tokenizers append themselves.
+    eos = "<|im_end|>"
+    eos_id = tokenizer.convert_tokens_to_ids(eos)
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single=f"$A {eos}", special_tokens=[(eos, eos_id)])
+    layers = dict(hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=1, num_attention_heads=2)
+    config = CLIPConfig(
+        text_config=dict(**layers, vocab_size=len(tokenizer), max_position_embeddings=64,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_id, bos_token_id=None),
+        vision_config=dict(**layers, image_size=image_size, patch_size=image_size // 4),
+        projection_dim=dim // 2,
+    )
+    torch.manual_seed(seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    CLIPModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
+    return out

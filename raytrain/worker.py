@@ -107,13 +107,18 @@ def _collect_dapo(cfg: Config, feed: PromptFeed, rollout, reward_actor, version:
         if not prompts:
             break
         rounds += 1
-        samples = ray.get(rollout.generate.remote(prompts, cfg.rollout.sampling))
-        flat = [s for group in samples for s in group]
-        stale = max(version - s.version for s in flat)
-        if stale > algo.max_staleness:
-            raise RuntimeError(f"rollouts are {stale} versions behind the trainer (max_staleness={algo.max_staleness})")
-        labels = [p.label for p, group in zip(prompts, samples) for _ in group]
-        scores = ray.get(reward_actor.score.remote([s.text for s in flat], [len(s.token_ids) for s in flat], labels))
+        # One generate call per prompt, and each group goes to the reward actor as soon as it exists:
+        # scoring (judge, encoder) runs while the rollout actor generates the next prompts.
+        generated = [rollout.generate.remote([p], cfg.rollout.sampling) for p in prompts]
+        samples, scoring = [], []
+        for prompt, ref in zip(prompts, generated):
+            group = ray.get(ref)[0]
+            stale = max(version - s.version for s in group)
+            if stale > algo.max_staleness:
+                raise RuntimeError(f"rollouts are {stale} versions behind the trainer (max_staleness={algo.max_staleness})")
+            samples.append(group)
+            scoring.append(_submit_scoring(cfg, reward_actor, prompt, group))
+        scores = [sc for ref in scoring for sc in ray.get(ref)]
         g = cfg.rollout.sampling.group_size
         groups = [Group(p, samples[i], scores[i * g:(i + 1) * g]) for i, p in enumerate(prompts)]
         all_groups += groups
@@ -131,11 +136,28 @@ def _collect_dapo(cfg: Config, feed: PromptFeed, rollout, reward_actor, version:
     return kept, stats
 
 
+def _submit_scoring(cfg: Config, reward_actor, prompt: Prompt, group: list[Sample]) -> ray.ObjectRef:
+    n, media = len(group), ("video" if prompt.is_video else "image")
+    return reward_actor.score.remote(
+        [s.text for s in group], [len(s.token_ids) for s in group], [prompt.label] * n,
+        modes=[prompt.mode] * n, media=[(prompt.path, media)] * n, questions=[cfg.data.prompt.format(media=media)] * n,
+    )
+
+
 def _rollout_stats(groups: list[Group]) -> dict:
     """Sums over every sampled response (kept or dropped): the policy's actual behaviour."""
     scores = [sc for grp in groups for sc in grp.scores]
     samples = [s for grp in groups for s in grp.samples]
-    stats = {f"reward_{k}_sum": sum(sc[k] for sc in scores) for k in (scores[0] if scores else ())}
+    # Scalars only: `paragraphs` holds per-paragraph spans and rewards.
+    stats = {f"reward_{k}_sum": sum(sc[k] for sc in scores) for k, v in (scores[0].items() if scores else ()) if isinstance(v, float)}
+    by_category: dict[str, list[float]] = {}
+    for grp in groups:
+        for sc in grp.scores:
+            if "accuracy" in sc:
+                tally = by_category.setdefault(grp.prompt.category, [0.0, 0.0])
+                tally[0] += sc["accuracy"]
+                tally[1] += 1
+    stats["accuracy_by_category"] = by_category
     stats["responses"] = len(samples)
     stats["response_tokens_sum"] = sum(len(s.token_ids) for s in samples)
     stats["truncated_sum"] = sum(s.truncated for s in samples)
@@ -334,7 +356,9 @@ def _metric_keys(cfg: Config) -> list[str]:
     """Per-rank sums every rank reduces, in one fixed order (a rank with no data sends zeros)."""
     if cfg.train.algorithm == "sft":
         return ["prompts", "sft_nll_sum"]
-    rewards = [f"reward_{c}_sum" for c in [*cfg.reward.weights, "total"]]
+    scored = [c for c in cfg.reward.weights if c != "paragraph" or cfg.reward.enabled("paragraph")]
+    judge = ["judge_asked", "judge_failed"] if cfg.reward.enabled("thinking") else []
+    rewards = [f"reward_{c}_sum" for c in [*scored, "total", *judge]]
     kl = ["kl"] if cfg.algorithm.kl_coef > 0 else []
     return ["responses", "response_tokens_sum", "truncated_sum", "groups_drawn", "groups_dropped", "groups_kept",
             "generation_rounds", *rewards, "clip_frac", "ratio_mean", "approx_kl", *kl, "ranks_trained"]
@@ -361,7 +385,22 @@ def _step_metrics(cfg: Config, state: TrainerState, stats: dict, global_tokens: 
             m[k] = int(v)
     if "sft_nll_sum" in totals:
         m["sft_nll"] = totals["sft_nll_sum"] / max(global_tokens, 1.0)
+    if cfg.train.algorithm == "dapo":
+        m.update(_accuracy_by_category(stats.get("accuracy_by_category", {})))
     return m
+
+
+def _accuracy_by_category(local: dict[str, list[float]]) -> dict[str, float]:
+    """`reward/accuracy/<category>` over every rank's responses (ranks see different categories)."""
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    merged: dict[str, list[float]] = {}
+    for part in gathered:
+        for category, (correct, count) in part.items():
+            tally = merged.setdefault(category, [0.0, 0.0])
+            tally[0] += correct
+            tally[1] += count
+    return {f"reward/accuracy/{c}": correct / count for c, (correct, count) in sorted(merged.items()) if count}
 
 
 def _log(out_dir: Path, metrics: dict) -> None:

@@ -24,7 +24,7 @@ _LETTER_RE = re.compile(r"([AB])(?:\)\s*(real|fake))?\.?", re.IGNORECASE | re.AS
 _LETTER_TO_WORD = {"A": "real", "B": "fake"}
 
 
-def _last_answer(text: str) -> str | None:
+def last_answer(text: str) -> str | None:
     """Content of the last ``<answer>`` that is closed, up to its first ``</answer>``.
 
     str.rfind/find keep this linear: a lazy ``<answer>(.*?)</answer>`` regex
@@ -66,7 +66,7 @@ def parse_answer(text: str, answer_format: AnswerFormat = "word") -> str | None:
     """
     if answer_format not in get_args(AnswerFormat):
         raise ValueError(f"answer_format must be one of {get_args(AnswerFormat)}, got {answer_format!r}")
-    content = _last_answer(text)
+    content = last_answer(text)
     if content is None:
         return None
     content = content.strip()

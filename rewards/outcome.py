@@ -9,11 +9,14 @@ from __future__ import annotations
 from typing import Mapping
 
 from rewards.answer import AnswerFormat, parse_answer
+from rewards.modes import hybrid_reward, thinking_reward
 
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
 _TAGS = (_THINK_OPEN, _THINK_CLOSE, _ANSWER_OPEN, _ANSWER_CLOSE)
-COMPONENTS = ("format", "overlong", "accuracy")
+# Scalar components summed into the total; "paragraph" (PRPO) is a per-paragraph vector scored apart.
+SCALAR_COMPONENTS = ("format", "overlong", "accuracy", "hybrid", "thinking")
+COMPONENTS = (*SCALAR_COMPONENTS, "paragraph")
 
 
 def format_reward(text: str) -> float:
@@ -67,10 +70,14 @@ def score_response(
     max_len: int,
     buffer: int,
     answer_format: AnswerFormat,
+    mode: str = "think",
+    judge_score: float | None = None,
 ) -> dict[str, float]:
-    """Score every component named in ``weights`` plus ``"total"``, their weighted sum (SPEC section 3).
+    """Score every scalar component named in ``weights`` plus ``"total"``, their weighted sum (SPEC section 3).
 
-    Components are returned separately so each can be logged on its own.
+    ``mode`` is the prompt's ``think``/``no_think`` flag; ``judge_score`` the judge's grade of the
+    reasoning (None when not asked or failed). Components are returned separately so each can be
+    logged on its own; ``"paragraph"`` is accepted but scored by ``rewards.paragraphs``.
     """
     unknown = sorted(set(weights) - set(COMPONENTS))
     if unknown:
@@ -79,7 +86,9 @@ def score_response(
         "format": lambda: format_reward(text),
         "overlong": lambda: overlong_reward(num_tokens, max_len, buffer),
         "accuracy": lambda: accuracy_reward(text, label, answer_format),
+        "hybrid": lambda: hybrid_reward(text, mode),
+        "thinking": lambda: thinking_reward(accuracy_reward(text, label, answer_format), judge_score, mode),
     }
-    scores = {name: compute[name]() for name in COMPONENTS if name in weights}
+    scores = {name: compute[name]() for name in SCALAR_COMPONENTS if name in weights}
     scores["total"] = sum((weights[name] * value for name, value in scores.items()), 0.0)
     return scores

@@ -126,6 +126,20 @@ def test_unknown_reward_component_refused(base_config_dict):
     assert "reward" in str(exc.value)
 
 
+def test_thinking_reward_needs_a_judge_model(base_config_dict):
+    raw = copy.deepcopy(base_config_dict)
+    raw["reward"]["weights"] = {"accuracy": 1.0, "thinking": 1.0, "hybrid": 1.0, "paragraph": 0.5}
+    with pytest.raises(ConfigError, match="judge model"):
+        parse_config(raw)
+    raw["reward"]["judge"] = {"model": {"path": "judge-folder"}, "timeout_s": 30}
+    cfg = parse_config(raw)
+    assert cfg.reward.enabled("thinking") and cfg.reward.judge.model.trust_remote_code is False
+    assert cfg.reward.paragraph.alpha == cfg.reward.paragraph.beta == 0.5 and cfg.reward.paragraph.max_paragraphs == 8
+    raw["reward"]["weights"]["thinking"] = 0.0
+    raw["reward"].pop("judge")
+    assert not parse_config(raw).reward.enabled("thinking")  # a zero weight needs no judge
+
+
 def test_overlong_buffer_above_max_len_refused(base_config_dict):
     raw = copy.deepcopy(base_config_dict)
     raw["reward"]["max_len"] = 4

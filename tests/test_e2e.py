@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from raytrain.checkpoint import MODEL_DIR, TrainerState, latest_checkpoint
 from raytrain.config import parse_config
 from raytrain.launch import STORAGE_DIR, train
+from raytrain.manifest import read_manifest
 from raytrain.models import load_policy
 from raytrain.plots import plot_training
 
@@ -44,6 +45,7 @@ def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_
 
     # Metrics were reported each step, and step 2 was rolled out by the weights of step 1.
     records = _metrics(cfg)
+    categories = set(read_manifest(cfg.data.manifest)["category"].to_pylist())
     assert [r["step"] for r in records] == [1, 2]
     assert [r["rollout_version"] for r in records] == [0, 1]
     for r in records:
@@ -51,6 +53,9 @@ def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_
         assert 0.0 <= r["reward/accuracy"] <= 1.0
         assert r["groups_kept"] + r["groups_dropped"] == r["groups_drawn"]
         assert r["responses"] == r["groups_drawn"] * cfg.rollout.sampling.group_size
+        per_category = {k.rsplit("/", 1)[1]: v for k, v in r.items() if k.startswith("reward/accuracy/")}
+        assert per_category and set(per_category) <= categories
+        assert all(0.0 <= v <= 1.0 for v in per_category.values())
 
     # The training curves render to an image a person can open.
     png = plot_training(Path(cfg.run.output_dir) / "metrics.jsonl", Path(cfg.run.output_dir) / "training.png")

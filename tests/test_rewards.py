@@ -102,7 +102,7 @@ def test_score_response_weighted_total():
 
 def test_score_response_rejects_unknown_component():
     with pytest.raises(ValueError, match="known.*format"):
-        score_response("", 1, "real", {"thinking": 1.0}, max_len=750, buffer=150, answer_format="word")
+        score_response("", 1, "real", {"lenght": 1.0}, max_len=750, buffer=150, answer_format="word")
 
 
 def _assert_total_functions(text):

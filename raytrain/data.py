@@ -8,13 +8,15 @@ consumer skips it, counts it and lists it by path: nothing disappears silently.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
 from raytrain.config import Config, DataConfig, ModelConfig
-from raytrain.manifest import read_manifest
+from raytrain.manifest import inspect_entry, read_manifest
 from raytrain.media import MediaError, load_frames
 from raytrain.policy import Prompt
 
@@ -58,6 +60,14 @@ def split_rows(data: DataConfig, split: str, *, epochs: int = 1, seed: int = 0, 
     return rows
 
 
+def decode_row(row: dict, data: DataConfig) -> np.ndarray:
+    """A manifest row's frames under the config's sampling policy and per-frame pixel budget."""
+    return load_frames(
+        row["path"], row["media"], data.num_frames, max_pixels=data.max_pixels, min_pixels=data.min_pixels,
+        sample_fps=data.sample_fps, min_frames=data.min_frames, max_frames=data.max_frames,
+    )
+
+
 class PromptBuilder:
     """Ray Data callable class: decode frames and run the model's processor, once per row."""
 
@@ -74,9 +84,7 @@ class PromptBuilder:
         return self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
 
     def _process(self, row: dict) -> dict:
-        frames = load_frames(
-            row["path"], row["media"], self.data.num_frames, max_pixels=self.data.max_pixels, min_pixels=self.data.min_pixels
-        )
+        frames = decode_row(row, self.data)
         is_video = row["media"] == "video"
         text = self._prompt_text(row["media"])
         if is_video:
@@ -96,7 +104,7 @@ class PromptBuilder:
         if is_video and fps and total and np.isfinite(fps) and fps > 0 and total > 0:  # unknown fps arrives as NaN
             # Real time between temporal patches, so M-RoPE spaces frames as the clip does.
             duration = total / fps
-            second_per_grid_t = self.processor.video_processor.temporal_patch_size * duration / self.data.num_frames
+            second_per_grid_t = self.processor.video_processor.temporal_patch_size * duration / len(frames)
         return {
             "input_ids": out["input_ids"][0].astype(np.int64),
             "pixel_values": pixel_values.astype(np.float32),
@@ -143,10 +151,32 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def _blocks(rows: pa.Table) -> ray.data.Dataset:
+    return ray.data.from_arrow([rows.slice(i, _ROWS_PER_BLOCK) for i in range(0, rows.num_rows, _ROWS_PER_BLOCK)])
+
+
+def decode_frames(batch: dict[str, np.ndarray], data: DataConfig) -> dict[str, np.ndarray]:
+    """Ray Data batch function: the decode stage alone (frames or an error per row), for benchmarks and tools."""
+    frames, errors = [], []
+    for row in (dict(zip(batch, values)) for values in zip(*batch.values())):
+        try:
+            frames.append(decode_row(row, data))
+            errors.append("")
+        except MediaError as e:
+            frames.append(np.zeros((0, 0, 0, 3), np.uint8))
+            errors.append(e.reason)
+    return {"key": batch["key"], "path": batch["path"], "frames": _ragged(frames), "error": np.asarray(errors)}
+
+
+def build_frame_dataset(data: DataConfig, rows: pa.Table) -> ray.data.Dataset:
+    """`build_dataset` without the processor: the same blocks, decode concurrency and `decode_row`."""
+    return _blocks(rows).map_batches(decode_frames, fn_kwargs={"data": data}, batch_size=_ROWS_PER_BLOCK,
+                                     concurrency=data.decode_concurrency, num_cpus=0.5)
+
+
 def build_dataset(cfg: Config, rows: pa.Table) -> ray.data.Dataset:
     """A lazy, streaming dataset of processed prompts (decoding starts when someone iterates)."""
-    blocks = [rows.slice(i, _ROWS_PER_BLOCK) for i in range(0, rows.num_rows, _ROWS_PER_BLOCK)]
-    return ray.data.from_arrow(blocks).map_batches(
+    return _blocks(rows).map_batches(
         PromptBuilder,
         fn_constructor_kwargs={"model": cfg.model, "data": cfg.data},
         batch_size=_ROWS_PER_BLOCK,
@@ -177,3 +207,39 @@ def prompts_from_batch(batch: dict[str, np.ndarray]) -> tuple[list[Prompt], list
             second_per_grid_t=float(batch["second_per_grid_t"][i]),
         ))
     return prompts, skipped
+
+
+def _inspect_batch(batch: dict[str, np.ndarray], probe_media: bool) -> dict[str, np.ndarray]:
+    results = []
+    for text in batch["entry"]:
+        row, reject = inspect_entry(json.loads(text), probe_media=probe_media)
+        results.append(json.dumps({"row": row, "reject": reject}))
+    return {"result": np.asarray(results, dtype=object)}
+
+
+def inspect_entries(entries: list[dict], *, probe_media: bool, concurrency: int,
+                    progress=None) -> tuple[list[dict], list[dict]]:
+    """`manifest.inspect_entry` over all entries in parallel Ray Data tasks: (rows, rejects).
+
+    Entries travel as JSON (their optional keys mix None and values, which
+    Arrow would refuse to infer). ``progress(n)`` is called as results arrive.
+    """
+    if not entries:
+        return [], []
+    # Small blocks keep every task busy to the end; a few hundred keep the scheduler cheap.
+    per_block = max(1, min(32, len(entries) // (4 * concurrency) or 1))
+    items = [{"entry": json.dumps(e)} for e in entries]
+    ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_block)).map_batches(
+        _inspect_batch, fn_kwargs={"probe_media": probe_media}, batch_size=per_block, concurrency=concurrency,
+        num_cpus=1)
+    rows, rejects = [], []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for text in batch["result"]:
+            result = json.loads(text)
+            if result["row"] is not None:
+                rows.append(result["row"])
+            else:
+                rejects.append(result["reject"])
+        if progress is not None:
+            progress(len(batch["result"]))
+    return rows, rejects

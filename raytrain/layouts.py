@@ -269,6 +269,8 @@ def scan_ffpp(root: Path, source: str = "ffpp") -> tuple[list[dict], list[dict]]
                      official_split=official.get(file.stem) if kind == "youtube" else None)
     for videos in sorted(root.glob("manipulated_sequences/*/*/videos")):
         method = videos.parent.parent.name
+        if videos.parent.name == "masks":  # manipulation masks, not media to classify
+            continue
         for file, media in scan.files(videos):
             clips = _ffpp_clips(file.stem, "actors" if method == "DeepFakeDetection" else "youtube")
             split = official.get(file.stem.split("_")[0]) if method != "DeepFakeDetection" else None
@@ -457,10 +459,11 @@ def scan_dataset(root: Path, layout: str | None = None, source: str | None = Non
                  seed: int = 0) -> tuple[pa.Table, list[dict]]:
     """One folder straight to a manifest table, in this process (small datasets, tests, `jobs.make_synthetic`).
 
-    Same steps as `jobs.prepare_data` without Ray: scan, group, inspect each
-    file, split. Returns the table and the rejects.
+    Same steps as `jobs.prepare_data` without Ray and without training
+    weights: scan, group, inspect each file, drop duplicates, split. Returns
+    the table and the rejects.
     """
-    from raytrain.splits import assign_groups, assign_splits
+    from raytrain.splits import assign_groups, assign_splits, drop_duplicates
 
     entries, rejects = scan_source(root, layout, source)
     rows = []
@@ -470,4 +473,5 @@ def scan_dataset(root: Path, layout: str | None = None, source: str | None = Non
             rows.append(row)
         else:
             rejects.append(reject)
-    return rows_to_table(assign_splits(rows, seed=seed)), sorted(rejects, key=lambda r: r["path"])
+    rows, duplicates = drop_duplicates(sorted(rows, key=lambda r: r["path"]))
+    return rows_to_table(assign_splits(rows, seed=seed)), sorted(rejects + duplicates, key=lambda r: r["path"])

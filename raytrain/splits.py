@@ -96,18 +96,28 @@ def leaking_groups(rows: list[dict]) -> dict[str, list[str]]:
 
 
 def drop_duplicates(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Keep the first row of each content hash; the others become rejects naming the kept file."""
-    kept: dict[str, dict] = {}
-    dropped = []
+    """Keep the first row of each content hash; the others become rejects naming the kept file.
+
+    Copies labelled differently (real in one place, fake in another) are all
+    rejected: neither label can be trusted.
+    """
+    by_hash: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        first = kept.setdefault(row["content_hash"], row)
-        if first is row:
+        by_hash[row["content_hash"]].append(row)
+    kept, dropped = [], []
+    for row in rows:
+        copies = by_hash[row["content_hash"]]
+        first = copies[0]
+        if len({c["label"] for c in copies}) > 1:
+            others = ", ".join(f"{c['path']} ({c['label']})" for c in copies if c is not row)
+            reason = f"label conflict: labelled {row['label']} here, but the same content is {others}"
+        elif row is first:
+            kept.append(row)
             continue
-        reason = f"exact duplicate of {first['path']} (same content hash)"
-        if first["label"] != row["label"]:
-            reason += f"; labelled {row['label']} here but {first['label']} there"
+        else:
+            reason = f"exact duplicate of {first['path']} (same content hash)"
         dropped.append({"path": row["path"], "source": row["source"], "reason": reason})
-    return list(kept.values()), dropped
+    return kept, dropped
 
 
 def balance_weights(rows: list[dict], mix: dict[str, float] | None = None, *, split: str = "train",
@@ -162,7 +172,7 @@ def summarise(rows: list[dict], rejects: list[dict], *, split: str = "train", mi
         "seed": seed,
         "rows": len(rows),
         "rejects": len(rejects),
-        "duplicates": sum(r["reason"].startswith("exact duplicate") for r in rejects),
+        "duplicates": sum(r["reason"].startswith(("exact duplicate", "label conflict")) for r in rejects),
         "reject_reasons": dict(sorted(reasons.items())),
         "counts": [{"source": s, "category": c, "split": sp, "label": lb, "count": n}
                    for (s, c, sp, lb), n in sorted(counts.items())],

@@ -209,3 +209,38 @@ def test_bad_files_raise_media_error(tmp_path, ramp_video, image):
             assert str(err) == f"{path}: {err.reason}"
             # decord's build-path prefix ("[hh:mm:ss] /github/...") is noise for users.
             assert "/github/" not in err.reason
+
+
+def test_unreadable_file_is_reported_as_such(ramp_video):
+    """Permission problems name themselves. Root reads anything, so the check runs in a child that drops to nobody."""
+    import os
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp()
+    try:
+        os.chmod(folder, 0o755)
+        locked = os.path.join(folder, "locked.mp4")
+        shutil.copy(ramp_video, locked)
+        os.chmod(locked, 0)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: report the reason through the pipe, never return into pytest
+            try:
+                if os.geteuid() == 0:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                try:
+                    load_frames(locked, "video", 2, **BUDGET)
+                    message = "no error"
+                except MediaError as exc:
+                    message = exc.reason
+                os.write(write, message.encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        with os.fdopen(read) as fh:
+            assert fh.read() == "permission denied: the file is not readable by this user"
+    finally:
+        shutil.rmtree(folder)

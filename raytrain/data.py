@@ -31,7 +31,11 @@ def split_rows(data: DataConfig, split: str, *, epochs: int = 1, seed: int = 0, 
                multiple_of: int = 1) -> pa.Table:
     """The manifest rows of `split`, `epochs` times, each epoch in its own seeded order.
 
-    Every row gets `key = "<epoch>:<id>"`; keys in `exclude` (already consumed by a
+    Without training weights (or all equal) an epoch is a permutation of the rows. With the
+    `weight` column of `jobs.prepare_data` (real/fake balance, source mixing) an epoch is as
+    many seeded draws with replacement, each row drawn in proportion to its weight.
+    Every row gets `key = "<epoch>:<id>"` (a row drawn again in the same epoch:
+    `"<epoch>:<id>:<n>"`); keys in `exclude` (already consumed by a
     resumed run) are left out, so a resumed run neither repeats nor loses data.
     Ray Train splits a dataset into equal shards and drops the remainder, so the table is
     padded with `media == "pad"` rows to a multiple of `multiple_of` (the worker count);
@@ -43,12 +47,21 @@ def split_rows(data: DataConfig, split: str, *, epochs: int = 1, seed: int = 0, 
         table = table.slice(0, data.max_rows)
     if table.num_rows == 0:
         raise ValueError(f"{data.manifest}: no rows in split {split!r}")
+    weights = _draw_weights(table)
     parts = []
     for epoch in range(epochs):
-        order = np.random.default_rng([seed, epoch]).permutation(table.num_rows)
+        rng = np.random.default_rng([seed, epoch])
+        if weights is None:
+            order = rng.permutation(table.num_rows)
+        else:  # balanced/mixed training (jobs.prepare_data): draws with replacement, by weight
+            order = rng.choice(table.num_rows, size=table.num_rows, p=weights)
         part = table.take(pa.array(order))
-        keys = pa.array([f"{epoch}:{i}" for i in part["id"].to_pylist()])
-        parts.append(part.append_column("key", keys))
+        seen: dict[str, int] = {}
+        keys = []
+        for i in part["id"].to_pylist():
+            seen[i] = seen.get(i, 0) + 1
+            keys.append(f"{epoch}:{i}" if seen[i] == 1 else f"{epoch}:{i}:{seen[i]}")
+        parts.append(part.append_column("key", pa.array(keys)))
     rows = pa.concat_tables(parts)
     if exclude:
         rows = rows.filter(pc.invert(pc.is_in(rows["key"], value_set=pa.array(sorted(exclude)))))
@@ -66,6 +79,18 @@ def decode_row(row: dict, data: DataConfig) -> np.ndarray:
         row["path"], row["media"], data.num_frames, max_pixels=data.max_pixels, min_pixels=data.min_pixels,
         sample_fps=data.sample_fps, min_frames=data.min_frames, max_frames=data.max_frames,
     )
+
+
+def _draw_weights(table: pa.Table) -> np.ndarray | None:
+    """Normalised draw probabilities from the `weight` column, or None when draws are uniform."""
+    if "weight" not in table.column_names:
+        return None
+    w = np.asarray([1.0 if v is None else v for v in table["weight"].to_pylist()], dtype=np.float64)
+    if w.size == 0 or np.allclose(w, w[0]):
+        return None
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError("manifest weights must be >= 0 with a positive sum")
+    return w / w.sum()
 
 
 class PromptBuilder:

@@ -8,6 +8,7 @@ they read: ``clips``, ``official_split``, ``group``, ``label``, ``source``,
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter, defaultdict
 
 # Default shares of a source without an official split: by source clip, not by file.
@@ -159,6 +160,12 @@ def balance_weights(rows: list[dict], mix: dict[str, float] | None = None, *, sp
     return [{**r, "weight": weight[i] * scale if i in weight else None} for i, r in enumerate(rows)]
 
 
+def reason_kind(reason: str) -> str:
+    """A reject reason without its particulars (paths, quoted values, numbers, asides), for counting."""
+    kind = " ".join(re.sub(r"\([^)]*\)|'[^']*'|\S*/\S*|\d+", "…", reason).split())
+    return re.sub(r"…(\s*…)+", "…", kind)
+
+
 def summarise(rows: list[dict], rejects: list[dict], *, split: str = "train", mix: dict[str, float] | None = None,
               seed: int = 0) -> dict:
     """Counts per source x category x split x label, rejects by reason, leaks, and the training mix achieved."""
@@ -167,7 +174,7 @@ def summarise(rows: list[dict], rejects: list[dict], *, split: str = "train", mi
     mass = sum(r.get("weight") or 0.0 for r in train) or 1.0
     by = lambda field: {k: round(sum(r.get("weight") or 0.0 for r in train if r[field] == k) / mass, 4)
                         for k in sorted({r[field] for r in train})}
-    reasons = Counter(r["reason"].split(" (")[0].split(":")[0] for r in rejects)
+    reasons = Counter(reason_kind(r["reason"]) for r in rejects)
     return {
         "seed": seed,
         "rows": len(rows),

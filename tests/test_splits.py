@@ -13,6 +13,7 @@ from raytrain.splits import (
     drop_duplicates,
     format_table,
     leaking_groups,
+    reason_kind,
     stable_sample,
     summarise,
 )
@@ -146,10 +147,18 @@ def test_summary_counts_and_table():
         {"source": "ffpp", "category": "real", "split": "train", "label": "real", "count": 1},
     ]
     assert (summary["rows"], summary["rejects"], summary["duplicates"], summary["seed"]) == (4, 2, 1, 5)
-    assert summary["reject_reasons"] == {"empty file": 1, "exact duplicate of /z": 1}
+    assert summary["reject_reasons"] == {"empty file …": 1, "exact duplicate of …": 1}
     assert summary["training_mix"]["label_share"] == {"fake": 0.5, "real": 0.5}
     assert summary["leaking_groups"] == {}
     table = format_table(summary).splitlines()
     assert table[0].split() == ["source", "category", "split", "label", "count"]
     assert table[1].split() == ["ffpp", "face-swap", "train", "fake", "2"]
     assert table[4].startswith("4 files, 2 rejected (1 duplicates)")
+
+
+def test_reason_kinds_group_alike_rejects():
+    assert reason_kind("listed in labels.csv (line 5) but the file does not exist") == \
+        "listed in labels.csv … but the file does not exist"
+    assert reason_kind("resolution 8000x5000 is larger than 8K (33177600 pixels per frame)") == \
+        reason_kind("resolution 9000x9000 is larger than 8K (33177600 pixels per frame)")
+    assert reason_kind("metadata.json gives label 'MAYBE', not REAL or FAKE") == "metadata.json gives label …, not REAL or FAKE"

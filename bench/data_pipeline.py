@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -65,10 +66,23 @@ def _manifest(folder: Path, args: argparse.Namespace) -> Path:
     return manifest
 
 
-def plain_loop(rows: list[dict], data: DataConfig) -> tuple[int, float]:
-    start = time.perf_counter()
+def plain_loop(rows: list[dict], data: DataConfig) -> tuple[int, float, float]:
+    """(frames, wall seconds, CPU seconds)."""
+    start, cpu = time.perf_counter(), time.process_time()
     frames = sum(decode_row(row, data).shape[0] for row in rows)
-    return frames, time.perf_counter() - start
+    return frames, time.perf_counter() - start, time.process_time() - cpu
+
+
+def _task_cpu_seconds(ds) -> float:
+    """CPU seconds the decode tasks spent, from Ray Data's stats of the last execution."""
+    stats = ds.stats()
+    decode = stats[stats.index("MapBatches(decode_frames)"):]
+    return _seconds(re.search(r"Remote cpu time: .*?([\d.]+)(us|ms|s) total", decode).groups())
+
+
+def _seconds(value_unit: tuple[str, str]) -> float:
+    value, unit = value_unit
+    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
 
 
 def pipeline(rows, data: DataConfig) -> tuple[int, float, object]:
@@ -94,24 +108,33 @@ def main(argv=None) -> int:
               f"{os.cpu_count()} CPUs, pipeline decode concurrency {args.workers}")
         pipeline(rows, data)  # warm-up: every decode worker starts and imports once, as in a long training run
         os.nice(max(0, _RAY_WORKER_NICENESS - os.nice(0)))
-        ratios = []
+        ratios, cpu_ratios = [], []
         for r in range(1, args.rounds + 1):
             if r % 2:
-                n_loop, t_loop = plain_loop(row_dicts, data)
+                n_loop, t_loop, c_loop = plain_loop(row_dicts, data)
                 n_pipe, t_pipe, ds = pipeline(rows, data)
             else:
                 n_pipe, t_pipe, ds = pipeline(rows, data)
-                n_loop, t_loop = plain_loop(row_dicts, data)
+                n_loop, t_loop, c_loop = plain_loop(row_dicts, data)
+            c_pipe = _task_cpu_seconds(ds)
+            cpu_ratios.append(c_loop / c_pipe)
             assert n_loop == n_pipe
             ratio = (n_pipe / t_pipe) / (n_loop / t_loop)
             ratios.append(ratio)
             print(f"round {r}: plain decord loop {n_loop / t_loop:7.1f} frames/s ({t_loop:.2f} s) | "
                   f"Ray Data pipeline {n_pipe / t_pipe:7.1f} frames/s ({t_pipe:.2f} s) | ratio {ratio:.2f}x | "
                   f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+            print(f"         CPU per frame: loop {1e3 * c_loop / n_loop:.1f} ms, pipeline decode tasks "
+                  f"{1e3 * c_pipe / n_pipe:.1f} ms; wall-clock share of the CPUs the tasks got: "
+                  f"{c_pipe / t_pipe:.2f} of {min(args.workers, os.cpu_count())}")
         # Where the pipeline's time goes: Ray Data's per-operator wall and CPU time of the last round.
         print("\n".join(line for line in ds.stats().splitlines()
                         if any(k in line for k in ("Operator", "Remote wall", "Remote cpu", "Total time"))))
         print(f"ratio: best {max(ratios):.2f}x, median {sorted(ratios)[len(ratios) // 2]:.2f}x")
+        # What the ratio would be if the decode tasks had their CPUs to themselves (an idle machine).
+        cores = min(args.workers, os.cpu_count())
+        print(f"contention-free estimate: {cores} x (loop CPU / task CPU per frame) = "
+              f"{cores * sorted(cpu_ratios)[len(cpu_ratios) // 2]:.2f}x")
         ray.shutdown()
     return 0
 

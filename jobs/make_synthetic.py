@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from raytrain.manifest import scan_genbuster, write_manifest
+from raytrain.layouts import scan_dataset
+from raytrain.manifest import write_manifest
 from raytrain.synthetic import make_synthetic_dataset
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             bar.close()
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    table, rejects = scan_genbuster(args.out, source="synthetic")
+    table, rejects = scan_dataset(args.out, "genbuster", source="synthetic")
     write_manifest(table, manifest_path)
     print(f"wrote {manifest_path}: {table.num_rows} rows in {time.perf_counter() - start:.1f} s")
     counts = Counter(zip(*(table.column(c).to_pylist() for c in ("split", "label", "category"))))

@@ -52,7 +52,15 @@ class DataConfig(_Strict):
     manifest: Path = Field(..., description="Parquet manifest (see `raytrain.manifest`).")
     train_split: str = Field("train", description="Manifest split used for training.")
     eval_split: str = Field("test", description="Manifest split used for held-out evaluation.")
-    num_frames: int = Field(16, gt=0, description="Frames sampled uniformly per video (BusterX++: 16).")
+    num_frames: int = Field(16, gt=0, description="Frames sampled uniformly per video (BusterX++: 16) when `sample_fps` is null.")
+    sample_fps: float | None = Field(
+        None, gt=0,
+        description="Frame sampling policy. null (default): `num_frames` uniform frames per video. A number: that many "
+                    "frames per second of the clip (BusterX++ sampled at 4 fps), uniform over the clip, clamped to "
+                    "[`min_frames`, `max_frames`]; a clip of unknown fps gets `num_frames`.",
+    )
+    min_frames: int = Field(4, gt=0, description="Fewest frames per video under `sample_fps` (short clips repeat frames).")
+    max_frames: int = Field(32, gt=0, description="Most frames per video under `sample_fps`: bounds visual tokens of long clips.")
     max_pixels: int = Field(448 * 448, gt=0, description="Per-frame pixel cap: bounds visual tokens of a 1080p clip.")
     min_pixels: int = Field(28 * 28, gt=0, description="Per-frame pixel floor.")
     prompt: str = Field(
@@ -63,6 +71,12 @@ class DataConfig(_Strict):
     epochs: int = Field(1, gt=0, description="Passes over the training split (each reshuffled).")
     decode_concurrency: int = Field(2, gt=0, description="Parallel Ray Data decode tasks.")
     max_rows: int | None = Field(None, gt=0, description="Use only the first N rows of each split (quick tests).")
+
+    @model_validator(mode="after")
+    def _frame_range(self):
+        if self.min_frames > self.max_frames:
+            raise ValueError(f"min_frames ({self.min_frames}) exceeds max_frames ({self.max_frames})")
+        return self
 
 
 class SamplingConfig(_Strict):

@@ -8,13 +8,15 @@ consumer skips it, counts it and lists it by path: nothing disappears silently.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
 from raytrain.config import Config, DataConfig, ModelConfig
-from raytrain.manifest import read_manifest
+from raytrain.manifest import inspect_entry, read_manifest
 from raytrain.media import MediaError, load_frames
 from raytrain.policy import Prompt
 
@@ -29,7 +31,11 @@ def split_rows(data: DataConfig, split: str, *, epochs: int = 1, seed: int = 0, 
                multiple_of: int = 1) -> pa.Table:
     """The manifest rows of `split`, `epochs` times, each epoch in its own seeded order.
 
-    Every row gets `key = "<epoch>:<id>"`; keys in `exclude` (already consumed by a
+    Without training weights (or all equal) an epoch is a permutation of the rows. With the
+    `weight` column of `jobs.prepare_data` (real/fake balance, source mixing) an epoch is as
+    many seeded draws with replacement, each row drawn in proportion to its weight.
+    Every row gets `key = "<epoch>:<id>"` (a row drawn again in the same epoch:
+    `"<epoch>:<id>:<n>"`); keys in `exclude` (already consumed by a
     resumed run) are left out, so a resumed run neither repeats nor loses data.
     Ray Train splits a dataset into equal shards and drops the remainder, so the table is
     padded with `media == "pad"` rows to a multiple of `multiple_of` (the worker count);
@@ -41,12 +47,21 @@ def split_rows(data: DataConfig, split: str, *, epochs: int = 1, seed: int = 0, 
         table = table.slice(0, data.max_rows)
     if table.num_rows == 0:
         raise ValueError(f"{data.manifest}: no rows in split {split!r}")
+    weights = _draw_weights(table)
     parts = []
     for epoch in range(epochs):
-        order = np.random.default_rng([seed, epoch]).permutation(table.num_rows)
+        rng = np.random.default_rng([seed, epoch])
+        if weights is None:
+            order = rng.permutation(table.num_rows)
+        else:  # balanced/mixed training (jobs.prepare_data): draws with replacement, by weight
+            order = rng.choice(table.num_rows, size=table.num_rows, p=weights)
         part = table.take(pa.array(order))
-        keys = pa.array([f"{epoch}:{i}" for i in part["id"].to_pylist()])
-        parts.append(part.append_column("key", keys))
+        seen: dict[str, int] = {}
+        keys = []
+        for i in part["id"].to_pylist():
+            seen[i] = seen.get(i, 0) + 1
+            keys.append(f"{epoch}:{i}" if seen[i] == 1 else f"{epoch}:{i}:{seen[i]}")
+        parts.append(part.append_column("key", pa.array(keys)))
     rows = pa.concat_tables(parts)
     if exclude:
         rows = rows.filter(pc.invert(pc.is_in(rows["key"], value_set=pa.array(sorted(exclude)))))
@@ -56,6 +71,26 @@ def split_rows(data: DataConfig, split: str, *, epochs: int = 1, seed: int = 0, 
         pads = [{**pad, "key": f"pad:{i}", "media": PAD_MEDIA, "path": ""} for i in range(padding)]
         rows = pa.concat_tables([rows, pa.Table.from_pylist(pads, schema=rows.schema)])
     return rows
+
+
+def decode_row(row: dict, data: DataConfig) -> np.ndarray:
+    """A manifest row's frames under the config's sampling policy and per-frame pixel budget."""
+    return load_frames(
+        row["path"], row["media"], data.num_frames, max_pixels=data.max_pixels, min_pixels=data.min_pixels,
+        sample_fps=data.sample_fps, min_frames=data.min_frames, max_frames=data.max_frames,
+    )
+
+
+def _draw_weights(table: pa.Table) -> np.ndarray | None:
+    """Normalised draw probabilities from the `weight` column, or None when draws are uniform."""
+    if "weight" not in table.column_names:
+        return None
+    w = np.asarray([1.0 if v is None else v for v in table["weight"].to_pylist()], dtype=np.float64)
+    if w.size == 0 or np.allclose(w, w[0]):
+        return None
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError("manifest weights must be >= 0 with a positive sum")
+    return w / w.sum()
 
 
 class PromptBuilder:
@@ -74,9 +109,7 @@ class PromptBuilder:
         return self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
 
     def _process(self, row: dict) -> dict:
-        frames = load_frames(
-            row["path"], row["media"], self.data.num_frames, max_pixels=self.data.max_pixels, min_pixels=self.data.min_pixels
-        )
+        frames = decode_row(row, self.data)
         is_video = row["media"] == "video"
         text = self._prompt_text(row["media"])
         if is_video:
@@ -96,7 +129,7 @@ class PromptBuilder:
         if is_video and fps and total and np.isfinite(fps) and fps > 0 and total > 0:  # unknown fps arrives as NaN
             # Real time between temporal patches, so M-RoPE spaces frames as the clip does.
             duration = total / fps
-            second_per_grid_t = self.processor.video_processor.temporal_patch_size * duration / self.data.num_frames
+            second_per_grid_t = self.processor.video_processor.temporal_patch_size * duration / len(frames)
         return {
             "input_ids": out["input_ids"][0].astype(np.int64),
             "pixel_values": pixel_values.astype(np.float32),
@@ -143,10 +176,32 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def _blocks(rows: pa.Table) -> ray.data.Dataset:
+    return ray.data.from_arrow([rows.slice(i, _ROWS_PER_BLOCK) for i in range(0, rows.num_rows, _ROWS_PER_BLOCK)])
+
+
+def decode_frames(batch: dict[str, np.ndarray], data: DataConfig) -> dict[str, np.ndarray]:
+    """Ray Data batch function: the decode stage alone (frames or an error per row), for benchmarks and tools."""
+    frames, errors = [], []
+    for row in (dict(zip(batch, values)) for values in zip(*batch.values())):
+        try:
+            frames.append(decode_row(row, data))
+            errors.append("")
+        except MediaError as e:
+            frames.append(np.zeros((0, 0, 0, 3), np.uint8))
+            errors.append(e.reason)
+    return {"key": batch["key"], "path": batch["path"], "frames": _ragged(frames), "error": np.asarray(errors)}
+
+
+def build_frame_dataset(data: DataConfig, rows: pa.Table) -> ray.data.Dataset:
+    """`build_dataset` without the processor: the same blocks, decode concurrency and `decode_row`."""
+    return _blocks(rows).map_batches(decode_frames, fn_kwargs={"data": data}, batch_size=_ROWS_PER_BLOCK,
+                                     concurrency=data.decode_concurrency, num_cpus=0.5)
+
+
 def build_dataset(cfg: Config, rows: pa.Table) -> ray.data.Dataset:
     """A lazy, streaming dataset of processed prompts (decoding starts when someone iterates)."""
-    blocks = [rows.slice(i, _ROWS_PER_BLOCK) for i in range(0, rows.num_rows, _ROWS_PER_BLOCK)]
-    return ray.data.from_arrow(blocks).map_batches(
+    return _blocks(rows).map_batches(
         PromptBuilder,
         fn_constructor_kwargs={"model": cfg.model, "data": cfg.data},
         batch_size=_ROWS_PER_BLOCK,
@@ -177,3 +232,39 @@ def prompts_from_batch(batch: dict[str, np.ndarray]) -> tuple[list[Prompt], list
             second_per_grid_t=float(batch["second_per_grid_t"][i]),
         ))
     return prompts, skipped
+
+
+def _inspect_batch(batch: dict[str, np.ndarray], probe_media: bool) -> dict[str, np.ndarray]:
+    results = []
+    for text in batch["entry"]:
+        row, reject = inspect_entry(json.loads(text), probe_media=probe_media)
+        results.append(json.dumps({"row": row, "reject": reject}))
+    return {"result": np.asarray(results, dtype=object)}
+
+
+def inspect_entries(entries: list[dict], *, probe_media: bool, concurrency: int,
+                    progress=None) -> tuple[list[dict], list[dict]]:
+    """`manifest.inspect_entry` over all entries in parallel Ray Data tasks: (rows, rejects).
+
+    Entries travel as JSON (their optional keys mix None and values, which
+    Arrow would refuse to infer). ``progress(n)`` is called as results arrive.
+    """
+    if not entries:
+        return [], []
+    # Small blocks keep every task busy to the end; a few hundred keep the scheduler cheap.
+    per_block = max(1, min(32, len(entries) // (4 * concurrency) or 1))
+    items = [{"entry": json.dumps(e)} for e in entries]
+    ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_block)).map_batches(
+        _inspect_batch, fn_kwargs={"probe_media": probe_media}, batch_size=per_block, concurrency=concurrency,
+        num_cpus=1)
+    rows, rejects = [], []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for text in batch["result"]:
+            result = json.loads(text)
+            if result["row"] is not None:
+                rows.append(result["row"])
+            else:
+                rejects.append(result["reject"])
+        if progress is not None:
+            progress(len(batch["result"]))
+    return rows, rejects

@@ -1,21 +1,21 @@
 """The media manifest (SPEC section 8): one Parquet row per media file.
 
-This module defines the schema, reads and writes manifests, and scans the
-GenBuster layout ``ROOT/[split/]{real,fake}/[subcategory/]*``. Files that
-cannot be probed are never put in a manifest; scanners return them as
-rejects with a human-readable reason instead.
+This module defines the schema, reads and writes manifests, and turns a
+layout's candidate entry (see `raytrain.layouts`) into a manifest row by
+hashing and probing the file. Files that cannot be used are never put in a
+manifest; they become rejects, ``{"path", "source", "reason"}``, with a
+human-readable reason instead.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raytrain.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaError, probe
+from raytrain.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaError, check_file, probe
 
 MANIFEST_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
@@ -26,14 +26,23 @@ MANIFEST_SCHEMA = pa.schema([
     pa.field("category", pa.string(), nullable=False),
     pa.field("split", pa.string(), nullable=False),
     pa.field("domain", pa.string(), nullable=False),
+    # The source clip a file derives from (an FF++ original and its manipulations share one):
+    # splits never separate a group.
+    pa.field("group", pa.string(), nullable=False),
+    pa.field("duration", pa.float64()),
     pa.field("fps", pa.float64()),
     pa.field("num_frames", pa.int64()),
     pa.field("width", pa.int64()),
     pa.field("height", pa.int64()),
+    pa.field("codec", pa.string()),
     pa.field("watermark", pa.bool_()),
     pa.field("content_hash", pa.string(), nullable=False),
+    # Training sampling weight (real/fake balance and source mixing); null means 1.
+    pa.field("weight", pa.float64()),
 ])
 LABELS = ("real", "fake")
+# SPEC section 8's fake categories; real files have category "real".
+CATEGORIES = ("text-to-video", "image-generation", "face-swap", "face-reenactment", "lip-sync", "unknown")
 
 
 def stable_id(source: str, rel_path: str) -> str:
@@ -97,81 +106,22 @@ def read_manifest(path: Path) -> pa.Table:
     return table
 
 
-def _label_dirs(root: Path) -> list[tuple[str, Path]]:
-    """(split, label folder) pairs; a root holding real/fake directly is all train."""
-    direct = [root / lb for lb in LABELS if (root / lb).is_dir()]
-    if direct:
-        return [("train", d) for d in direct]
-    return [(split.name.lower(), split / lb)
-            for split in sorted(p for p in root.iterdir() if p.is_dir())
-            for lb in LABELS if (split / lb).is_dir()]
+def inspect_entry(entry: dict, *, probe_media: bool = True) -> tuple[dict | None, dict | None]:
+    """A layout entry -> ``(row, None)``, or ``(None, reject)`` when the file cannot be used.
 
+    The row keeps the entry's bookkeeping keys (``rel``, ``clips``,
+    ``official_split``); `rows_to_table` keeps only manifest columns.
 
-def _watermarks(root: Path) -> dict[str, bool]:
-    meta = root / "metadata.jsonl"
-    if not meta.is_file():
-        return {}
-    flags = {}
-    with open(meta) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{meta}:{lineno}: invalid JSON ({exc.msg})") from exc
-            if "path" in rec and rec.get("watermark") is not None:
-                flags[Path(rec["path"]).as_posix()] = bool(rec["watermark"])
-    return flags
-
-
-def scan_genbuster(root: Path, source: str = "genbuster") -> tuple[pa.Table, list[dict]]:
-    """Scan ``ROOT/[split/]{real,fake}/[subcategory/]*`` into a manifest table.
-
-    Without split folders everything is ``train``. Real items get category
-    ``real``; fakes get their normalised subcategory folder name, or
-    ``unknown`` when they sit directly under ``fake/``. Watermark flags come
-    from ``ROOT/metadata.jsonl`` when present. Returns the table and the
-    rejects, ``[{"path", "reason"}]``, of files that could not be probed.
+    Always runs the cheap file checks and hashes the content; ``probe_media``
+    also decodes (duration, fps, frames, resolution, codec; see `media.probe`).
     """
-    root = Path(root).resolve()
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found: {root}")
-    label_dirs = _label_dirs(root)
-    if not label_dirs:
-        raise ValueError(f"{root} has no real/ or fake/ folders (expected ROOT/[split/]{{real,fake}}/...)")
-    watermarks = _watermarks(root)
-    rows, rejects = [], []
-    for split, label_dir in label_dirs:
-        for file in sorted(label_dir.rglob("*")):
-            kind = media_kind(file)
-            rel = file.relative_to(root).as_posix()
-            if kind is None or not file.is_file() or any(p.startswith(".") for p in rel.split("/")):
-                continue
-            try:
-                info = probe(str(file), kind)
-            except MediaError as exc:
-                rejects.append({"path": str(file), "reason": exc.reason})
-                continue
-            parts = file.relative_to(label_dir).parts
-            if label_dir.name == "real":
-                category = "real"
-            else:
-                category = normalise_category(parts[0]) if len(parts) > 1 else "unknown"
-            rows.append({
-                "id": stable_id(source, rel),
-                "path": str(file),
-                "media": kind,
-                "label": label_dir.name,
-                "source": source,
-                "category": category,
-                "split": split,
-                "domain": "",
-                "fps": info["fps"],
-                "num_frames": info["num_frames"],
-                "width": info["width"],
-                "height": info["height"],
-                "watermark": watermarks.get(rel),
-                "content_hash": content_hash(file),
-            })
-    return rows_to_table(rows), sorted(rejects, key=lambda r: r["path"])
+    path = entry["path"]
+    try:
+        check_file(path)
+        info = probe(path, entry["media"]) if probe_media else {}
+        digest = content_hash(Path(path))
+    except MediaError as exc:
+        return None, {"path": path, "source": entry["source"], "reason": exc.reason}
+    except OSError as exc:  # the file vanished or became unreadable between the check and the hash
+        return None, {"path": path, "source": entry["source"], "reason": f"cannot read the file: {exc.strerror}"}
+    return {**entry, **info, "content_hash": digest}, None

@@ -18,6 +18,8 @@ from PIL import Image
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+# Larger frames are refused before decoding: one 16-frame sample of them would need gigabytes.
+MAX_FRAME_PIXELS = 7680 * 4320  # 8K UHD
 
 # FFmpeg's AVERROR_INVALIDDATA as decord prints it ("failed with 1094995529").
 _AVERROR_INVALIDDATA = "1094995529"
@@ -44,6 +46,21 @@ def uniform_indices(total: int, n: int) -> list[int]:
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
     return [min(total - 1, int((i + 0.5) * total / n)) for i in range(n)]
+
+
+def frame_count(total: int, fps: float | None, num_frames: int, *, sample_fps: float | None = None,
+                min_frames: int = 1, max_frames: int | None = None) -> int:
+    """How many frames to sample from a ``total``-frame clip.
+
+    Without ``sample_fps``: always ``num_frames`` (uniform policy). With it:
+    one frame per ``1 / sample_fps`` seconds of the clip, clamped to
+    ``[min_frames, max_frames]``; a clip whose fps is unknown falls back to
+    ``num_frames``.
+    """
+    if sample_fps is None or not fps or not math.isfinite(fps) or fps <= 0:
+        return num_frames
+    n = round(total / fps * sample_fps)
+    return max(min_frames, min(n, max_frames) if max_frames is not None else n)
 
 
 def fit_to_budget(
@@ -76,13 +93,28 @@ def fit_to_budget(
     return h, w
 
 
-def _check_file(path: str) -> None:
+def check_file(path: str) -> None:
+    """Cheap checks (no decoding): exists, regular, not empty, readable."""
     if not os.path.exists(path):
+        if os.path.islink(path):
+            raise MediaError(path, f"broken symbolic link (its target {os.readlink(path)} does not exist)")
         raise MediaError(path, "file not found")
     if not os.path.isfile(path):
         raise MediaError(path, "not a regular file")
     if os.path.getsize(path) == 0:
         raise MediaError(path, "empty file (0 bytes)")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise MediaError(path, "permission denied: the file is not readable by this user") from None
+    except OSError as exc:
+        raise MediaError(path, f"cannot open the file: {exc.strerror}") from None
+
+
+def _check_resolution(path: str, width: int, height: int) -> None:
+    if width * height > MAX_FRAME_PIXELS:
+        raise MediaError(path, f"resolution {width}x{height} is larger than 8K ({MAX_FRAME_PIXELS} pixels per frame)")
 
 
 def _decord_reason(exc: Exception) -> str:
@@ -100,7 +132,7 @@ def _decord_reason(exc: Exception) -> str:
 def _open_video(path: str):
     from decord import VideoReader, cpu
 
-    _check_file(path)
+    check_file(path)
     try:
         reader = VideoReader(path, ctx=cpu(0), num_threads=1)
     except Exception as exc:  # decord raises DECORDError or RuntimeError
@@ -110,34 +142,69 @@ def _open_video(path: str):
     return reader
 
 
-def _open_image(path: str) -> Image.Image:
-    _check_file(path)
+def _open_image(path: str) -> tuple[Image.Image, str | None]:
+    """The decoded RGB image and its file format (``png``, ``jpeg``...)."""
+    check_file(path)
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            _check_resolution(path, img.width, img.height)  # from the header, before decoding
+            return img.convert("RGB"), img.format.lower() if img.format else None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise MediaError(path, f"cannot decode image: {exc}") from exc
 
 
+def _video_header(path: str) -> tuple[str, int, int]:
+    """(codec, width, height) from the container header, without decoding a frame."""
+    import av
+
+    check_file(path)
+    try:
+        with av.open(path) as container:
+            video = container.streams.video
+            if not video:
+                kinds = sorted({s.type for s in container.streams})
+                if "audio" in kinds:
+                    raise MediaError(path, "no video stream (audio only)")
+                raise MediaError(path, f"no video stream (streams: {', '.join(kinds) or 'none'})")
+            ctx = video[0].codec_context
+            return ctx.name, int(ctx.width), int(ctx.height)
+    except av.FFmpegError as exc:
+        raise MediaError(path, f"cannot decode video: corrupt or unrecognised container ({exc.strerror})") from exc
+
+
 def probe(path: str, media: str) -> dict:
-    """fps, num_frames, width and height of a file; decodes one frame to prove it reads."""
+    """duration, fps, num_frames, width, height and codec of a file.
+
+    Videos: the header is read first (audio-only files and oversized frames are
+    refused without decoding), then the first and last frames are decoded to
+    prove the clip reads end to end. A video needs at least two frames.
+    """
     path = str(path)
     if media == "image":
-        img = _open_image(path)
-        return {"fps": None, "num_frames": 1, "width": img.width, "height": img.height}
+        img, fmt = _open_image(path)
+        return {"duration": None, "fps": None, "num_frames": 1, "width": img.width, "height": img.height, "codec": fmt}
     if media != "video":
         raise ValueError(f"media must be 'video' or 'image', got {media!r}")
+    codec, width, height = _video_header(path)
+    _check_resolution(path, width, height)
     reader = _open_video(path)
+    total = len(reader)
+    if total < 2:
+        raise MediaError(path, "video has only 1 frame: a still, not a clip (save it as an image)")
     try:
-        first = reader.next().shape
+        first = reader[0].shape
+        reader[total - 1]
         fps = float(reader.get_avg_fps())
     except Exception as exc:
         raise MediaError(path, _decord_reason(exc)) from exc
+    fps = fps if math.isfinite(fps) and fps > 0 else None
     return {
-        "fps": fps if math.isfinite(fps) and fps > 0 else None,
-        "num_frames": len(reader),
+        "duration": total / fps if fps else None,
+        "fps": fps,
+        "num_frames": total,
         "width": int(first[1]),
         "height": int(first[0]),
+        "codec": codec,
     }
 
 
@@ -149,20 +216,24 @@ def _resize(frames: np.ndarray, max_pixels: int, min_pixels: int) -> np.ndarray:
 
 
 def load_frames(
-    path: str, media: str, num_frames: int, *, max_pixels: int, min_pixels: int
+    path: str, media: str, num_frames: int, *, max_pixels: int, min_pixels: int,
+    sample_fps: float | None = None, min_frames: int = 1, max_frames: int | None = None,
 ) -> np.ndarray:
-    """uint8 frames ``[T, H, W, 3]`` resized to the pixel budget.
+    """uint8 frames ``[T, H, W, 3]`` resized to the pixel budget (scaled, never cropped).
 
-    Videos give ``num_frames`` uniformly sampled frames (repeated when the
-    clip is shorter); images give ``T = 1``.
+    Videos give ``T`` uniformly spaced frames, ``T`` from :func:`frame_count`
+    (``num_frames``, or per ``sample_fps`` within ``[min_frames, max_frames]``;
+    frames repeat when the clip is shorter); images give ``T = 1``.
     """
     path = str(path)
     if media == "image":
-        frames = np.asarray(_open_image(path))[None]
+        frames = np.asarray(_open_image(path)[0])[None]
     elif media == "video":
         reader = _open_video(path)
         try:
-            frames = reader.get_batch(uniform_indices(len(reader), num_frames)).asnumpy()
+            n = frame_count(len(reader), reader.get_avg_fps(), num_frames, sample_fps=sample_fps,
+                            min_frames=min_frames, max_frames=max_frames)
+            frames = reader.get_batch(uniform_indices(len(reader), n)).asnumpy()
         except Exception as exc:
             raise MediaError(path, _decord_reason(exc)) from exc
     else:

@@ -24,12 +24,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     """16 train + 8 test synthetic items with `manifest.parquet` next to them."""
-    from raytrain.manifest import scan_genbuster, write_manifest
+    from raytrain.layouts import scan_dataset
+    from raytrain.manifest import write_manifest
     from raytrain.synthetic import make_synthetic_dataset
 
     out = tmp_path_factory.mktemp("synthetic")
     make_synthetic_dataset(out, num_train=16, num_test=8, seed=0)
-    table, rejects = scan_genbuster(out, source="synthetic")
+    table, rejects = scan_dataset(out, "genbuster", source="synthetic")
     assert not rejects, rejects
     write_manifest(table, out / "manifest.parquet")
     return out

@@ -82,6 +82,33 @@ def test_split_rows_max_rows_and_empty_split(cfg):
         split_rows(cfg.data, "validation")
 
 
+def test_split_rows_draws_by_weight(cfg, tmp_path):
+    """Training weights of jobs.prepare_data: draws with replacement in proportion, unique keys, seeded."""
+    table = read_manifest(cfg.data.manifest)
+    weights = [0.0 if label == "fake" else (3.0 if i % 2 else 1.0)
+               for i, label in enumerate(table["label"].to_pylist())]
+    weighted = table.set_column(table.schema.get_field_index("weight"), "weight", pa.array(weights, pa.float64()))
+    write_manifest(weighted, tmp_path / "weighted.parquet")
+    data = cfg.data.model_copy(update={"manifest": tmp_path / "weighted.parquet"})
+    rows = split_rows(data, "train", epochs=40, seed=1)
+    n_train = sum(s == "train" for s in table["split"].to_pylist())
+    assert rows.num_rows == 40 * n_train
+    assert set(rows["label"].to_pylist()) == {"real"}  # weight 0: never drawn
+    assert len(set(_keys(rows))) == rows.num_rows
+    assert all(k.split(":")[1] == i for k, i in zip(_keys(rows), rows["id"].to_pylist()))
+    w = dict(zip(table["id"].to_pylist(), weights))
+    drawn = rows["id"].to_pylist()
+    heavy = sum(w[i] == 3.0 for i in drawn) / sum(w[i] == 1.0 for i in drawn)
+    n_heavy, n_light = (sum(w[i] == v and s == "train" for i, s in zip(w, table["split"].to_pylist())) for v in (3.0, 1.0))
+    assert heavy == pytest.approx(3.0 * n_heavy / n_light, rel=0.2)
+    assert _keys(split_rows(data, "train", epochs=2, seed=1)) == _keys(rows)[:2 * n_train]
+    # Equal weights are the plain permutation: nothing changes for unweighted manifests.
+    flat = table.set_column(table.schema.get_field_index("weight"), "weight", pa.array([2.0] * table.num_rows))
+    write_manifest(flat, tmp_path / "flat.parquet")
+    same = split_rows(cfg.data.model_copy(update={"manifest": tmp_path / "flat.parquet"}), "train", seed=4)
+    assert _keys(same) == _keys(split_rows(cfg.data, "train", seed=4))
+
+
 # ---------------------------------------------------------------- decoding with Ray Data
 
 

@@ -12,15 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from raytrain.manifest import (
-    MANIFEST_SCHEMA,
-    normalise_category,
-    read_manifest,
-    scan_genbuster,
-    stable_id,
-    write_manifest,
-)
+from raytrain.layouts import scan_dataset
+from raytrain.manifest import MANIFEST_SCHEMA, normalise_category, read_manifest, stable_id, write_manifest
 from raytrain.synthetic import make_synthetic_dataset
+
+
+def scan_genbuster(root, source=None):
+    return scan_dataset(root, "genbuster", source)
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +99,19 @@ def test_flat_layout_and_rejects(flat):
     table, rejects = scan_genbuster(flat)
     rows = {Path(r["path"]).name: r for r in table.to_pylist()}
     assert set(rows) == {"a.png", "b.mp4", "c.MP4", "d.jpg"}
-    assert {r["split"] for r in rows.values()} == {"train"}
+    # No split folders: each file is its own source clip, split by a hash of it.
+    assert {r["split"] for r in rows.values()} <= {"train", "val", "test"}
     assert rows["a.png"]["category"] == rows["b.mp4"]["category"] == "real"
-    assert rows["c.MP4"]["category"] == "face-swap-pro" and rows["c.MP4"]["media"] == "video"
+    # Not one of SPEC section 8's categories: unknown, the folder kept as domain.
+    assert rows["c.MP4"]["category"] == "unknown" and rows["c.MP4"]["domain"] == "face-swap-pro"
+    assert rows["c.MP4"]["media"] == "video"
     assert rows["d.jpg"]["category"] == "unknown" and rows["d.jpg"]["media"] == "image"
     assert (rows["a.png"]["width"], rows["a.png"]["height"]) == (48, 32)
     assert rows["a.png"]["watermark"] is None  # no metadata.jsonl
 
     reasons = {Path(r["path"]).name: r["reason"] for r in rejects}
-    assert set(reasons) == {"empty.mp4", "truncated.mp4", "text.mp4"}
+    assert set(reasons) == {"empty.mp4", "truncated.mp4", "text.mp4", "notes.txt"}
+    assert reasons["notes.txt"].startswith("unsupported file type '.txt'")
     assert reasons["empty.mp4"] == "empty file (0 bytes)"
     assert reasons["truncated.mp4"].startswith("cannot decode video: ")
     assert reasons["text.mp4"].startswith("cannot decode video: ")

@@ -1,0 +1,145 @@
+"""Ingest deepfake datasets into one leak-free manifest (SPEC section 8).
+
+    python -m jobs.prepare_data --source DIR [--source DIR ...] --output OUT
+        [--layout NAME ...] [--workers N] [--max-videos N] [--skip-processing]
+        [--mix NAME=WEIGHT ...] [--seed S]
+
+Recognises each source's layout (GenBuster, DF-R5, FaceForensics++, Celeb-DF,
+DFDC, FakeAVCeleb, a folder of clips) or takes it from --layout, probes every
+file in parallel Ray Data tasks (duration, fps, frames, resolution, codec;
+--skip-processing only hashes), drops exact duplicates, assigns splits by
+source clip and weights training draws for real/fake balance and the --mix.
+Writes OUT/manifest.parquet, OUT/rejects.parquet (path, source, reason) and
+OUT/summary.json, and prints counts per source x category x split x label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from raytrain.layouts import LAYOUTS, detect_layout, scan_source
+from raytrain.manifest import inspect_entry, rows_to_table, write_manifest
+from raytrain.splits import (
+    assign_groups, assign_splits, balance_weights, drop_duplicates, format_table, stable_sample, summarise)
+
+_SHOW_REJECTS = 50
+REJECTS_SCHEMA = pa.schema([("path", pa.string()), ("source", pa.string()), ("reason", pa.string())])
+
+
+def _mix(text: str) -> tuple[str, float]:
+    name, sep, weight = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT, e.g. ffpp=2, got {text!r}") from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jobs.prepare_data", description=__doc__.splitlines()[0])
+    p.add_argument("--source", type=Path, action="append", required=True, metavar="DIR",
+                   help="dataset folder (repeatable); the source is named after its layout")
+    p.add_argument("--output", type=Path, required=True, metavar="OUT", help="folder for manifest, rejects, summary")
+    p.add_argument("--layout", action="append", choices=sorted(LAYOUTS), default=[],
+                   help="layout of the sources: once for all, or once per --source in order (default: detected)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel probing tasks (default: CPU count)")
+    p.add_argument("--max-videos", type=int, metavar="N", help="at most N files per source (a seeded, stable pick)")
+    p.add_argument("--skip-processing", action="store_true", help="do not decode: no duration/fps/frames/resolution/codec")
+    p.add_argument("--mix", type=_mix, action="append", default=[], metavar="NAME=WEIGHT",
+                   help="relative share of a source in training draws (repeatable; unnamed sources weigh 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split assignment and --max-videos pick (default 0)")
+    args = p.parse_args(argv)
+    if args.layout and len(args.layout) not in (1, len(args.source)):
+        p.error(f"give --layout once, or once per --source ({len(args.source)}), not {len(args.layout)} times")
+    if args.workers < 1 or (args.max_videos is not None and args.max_videos < 1):
+        p.error("--workers and --max-videos must be positive")
+    return args
+
+
+def _scan_all(args: argparse.Namespace) -> tuple[list[dict], list[dict], list[str]]:
+    layouts = args.layout * len(args.source) if len(args.layout) == 1 else args.layout or [None] * len(args.source)
+    entries, rejects, names = [], [], []
+    for root, layout in zip(args.source, layouts):
+        layout = layout or detect_layout(root)
+        name = layout if layout not in names else f"{layout}-{root.resolve().name}"
+        found, bad = scan_source(root, layout, name)
+        if args.max_videos is not None:
+            found = stable_sample(found, args.max_videos, seed=args.seed)
+        print(f"{root}: layout {layout}, source {name!r}: {len(found)} files, {len(bad)} rejected while scanning")
+        names.append(name)
+        entries += found
+        rejects += bad
+    return entries, rejects, names
+
+
+def _inspect(entries: list[dict], args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    desc = "hashing" if args.skip_processing else "probing"
+    with tqdm(total=len(entries), desc=desc, unit="file") as bar:
+        if args.skip_processing:
+            # Hashing only: threads (hashlib releases the GIL), no Ray to start.
+            with ThreadPoolExecutor(args.workers) as pool:
+                results = []
+                for result in pool.map(lambda e: inspect_entry(e, probe_media=False), entries):
+                    results.append(result)
+                    bar.update()
+            return [r for r, _ in results if r is not None], [j for _, j in results if j is not None]
+        import ray
+
+        from raytrain.data import inspect_entries
+
+        if not ray.is_initialized():
+            if os.environ.get("RAY_ADDRESS"):
+                ray.init(address=os.environ["RAY_ADDRESS"])
+            else:
+                ray.init(address="local", num_cpus=args.workers, include_dashboard=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts files
+        return inspect_entries(entries, probe_media=True, concurrency=args.workers, progress=bar.update)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        entries, rejects, names = _scan_all(args)
+        mix = dict(args.mix)
+        unknown = sorted(set(mix) - set(names))
+        if unknown:
+            raise ValueError(f"--mix names unknown source(s) {unknown}; the sources are {names}")
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows, bad = _inspect(assign_groups(entries), args)
+    rejects += bad
+    order = {name: i for i, name in enumerate(names)}
+    rows.sort(key=lambda r: (order[r["source"]], r["path"]))
+    rows, duplicates = drop_duplicates(rows)
+    rejects = sorted(rejects + duplicates, key=lambda r: r["path"])
+    rows = balance_weights(assign_splits(rows, seed=args.seed), mix)
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    write_manifest(rows_to_table(rows), args.output / "manifest.parquet")
+    pq.write_table(pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA), args.output / "rejects.parquet")
+    summary = summarise(rows, rejects, mix=mix, seed=args.seed)
+    summary["sources"] = {name: str(root.resolve()) for name, root in zip(names, args.source)}
+    summary["skip_processing"] = args.skip_processing
+    (args.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(format_table(summary))
+    for rej in rejects[:_SHOW_REJECTS]:
+        print(f"  rejected {rej['path']}: {rej['reason']}")
+    if len(rejects) > _SHOW_REJECTS:
+        print(f"  ... and {len(rejects) - _SHOW_REJECTS} more in rejects.parquet")
+    print(f"wrote {args.output / 'manifest.parquet'}, rejects.parquet, summary.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

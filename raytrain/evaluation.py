@@ -144,8 +144,9 @@ def _save_part(out: Path, table: pa.Table) -> None:
     os.replace(parts / f".{name}.tmp", parts / name)
 
 
-def _consolidate(out: Path) -> list[dict]:
-    records = sorted(saved_predictions(out), key=lambda r: r["id"])
+def _consolidate(out: Path, ids: set[str]) -> list[dict]:
+    # Only the items evaluated now: a clip since removed from the folder or manifest leaves the report.
+    records = sorted((r for r in saved_predictions(out) if r["id"] in ids), key=lambda r: r["id"])
     tmp = Path(out) / f".{PREDICTIONS}.tmp"
     pq.write_table(pa.Table.from_pylist(records, schema=FULL_SCHEMA), tmp)
     os.replace(tmp, Path(out) / PREDICTIONS)
@@ -194,7 +195,7 @@ def run_inference(cfg: Config, rows: pa.Table, out: Path, unreadable: list[dict]
                     table = table.append_column(column, pa.array([extra[column][i] for i in ids], pa.string()))
                 _save_part(out, table.select(FULL_SCHEMA.names).cast(FULL_SCHEMA))
                 bar.update(table.num_rows)
-    return _consolidate(out)
+    return _consolidate(out, set(rows["id"].to_pylist()) | {r["id"] for r in unreadable})
 
 
 def _model_fingerprint(path: str) -> str:

@@ -50,13 +50,14 @@ def plot_rate_by_group(reports: dict[str, dict], metric: str, group_by: str, out
         errors = [[h - r["low"] if r.get("low") is not None else 0 for h, r in zip(heights, rates)],
                   [r["high"] - h if r.get("high") is not None else 0 for h, r in zip(heights, rates)]]
         positions = [x + (i - (len(reports) - 1) / 2) * width for x in range(len(values))]
-        ax.bar(positions, heights, width, yerr=errors, capsize=3, label=name)
+        bars = ax.bar(positions, heights, width, yerr=errors, capsize=3, label=name)
+        ax.bar_label(bars, fmt="%.2f", label_type="center", fontsize="small")  # a zero bar still says 0.00
     ax.set_xticks(range(len(values)), [v or "(none)" for v in values], rotation=20, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # never over a bar
     return _save(fig, out_png)
 
 
@@ -68,10 +69,12 @@ def plot_confusion_matrices(reports: dict[str, dict], out_png: Path) -> Path:
         confusion = overall.get("confusion") or {"rows": ["real", "fake"], "columns": ["real", "fake", "unparsable"],
                                                  "matrix": [[0, 0, 0], [0, 0, 0]]}
         matrix = confusion["matrix"]
-        ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(max(map(max, matrix)), 1))
+        top = max(max(map(max, matrix)), 1)
+        ax.imshow(matrix, cmap="Blues", vmin=0, vmax=top)
         for r, row in enumerate(matrix):
             for c, count in enumerate(row):
-                ax.text(c, r, str(count), ha="center", va="center", fontsize=12)
+                ax.text(c, r, str(count), ha="center", va="center", fontsize=12,
+                        color="white" if count > top / 2 else "black")
         ax.set_xticks(range(len(confusion["columns"])), confusion["columns"])
         ax.set_yticks(range(len(confusion["rows"])), confusion["rows"])
         ax.set_xlabel("answer")

@@ -19,7 +19,7 @@ import yaml
 from jobs import evaluate as evaluate_job
 from raytrain.config import parse_config
 from raytrain.data import PromptBuilder
-from raytrain.evaluation import IDENTITY, PARTS_DIR
+from raytrain.evaluation import IDENTITY, PARTS_DIR, inference_actors
 from raytrain.manifest import read_manifest, scan_genbuster, write_manifest
 from raytrain.report import METRICS, PREDICTIONS, REPORT
 
@@ -129,3 +129,15 @@ def test_killed_evaluation_resumes_without_redoing_or_losing(tiny_model_dir, syn
         assert predictions[ids.index(id_)] == saved
     assert (summary["overall"]["total"], summary["overall"]["unreadable"]) == (expected.num_rows + 1, 1)
     assert json.loads((out / IDENTITY).read_text())["data"] == str(folder.resolve())
+
+
+def test_inference_actors(base_config_dict, ray_local):
+    cfg = parse_config({**base_config_dict, "rollout": {**base_config_dict["rollout"], "num_actors": 3}})
+    assert inference_actors(cfg, batches=10) == 3  # CPU: rollout.num_actors
+    assert inference_actors(cfg, batches=2) == 2  # never an idle actor loading a model for nothing
+    fixed = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"num_actors": 5})})
+    assert inference_actors(fixed, batches=10) == 5
+    # One actor per GPU of the cluster; a cluster without the GPUs asked for is an error, not a hang.
+    gpu = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"num_gpus": 1})})
+    with pytest.raises(RuntimeError, match="GPU"):
+        inference_actors(gpu, batches=10)

@@ -95,10 +95,10 @@ class Predictor:
     Latency is the batch's generation time divided by its readable items (engines batch internally).
     """
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, weights: str | None = None):
         torch.set_num_threads(cfg.rollout.torch_threads)
         self.cfg = cfg
-        self.engine = create_engine(cfg.model, cfg.rollout)
+        self.engine = create_engine(cfg.model, cfg.rollout, weights=weights)
 
     def __call__(self, batch: dict) -> pa.Table:
         prompts, skipped = prompts_from_batch(batch)
@@ -167,8 +167,12 @@ def inference_actors(cfg: Config, batches: int) -> int:
     return max(1, min(wanted or cfg.rollout.num_actors, batches))
 
 
-def run_inference(cfg: Config, rows: pa.Table, out: Path, unreadable: list[dict] = ()) -> list[dict]:
-    """Predict every row not yet saved under `out`, saving each finished batch; returns all predictions."""
+def run_inference(cfg: Config, rows: pa.Table, out: Path, unreadable: list[dict] = (), *,
+                  weights: str | None = None) -> list[dict]:
+    """Predict every row not yet saved under `out`, saving each finished batch; returns all predictions.
+
+    `weights`: a LoRA adapter folder served on the base model `cfg.model.path`.
+    """
     done = {r["id"] for r in saved_predictions(out)}
     extra = {c: dict(zip(rows["id"].to_pylist(), rows[c].to_pylist())) for c in ROW_COLUMNS}
     pending_unreadable = [r for r in unreadable if r["id"] not in done]
@@ -182,7 +186,7 @@ def run_inference(cfg: Config, rows: pa.Table, out: Path, unreadable: list[dict]
         actors = inference_actors(cfg, math.ceil(todo.num_rows / batch_size))
         predictions = build_dataset(cfg, todo).map_batches(
             Predictor,
-            fn_constructor_kwargs={"cfg": cfg},
+            fn_constructor_kwargs={"cfg": cfg, "weights": weights},
             batch_size=batch_size,
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=cfg.rollout.num_cpus,
@@ -196,6 +200,18 @@ def run_inference(cfg: Config, rows: pa.Table, out: Path, unreadable: list[dict]
                 _save_part(out, table.select(FULL_SCHEMA.names).cast(FULL_SCHEMA))
                 bar.update(table.num_rows)
     return _consolidate(out, set(rows["id"].to_pylist()) | {r["id"] for r in unreadable})
+
+
+def split_adapter(cfg: Config) -> tuple[Config, str | None]:
+    """A LoRA export (a folder with `adapter_config.json`, what LoRA training writes to `final/`) is
+    evaluated on its base model: returns the config pointing at the base and the adapter folder."""
+    adapter_config = Path(cfg.model.path) / "adapter_config.json"
+    if not adapter_config.is_file():
+        return cfg, None
+    base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{adapter_config}: no base_model_name_or_path, so the adapter's base model is unknown")
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": base})}), cfg.model.path
 
 
 def _model_fingerprint(path: str) -> str:
@@ -251,7 +267,8 @@ def evaluate(cfg: Config, out: Path, *, split: str | None = None, folder: Path |
     }
     _claim(out, identity)
     init_ray(cfg)
-    records = run_inference(cfg, rows, out, unreadable)
+    served, adapter = split_adapter(cfg)
+    records = run_inference(served, rows, out, unreadable, weights=adapter)
     report = evaluation_report(records, confidence=cfg.evaluation.confidence,
                                resamples=cfg.evaluation.bootstrap_resamples, seed=cfg.run.seed)
     summary = {"name": name or out.name, "model": cfg.model.path, "data": data, "split": split, "mode": cfg.data.mode,

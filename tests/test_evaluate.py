@@ -19,7 +19,7 @@ import yaml
 from jobs import evaluate as evaluate_job
 from raytrain.config import parse_config
 from raytrain.data import PromptBuilder
-from raytrain.evaluation import IDENTITY, PARTS_DIR, inference_actors
+from raytrain.evaluation import IDENTITY, PARTS_DIR, inference_actors, split_adapter
 from raytrain.manifest import read_manifest, scan_genbuster, write_manifest
 from raytrain.report import METRICS, PREDICTIONS, REPORT
 
@@ -141,3 +141,16 @@ def test_inference_actors(base_config_dict, ray_local):
     gpu = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"num_gpus": 1})})
     with pytest.raises(RuntimeError, match="GPU"):
         inference_actors(gpu, batches=10)
+
+
+def test_lora_export_is_evaluated_on_its_base_model(base_config_dict, tmp_path):
+    cfg = parse_config(base_config_dict)
+    assert split_adapter(cfg) == (cfg, None)  # a full model is served as it is
+    adapter = tmp_path / "final"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/base"}))
+    served, weights = split_adapter(cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(adapter)})}))
+    assert (served.model.path, weights) == ("/models/base", str(adapter))
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="base model"):
+        split_adapter(cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(adapter)})}))

@@ -150,8 +150,8 @@ def _consolidate(out: Path, ids: set[str]) -> list[dict]:
     tmp = Path(out) / f".{PREDICTIONS}.tmp"
     pq.write_table(pa.Table.from_pylist(records, schema=FULL_SCHEMA), tmp)
     os.replace(tmp, Path(out) / PREDICTIONS)
-    for part in (Path(out) / PARTS_DIR).glob("*.parquet"):
-        part.unlink()
+    for part in [*(Path(out) / PARTS_DIR).glob("*.parquet"), *(Path(out) / PARTS_DIR).glob(".*.tmp")]:
+        part.unlink()  # the .tmp ones: half-written when a run was killed
     return records
 
 

@@ -8,7 +8,7 @@ import ray
 import torch
 
 from raytrain.config import ModelConfig, RolloutConfig, SamplingConfig
-from raytrain.engines import TransformersEngine
+from raytrain.engines import create_engine
 from raytrain.policy import Prompt, Sample
 
 
@@ -16,8 +16,7 @@ from raytrain.policy import Prompt, Sample
 class RolloutActor:
     def __init__(self, model: ModelConfig, rollout: RolloutConfig, weights: str | None = None):
         torch.set_num_threads(rollout.torch_threads)
-        device = "cuda" if rollout.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        self.engine = TransformersEngine(model, weights=weights, device=device)
+        self.engine = create_engine(model, rollout, weights=weights)
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, greedy: bool = False) -> list[list[Sample]]:
         return self.engine.generate(prompts, sampling, greedy=greedy)

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 
-from raytrain.config import Config, ConfigError, load_config
+from raytrain.config import Config, ConfigError, apply_overrides, load_config, parse_config
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, *, config_required: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config", required=True, help="YAML config (see jobs/configs/)")
+    p.add_argument("--config", required=config_required, help="YAML config (see jobs/configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.total_steps=10 (repeatable)")
     return p
 
 
-def load(args: argparse.Namespace, extra: list[str] = ()) -> Config:
-    """The validated config, or exit 2 with a message that names every bad key."""
+def load(args: argparse.Namespace, extra: list[str] = (), defaults: dict | None = None) -> Config:
+    """The validated config (from `defaults`, a plain config dict, when no `--config` is given),
+    or exit 2 with a message that names every bad key."""
     try:
+        if args.config is None:
+            return parse_config(apply_overrides(copy.deepcopy(defaults), [*args.set, *extra]), source="defaults")
         return load_config(args.config, [*args.set, *extra])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -4,7 +4,8 @@
 2. a short SFT warm-up that teaches only the response format (random answers);
 3. held-out evaluation, DAPO on local Ray (Ray Data -> rollout actor -> reward actor ->
    DeepSpeed workers -> weights back to the rollout actor), held-out evaluation again;
-4. `runs/demo/report.json`, a before/after table, and `runs/demo/training.png`.
+4. `runs/demo/report.json`, a before/after table, `runs/demo/training.png`, and the
+   evaluation comparison (`runs/demo/compare/`: table, per-category plots, confusion matrices).
 
 Finished stages are reused on a re-run; `--fresh` starts over.
 """
@@ -17,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from jobs import make_synthetic
+from jobs import compare, make_synthetic
 from raytrain.config import load_config
 from raytrain.evaluation import evaluate
 from raytrain.launch import FINAL_DIR, train
@@ -25,6 +26,7 @@ from raytrain.plots import plot_training
 from raytrain.tiny_model import save_tiny_model
 
 SHOWN = ("accuracy", "precision", "recall", "f1", "false_negative_rate", "format_compliance")
+EVAL_DIRS = {"before": "eval-before", "after": "eval-after"}  # under the DAPO run's output_dir
 
 
 def _stage(cfg, label: str) -> Path:
@@ -55,26 +57,36 @@ def main(argv=None) -> dict:
     if make_synthetic.main(["--out", str(Path(warmup_cfg.data.manifest).parent)]) != 0:
         raise SystemExit(2)
 
+    def evaluate_model(model: Path, when: str) -> dict:
+        cfg = dapo_cfg.model_copy(update={"model": dapo_cfg.model.model_copy(update={"path": str(model)})})
+        return evaluate(cfg, Path(dapo_cfg.run.output_dir) / EVAL_DIRS[when], name=f"{when} DAPO")
+
     warm = _stage(warmup_cfg, "format warm-up (SFT, random answers)")
-    before = evaluate(dapo_cfg.model_copy(update={"model": dapo_cfg.model.model_copy(update={"path": str(warm)})}))
+    before = evaluate_model(warm, "before")
     trained = _stage(dapo_cfg, "DAPO")
-    after = evaluate(dapo_cfg.model_copy(update={"model": dapo_cfg.model.model_copy(update={"path": str(trained)})}))
+    after = evaluate_model(trained, "after")
+
+    def values(summary: dict) -> dict:
+        return {k: summary["overall"][k]["value"] for k in SHOWN}
 
     report = {
-        "before": before["metrics"],
-        "after": after["metrics"],
-        "per_category": {"before": before["per_category"], "after": after["per_category"]},
-        "skipped_media": after["skipped"],
+        "before": values(before),
+        "after": values(after),
+        "per_category": {when: {c: g["accuracy"]["value"] for c, g in s["groups"]["category"].items() if g["n"]}
+                         for when, s in (("before", before), ("after", after))},
+        "skipped_media": after["unreadable"],
         "minutes": round((time.time() - start) / 60, 2),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     plot_training(Path(dapo_cfg.run.output_dir) / "metrics.jsonl", args.out / "training.png")
+    compare.compare([Path(dapo_cfg.run.output_dir) / EVAL_DIRS[w] for w in ("before", "after")], args.out / "compare")
 
     print(f"\n{'metric':<22}{'before DAPO':>12}{'after DAPO':>12}")
     for k in SHOWN:
-        print(f"{k:<22}{before['metrics'][k]:>12.3f}{after['metrics'][k]:>12.3f}")
-    print(f"\nreport: {args.out / 'report.json'}   curves: {args.out / 'training.png'}   ({report['minutes']} min)")
+        print(f"{k:<22}" + "".join(f"{'-' if v is None else f'{v:.3f}':>12}" for v in (report["before"][k], report["after"][k])))
+    print(f"\nreport: {args.out / 'report.json'}   curves: {args.out / 'training.png'}   "
+          f"comparison: {args.out / 'compare' / 'comparison.md'}   ({report['minutes']} min)")
     return report
 
 

@@ -1,35 +1,64 @@
-"""Evaluate a policy on a held-out split: `python -m jobs.evaluate --config FILE [--model PATH] [--output DIR]`.
+"""Evaluate a detector: `python -m jobs.evaluate --model PATH_OR_NAME (--data MANIFEST | --folder DIR) --name NAME --output OUT`.
 
-Writes `OUT/metrics.json` (accuracy, precision, recall, F1 with fake as positive,
-false-negative rate, format compliance; overall and per category) and
-`OUT/predictions.parquet` (one row per item with the raw response).
+Greedy batch inference as Ray Data over rollout-engine actors. Writes `OUT/predictions.parquet`
+(id, path, label, category, source, domain, status ok/unparsable/unreadable, error, raw response,
+parsed answer, format and mode compliance, latency), `OUT/metrics.json` and `OUT/report.md`
+(accuracy, precision, recall, F1 with fake as positive, false-negative and false-positive rates,
+format and mode compliance, with intervals, overall and per category, source and domain, and the
+confusion matrix). Re-running with the same OUT resumes a killed evaluation.
+
+`--config FILE` (with `--set` overrides) takes every setting from a config and evaluates its
+`model.path` on `data.eval_split`; the flags override it. Without `--config`, the defaults of
+`raytrain/config.py` apply, with float32 CPU actors or, where this machine sees a GPU, bfloat16
+and one GPU per actor.
 """
 
-import json
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+import torch
 
 from jobs import cli
-from raytrain.evaluation import evaluate
+from raytrain.evaluation import FOLDER_MANIFEST, evaluate
+
+
+def _defaults(args) -> dict:
+    gpu = torch.cuda.is_available()
+    return {
+        "run": {"name": args.name or args.output.name, "output_dir": str(args.output)},
+        "model": {"path": args.model, "dtype": "bfloat16" if gpu else "float32"},
+        "data": {"manifest": str(args.data or args.output / FOLDER_MANIFEST)},
+        "rollout": {"num_gpus": 1 if gpu else 0},
+    }
 
 
 def main(argv=None) -> dict:
-    p = cli.parser(__doc__.splitlines()[0])
+    p = cli.parser(__doc__.splitlines()[0], config_required=False)
     p.add_argument("--model", help="model folder or hub name (default: the config's model.path)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--data", type=Path, help="manifest to evaluate (default: the config's data.manifest)")
+    source.add_argument("--folder", type=Path, help="folder of clips in real/ and fake/ subfolders; every clip is evaluated")
     p.add_argument("--split", help="manifest split (default: data.eval_split)")
+    p.add_argument("--name", help="run name in reports and comparisons (default: the output folder's name)")
     p.add_argument("--output", type=Path, help="output folder (default: <run.output_dir>/eval)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--think", dest="mode", action="store_const", const="think", help="append /think to the prompt")
+    mode.add_argument("--no-think", dest="mode", action="store_const", const="no_think", help="append /no_think to the prompt")
     args = p.parse_args(argv)
-    cfg = cli.load(args, [f"model.path={args.model}"] if args.model else [])
-    result = evaluate(cfg, split=args.split)
+    if args.config is None and not (args.model and (args.data or args.folder) and args.output):
+        p.error("without --config, give --model, --data or --folder, and --output")
+    extra = [f"model.path={args.model}"] if args.model else []
+    extra += [f"data.manifest={args.data}"] if args.data else []
+    extra += [f"data.mode={args.mode}"] if args.mode else []
+    cfg = cli.load(args, extra, _defaults(args) if args.config is None else None)
     out = args.output or Path(cfg.run.output_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    summary = {k: result[k] for k in ("metrics", "per_category", "skipped")}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    pq.write_table(pa.Table.from_pylist(result["predictions"]), out / "predictions.parquet")
-    for k, v in result["metrics"].items():
-        print(f"{k:<22}{v:.3f}" if isinstance(v, float) else f"{k:<22}{v}")
+    summary = evaluate(cfg, out, split=args.split, folder=args.folder, name=args.name)
+    overall = summary["overall"]
+    print(f"{summary['name']}: {overall['total']} items, {overall['n']} scored, {overall['unreadable']} unreadable, "
+          f"{overall['unparsable']} unparsable")
+    for metric in ("accuracy", "precision", "recall", "f1", "false_negative_rate", "false_positive_rate",
+                   "format_compliance", "mode_compliance"):
+        value = (overall.get(metric) or {}).get("value")
+        print(f"{metric:<22}{'-' if value is None else f'{value:.3f}'}")
     print(f"written to {out}")
     return summary
 

@@ -67,6 +67,9 @@ class DataConfig(_Strict):
         "Is this {media} real or fake? Think inside <think></think>, then answer real or fake inside <answer></answer>.",
         description="User prompt; `{media}` becomes `video` or `image`.",
     )
+    mode: Literal["think", "no_think"] | None = Field(
+        None, description="Mode flag appended to the user prompt (`/think` or `/no_think`, BusterX++ hybrid reasoning, SPEC section 2); none by default.",
+    )
     answer_format: Literal["word", "letter"] = Field("word", description="`word`: real/fake; `letter`: the BusterX++ `\\boxed{A|B}` form.")
     epochs: int = Field(1, gt=0, description="Passes over the training split (each reshuffled).")
     decode_concurrency: int = Field(2, gt=0, description="Parallel Ray Data decode tasks.")
@@ -225,6 +228,18 @@ class TrainConfig(_Strict):
         return self
 
 
+class EvaluationConfig(_Strict):
+    """Batch inference and the report of `jobs.evaluate` (greedy decoding, SPEC sections 6 and 7)."""
+
+    batch_size: int = Field(8, gt=0, description="Items per inference batch; each finished batch is saved, so a killed evaluation loses at most the batches in flight.")
+    num_actors: int | None = Field(
+        None, gt=0,
+        description="Inference actors; null: one per `rollout.num_gpus` GPUs of the cluster, or `rollout.num_actors` on CPU (logical CPUs overstate real cores there).",
+    )
+    confidence: float = Field(0.95, gt=0, lt=1, description="Level of the Wilson (proportions) and bootstrap (F1) intervals.")
+    bootstrap_resamples: int = Field(1000, gt=0, description="Resamples of the percentile bootstrap interval of F1.")
+
+
 class ClusterConfig(_Strict):
     num_cpus: int | None = Field(None, gt=0, description="Logical CPUs of the embedded local Ray (ignored when joining a cluster).")
     dashboard: bool = Field(False, description="Start the dashboard with the embedded Ray (bound to 127.0.0.1).")
@@ -239,6 +254,7 @@ class Config(_Strict):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
 
@@ -264,12 +280,17 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         raise ConfigError(f"{path}: cannot read config: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config is a mapping of sections, not {type(raw).__name__}")
+    return parse_config(apply_overrides(raw, overrides), source=str(path))
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set each `dotted.key=yaml_value` override in the plain config dict `raw` (in place) and return it."""
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         _set_dotted(raw, key.strip(), yaml.safe_load(value))
-    return parse_config(raw, source=str(path))
+    return raw
 
 
 def parse_config(raw: dict, source: str = "<config>") -> Config:

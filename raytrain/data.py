@@ -105,7 +105,10 @@ class PromptBuilder:
         self._size = {"longest_edge": data.max_pixels, "shortest_edge": data.min_pixels}
 
     def _prompt_text(self, media: str) -> str:
-        content = [{"type": media}, {"type": "text", "text": self.data.prompt.format(media=media)}]
+        text = self.data.prompt.format(media=media)
+        if self.data.mode:
+            text = f"{text} /{self.data.mode}"
+        content = [{"type": media}, {"type": "text", "text": text}]
         return self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
 
     def _process(self, row: dict) -> dict:

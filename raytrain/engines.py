@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from raytrain.config import ModelConfig, SamplingConfig
+from raytrain.config import ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.models import load_policy, load_processor, load_sync_state
 from raytrain.policy import Prompt, Sample, masked_logprobs, token_type_ids, vision_inputs, vision_special_ids
 
@@ -90,3 +90,9 @@ class TransformersEngine:
         load_sync_state(self.model, {k: v.to(self.device) for k, v in state.items()})
         self.version = version
         return self.version
+
+
+def create_engine(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None) -> RolloutEngine:
+    """The engine named by `rollout.engine`, on a GPU when the actor holding it was given one."""
+    device = "cuda" if rollout.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+    return TransformersEngine(model, weights=weights, device=device)

@@ -32,12 +32,12 @@ def synthetic(tmp_path_factory) -> Path:
 def flat(tmp_path, synthetic) -> Path:
     """No split folders, a fake directly under fake/, an odd subcategory name and three broken files."""
     root = tmp_path / "flat"
-    video = next(synthetic.rglob("*.mp4"))
+    video, other = sorted(synthetic.rglob("*.mp4"))[:2]
     (root / "real").mkdir(parents=True)
     (root / "fake" / "Face_Swap Pro").mkdir(parents=True)
     Image.fromarray(np.zeros((32, 48, 3), dtype=np.uint8)).save(root / "real" / "a.png")
     shutil.copy(video, root / "real" / "b.mp4")
-    shutil.copy(video, root / "fake" / "Face_Swap Pro" / "c.MP4")
+    shutil.copy(other, root / "fake" / "Face_Swap Pro" / "c.MP4")
     Image.fromarray(np.zeros((32, 48, 3), dtype=np.uint8)).save(root / "fake" / "d.jpg")
     (root / "fake" / "notes.txt").write_text("not media")
     (root / "fake" / "empty.mp4").write_bytes(b"")

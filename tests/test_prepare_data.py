@@ -45,6 +45,7 @@ def prepared(ray_local, sources, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # the `prepared` fixture probes ~70 files through Ray Data (~25 s on 2 cores)
 def test_outputs_and_summary(prepared, sources, capsys):
     roots, zoo = sources
     table = read_manifest(prepared / "manifest.parquet")
@@ -72,6 +73,7 @@ def test_outputs_and_summary(prepared, sources, capsys):
     assert all(r["weight"] is None for r in rows if r["split"] != "train")
 
 
+@pytest.mark.slow  # the `prepared` fixture probes ~70 files through Ray Data (~25 s on 2 cores)
 def test_rejects_name_every_bad_file(prepared, sources):
     roots, zoo = sources
     rejects = pq.read_table(prepared / "rejects.parquet").to_pylist()
@@ -141,6 +143,7 @@ def prepare_and_read(root: Path, out: Path, *extra) -> Path:
     return out / "manifest.parquet"
 
 
+@pytest.mark.slow  # the `prepared` fixture probes ~70 files through Ray Data (~25 s on 2 cores)
 def test_streaming_skips_files_broken_after_preparation(ray_local, prepared, tmp_path):
     """Files deleted, emptied or overwritten after preparation are skipped and counted; the rest decode."""
     table = read_manifest(prepared / "manifest.parquet")

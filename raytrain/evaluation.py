@@ -35,7 +35,8 @@ from raytrain.metrics import UNREADABLE, evaluation_report
 from raytrain.policy import Prompt, Sample
 from raytrain.report import FULL_SCHEMA, METRICS, PREDICTION_SCHEMA, PREDICTIONS, REPORT, run_markdown
 from rewards.answer import parse_answer
-from rewards.outcome import format_reward, hybrid_reward
+from rewards.modes import hybrid_reward
+from rewards.outcome import format_reward
 
 PARTS_DIR = "parts"
 IDENTITY = "evaluation.json"  # what OUT holds predictions of; a resume with anything else is refused

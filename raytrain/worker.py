@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import deepspeed
-import numpy as np
 import ray
 import ray.train
 import torch

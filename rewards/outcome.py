@@ -92,25 +92,3 @@ def score_response(
     scores = {name: compute[name]() for name in SCALAR_COMPONENTS if name in weights}
     scores["total"] = sum((weights[name] * value for name, value in scores.items()), 0.0)
     return scores
-
-
-def think_content(text: str) -> str:
-    """Stripped text between the first ``<think>`` and the next ``</think>``; "" without a closed think block."""
-    start = text.find(_THINK_OPEN)
-    if start < 0:
-        return ""
-    start += len(_THINK_OPEN)
-    end = text.find(_THINK_CLOSE, start)
-    return text[start:end].strip() if end >= 0 else ""
-
-
-def hybrid_reward(text: str, mode: str) -> float:
-    """BusterX++ hybrid-reasoning reward in {0, -1} (SPEC section 3): -1 for reasoning under ``no_think``
-    or none (an empty or missing think block) under ``think``, else 0.
-
-    ``mode`` is ``"think"`` or ``"no_think"`` (the prompt flag without its slash).
-    """
-    if mode not in ("think", "no_think"):
-        raise ValueError(f"mode must be 'think' or 'no_think', got {mode!r}")
-    reasoned = bool(think_content(text))
-    return 0.0 if reasoned == (mode == "think") else -1.0

@@ -3,7 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rewards.answer import parse_answer
-from rewards.outcome import accuracy_reward, format_reward, hybrid_reward, overlong_reward, score_response
+from rewards.outcome import accuracy_reward, format_reward, overlong_reward, score_response
 
 TAG_ALPHABET = [
     "<think>", "</think>", "<answer>", "</answer>", "<answer", "answer>",
@@ -155,23 +155,3 @@ def test_adversarial_long_and_invalid_text(text):
 def test_surrogate_think_is_still_well_formed():
     assert format_reward("<think>\ud800</think><answer>fake</answer>") == 0.0
 
-
-@pytest.mark.parametrize(
-    "text, mode, expected",
-    [
-        ("<think>the lips lag</think><answer>fake</answer>", "think", 0.0),
-        ("<think>the lips lag</think><answer>fake</answer>", "no_think", -1.0),
-        ("<think></think><answer>real</answer>", "no_think", 0.0),
-        ("<think>  \n </think><answer>real</answer>", "think", -1.0),  # whitespace is no reasoning
-        ("<answer>real</answer>", "think", -1.0),  # no think block: no reasoning
-        ("<answer>real</answer>", "no_think", 0.0),
-        ("<think>unclosed reasoning", "no_think", 0.0),  # unclosed: a format error, not reasoning
-    ],
-)
-def test_hybrid_reward(text, mode, expected):
-    assert hybrid_reward(text, mode) == expected
-
-
-def test_hybrid_reward_rejects_unknown_mode():
-    with pytest.raises(ValueError):
-        hybrid_reward("<think></think><answer>real</answer>", "/think")

@@ -154,4 +154,3 @@ def test_adversarial_long_and_invalid_text(text):
 
 def test_surrogate_think_is_still_well_formed():
     assert format_reward("<think>\ud800</think><answer>fake</answer>") == 0.0
-

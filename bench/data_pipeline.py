@@ -73,11 +73,12 @@ def plain_loop(rows: list[dict], data: DataConfig) -> tuple[int, float, float]:
     return frames, time.perf_counter() - start, time.process_time() - cpu
 
 
-def _task_cpu_seconds(ds) -> float:
-    """CPU seconds the decode tasks spent, from Ray Data's stats of the last execution."""
+def _task_seconds(ds) -> tuple[float, float]:
+    """(wall, CPU) seconds summed over the decode tasks, from Ray Data's stats of the last execution."""
     stats = ds.stats()
     decode = stats[stats.index("MapBatches(decode_frames)"):]
-    return _seconds(re.search(r"Remote cpu time: .*?([\d.]+)(us|ms|s) total", decode).groups())
+    return tuple(_seconds(re.search(rf"Remote {kind} time: .*?([\d.]+)(us|ms|s) total", decode).groups())
+                 for kind in ("wall", "cpu"))
 
 
 def _seconds(value_unit: tuple[str, str]) -> float:
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
             else:
                 n_pipe, t_pipe, ds = pipeline(rows, data)
                 n_loop, t_loop, c_loop = plain_loop(row_dicts, data)
-            c_pipe = _task_cpu_seconds(ds)
+            w_tasks, c_pipe = _task_seconds(ds)
             cpu_ratios.append(c_loop / c_pipe)
             assert n_loop == n_pipe
             ratio = (n_pipe / t_pipe) / (n_loop / t_loop)
@@ -125,8 +126,8 @@ def main(argv=None) -> int:
                   f"Ray Data pipeline {n_pipe / t_pipe:7.1f} frames/s ({t_pipe:.2f} s) | ratio {ratio:.2f}x | "
                   f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
             print(f"         CPU per frame: loop {1e3 * c_loop / n_loop:.1f} ms, pipeline decode tasks "
-                  f"{1e3 * c_pipe / n_pipe:.1f} ms; wall-clock share of the CPUs the tasks got: "
-                  f"{c_pipe / t_pipe:.2f} of {min(args.workers, os.cpu_count())}")
+                  f"{1e3 * c_pipe / n_pipe:.1f} ms; pipeline: tasks busy {w_tasks / t_pipe:.2f} of "
+                  f"{args.workers} slots, on CPU {c_pipe / w_tasks:.0%} of their run time")
         # Where the pipeline's time goes: Ray Data's per-operator wall and CPU time of the last round.
         print("\n".join(line for line in ds.stats().splitlines()
                         if any(k in line for k in ("Operator", "Remote wall", "Remote cpu", "Total time"))))

@@ -30,7 +30,9 @@ from raytrain.config import Config
 from raytrain.data import build_dataset, prompts_from_batch, split_rows
 from raytrain.engines import create_engine
 from raytrain.launch import absolute_paths, init_ray
-from raytrain.manifest import LABELS, normalise_category, scan_genbuster, stable_id, write_manifest
+from raytrain.layouts import scan_source
+from raytrain.manifest import inspect_entry, rows_to_table, write_manifest
+from raytrain.splits import assign_groups
 from raytrain.metrics import UNREADABLE, evaluation_report
 from raytrain.policy import Prompt, Sample
 from raytrain.report import FULL_SCHEMA, METRICS, PREDICTION_SCHEMA, PREDICTIONS, REPORT, run_markdown
@@ -69,25 +71,24 @@ def unreadable_record(*, id: str, path: str, media: str, label: str, category: s
 
 
 def folder_rows(folder: Path) -> tuple[pa.Table, list[dict]]:
-    """Manifest rows of a folder of clips labelled by `real/` and `fake/` subfolders (every split
-    folder included), and unreadable records for the files that could not be probed.
-
-    The one place that knows the folder layout; the clip-folder scanner of SPEC section 8
-    (subfolders or a CSV) replaces `scan_genbuster` here.
-    """
-    root = Path(folder).resolve()
-    table, rejects = scan_genbuster(root, source=FOLDER_SOURCE)
-    unreadable = []
-    for reject in rejects:
-        parts = Path(reject["path"]).relative_to(root).parts
-        at = next(i for i, part in enumerate(parts) if part in LABELS)  # the scanner only looks under real/ and fake/
-        label = parts[at]
-        category = "real" if label == "real" else normalise_category(parts[at + 1]) if len(parts) > at + 2 else "unknown"
-        unreadable.append(unreadable_record(
-            id=stable_id(FOLDER_SOURCE, Path(*parts).as_posix()), path=reject["path"], label=label, category=category,
-            media=Path(reject["path"]).suffix.lstrip(".").lower(), reason=reject["reason"],
-        ) | {"source": FOLDER_SOURCE, "domain": ""})
-    return table, unreadable
+    """Manifest rows of a folder of clips (SPEC section 8: `real/`/`fake/` subfolders or a
+    `path,label[,category]` CSV), all in the test split, and unreadable records for the labelled
+    files that cannot be decoded. Files with no label or of an unsupported type are no test items:
+    they are printed and left out."""
+    entries, ignored = scan_source(Path(folder), layout="clips", source=FOLDER_SOURCE)
+    for reject in ignored:
+        print(f"[evaluate] ignored {reject['path']}: {reject['reason']}", flush=True)
+    rows, unreadable = [], []
+    for entry in assign_groups(entries):
+        row, reject = inspect_entry(entry)
+        if row is not None:
+            rows.append({**row, "split": "test"})
+        else:
+            unreadable.append(unreadable_record(
+                id=entry["id"], path=entry["path"], label=entry["label"], category=entry["category"],
+                media=entry["media"], reason=reject["reason"],
+            ) | {"source": FOLDER_SOURCE, "domain": entry["domain"]})
+    return rows_to_table(rows), unreadable
 
 
 class Predictor:

@@ -20,7 +20,8 @@ from jobs import evaluate as evaluate_job
 from raytrain.config import parse_config
 from raytrain.data import PromptBuilder
 from raytrain.evaluation import IDENTITY, PARTS_DIR, inference_actors, split_adapter
-from raytrain.manifest import read_manifest, scan_genbuster, write_manifest
+from raytrain.layouts import scan_dataset
+from raytrain.manifest import read_manifest, write_manifest
 from raytrain.report import METRICS, PREDICTIONS, REPORT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ def test_killed_evaluation_resumes_without_redoing_or_losing(tiny_model_dir, syn
     folder = tmp_path / "clips"
     shutil.copytree(synthetic_dir / "train", folder)
     (folder / "fake" / "lip-sync" / "broken.mp4").write_bytes(b"not a video")
-    expected, rejects = scan_genbuster(folder, source="folder")
+    expected, rejects = scan_dataset(folder, "clips", source="folder")
     assert len(rejects) == 1
     out = tmp_path / "eval"
     args = ["--model", str(tiny_model_dir), "--folder", str(folder), "--output", str(out), "--name", "clips",

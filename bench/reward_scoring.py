@@ -1,22 +1,25 @@
 """Reward-scoring throughput on CPU: outcome rewards alone, and with PRPO paragraph rewards
 (tiny random CLIP + YAKE), with the media embedding shared by a prompt's G responses vs one per response.
 
-    PYTHONPATH=. python benchmarks/bench_rewards.py [--prompts 4] [--group 8]
+    python bench/reward_scoring.py [--prompts 4] [--group 8]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.reward import RewardScorer
-from raytrain.config import RewardConfig
-from raytrain.synthetic import make_synthetic_dataset
-from raytrain.tiny_model import save_tiny_clip
+import torch  # noqa: E402
+
+from actors.reward import RewardScorer  # noqa: E402
+from raytrain.config import RewardConfig  # noqa: E402
+from raytrain.synthetic import make_synthetic_dataset  # noqa: E402
+from raytrain.tiny_model import save_tiny_clip  # noqa: E402
 
 RESPONSE = ("<think>The jaw line shows a blending seam in frame {i}, and the skin texture repeats.\n\n"
             "The lips drift out of sync with the face while the lighting stays natural.</think>\n\n"

@@ -47,14 +47,14 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     start = time.time()
     warmup_cfg, dapo_cfg = load_config(args.warmup_config), load_config(args.config)
+    model_dir, data_dir = Path(warmup_cfg.model.path), Path(warmup_cfg.data.manifest).parent
     if args.fresh:
-        for d in (warmup_cfg.run.output_dir, dapo_cfg.run.output_dir):
+        for d in (warmup_cfg.run.output_dir, dapo_cfg.run.output_dir, model_dir):
             shutil.rmtree(d, ignore_errors=True)
 
-    model_dir = Path(warmup_cfg.model.path)
     if not (model_dir / "config.json").exists():
         save_tiny_model(model_dir)
-    if make_synthetic.main(["--out", str(Path(warmup_cfg.data.manifest).parent)]) != 0:
+    if make_synthetic.main(["--out", str(data_dir), *(["--force"] if args.fresh else [])]) != 0:
         raise SystemExit(2)
 
     def evaluate_model(model: Path, when: str) -> dict:

@@ -81,8 +81,9 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
         [{f.name: r.get(f.name) for f in MANIFEST_SCHEMA} for r in rows], schema=MANIFEST_SCHEMA)
 
 
-def _missing_columns(table: pa.Table) -> list[str]:
-    return [name for name in MANIFEST_SCHEMA.names if name not in table.column_names]
+def _missing_columns(table: pa.Table, *, required_only: bool = False) -> list[str]:
+    return [f.name for f in MANIFEST_SCHEMA
+            if f.name not in table.column_names and (f.nullable is False or not required_only)]
 
 
 def write_manifest(table: pa.Table, path: Path) -> None:
@@ -95,33 +96,19 @@ def write_manifest(table: pa.Table, path: Path) -> None:
 
 
 def read_manifest(path: Path) -> pa.Table:
-    """Read a manifest, checking that every required column is present."""
+    """Read a manifest, checking that every required column is present.
+
+    Optional (nullable) columns a manifest lacks, e.g. one written before they
+    existed or by another tool, are added as nulls.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     table = pq.read_table(str(path))
-    missing = _missing_columns(table)
+    missing = _missing_columns(table, required_only=True)
     if missing:
-        raise ValueError(f"manifest {path} is missing required column(s): {', '.join(missing)}")
+        raise ValueError(f"manifest {path} is missing required column(s): {', '.join(missing)}; "
+                         "write it again with `python -m jobs.prepare_data` (or `jobs.make_synthetic`)")
+    for name in _missing_columns(table):
+        table = table.append_column(MANIFEST_SCHEMA.field(name), pa.nulls(table.num_rows, MANIFEST_SCHEMA.field(name).type))
     return table
-
-
-def inspect_entry(entry: dict, *, probe_media: bool = True) -> tuple[dict | None, dict | None]:
-    """A layout entry -> ``(row, None)``, or ``(None, reject)`` when the file cannot be used.
-
-    The row keeps the entry's bookkeeping keys (``rel``, ``clips``,
-    ``official_split``); `rows_to_table` keeps only manifest columns.
-
-    Always runs the cheap file checks and hashes the content; ``probe_media``
-    also decodes (duration, fps, frames, resolution, codec; see `media.probe`).
-    """
-    path = entry["path"]
-    try:
-        check_file(path)
-        info = probe(path, entry["media"]) if probe_media else {}
-        digest = content_hash(Path(path))
-    except MediaError as exc:
-        return None, {"path": path, "source": entry["source"], "reason": exc.reason}
-    except OSError as exc:  # the file vanished or became unreadable between the check and the hash
-        return None, {"path": path, "source": entry["source"], "reason": f"cannot read the file: {exc.strerror}"}
-    return {**entry, **info, "content_hash": digest}, None

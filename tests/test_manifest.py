@@ -150,3 +150,13 @@ def test_read_names_missing_column(synthetic, tmp_path):
         write_manifest(table, tmp_path / "never.parquet")
     with pytest.raises(FileNotFoundError):
         read_manifest(tmp_path / "absent.parquet")
+
+
+def test_read_fills_optional_columns_of_older_manifests(synthetic, tmp_path):
+    table = scan_genbuster(synthetic)[0]
+    path = tmp_path / "old.parquet"
+    pq.write_table(table.drop_columns(["duration", "codec", "weight"]), path)
+    read = read_manifest(path)
+    assert set(read.column_names) == set(table.column_names)
+    assert read["weight"].null_count == read["codec"].null_count == table.num_rows
+    assert read["id"].to_pylist() == table["id"].to_pylist()

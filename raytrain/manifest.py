@@ -112,3 +112,24 @@ def read_manifest(path: Path) -> pa.Table:
     for name in _missing_columns(table):
         table = table.append_column(MANIFEST_SCHEMA.field(name), pa.nulls(table.num_rows, MANIFEST_SCHEMA.field(name).type))
     return table
+
+
+def inspect_entry(entry: dict, *, probe_media: bool = True) -> tuple[dict | None, dict | None]:
+    """A layout entry -> ``(row, None)``, or ``(None, reject)`` when the file cannot be used.
+
+    The row keeps the entry's bookkeeping keys (``rel``, ``clips``,
+    ``official_split``); `rows_to_table` keeps only manifest columns.
+
+    Always runs the cheap file checks and hashes the content; ``probe_media``
+    also decodes (duration, fps, frames, resolution, codec; see `media.probe`).
+    """
+    path = entry["path"]
+    try:
+        check_file(path)
+        info = probe(path, entry["media"]) if probe_media else {}
+        digest = content_hash(Path(path))
+    except MediaError as exc:
+        return None, {"path": path, "source": entry["source"], "reason": exc.reason}
+    except OSError as exc:  # the file vanished or became unreadable between the check and the hash
+        return None, {"path": path, "source": entry["source"], "reason": f"cannot read the file: {exc.strerror}"}
+    return {**entry, **info, "content_hash": digest}, None

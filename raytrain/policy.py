@@ -42,10 +42,11 @@ class Sample:
 
 def vision_special_ids(processor) -> list[int]:
     """Tokens a response must never contain: a sampled `<|video_pad|>` would make the trainer's
-    forward expect pixels that do not exist. Generation and training both mask them out."""
-    tok = processor.tokenizer
-    ids = {processor.image_token_id, processor.video_token_id}
-    for name in ("<|vision_start|>", "<|vision_end|>"):
+    forward expect pixels that do not exist. Generation and training both mask them out.
+    Takes a processor, or a bare tokenizer (text-only models served by vLLM)."""
+    tok = getattr(processor, "tokenizer", processor)
+    ids = {i for i in (getattr(processor, "image_token_id", None), getattr(processor, "video_token_id", None)) if i is not None}
+    for name in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"):
         token_id = tok.convert_tokens_to_ids(name)
         if token_id is not None and token_id != tok.unk_token_id:
             ids.add(token_id)

@@ -64,6 +64,7 @@ class TransformersEngine(BucketReceiver):
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample]]:
+        self.check_serving()
         n = 1 if greedy else sampling.group_size
         return [self._generate_one(p, sampling, n, greedy) for p in prompts]
 

@@ -153,6 +153,7 @@ class VLLMEngine(BucketReceiver):
         }
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample]]:
+        self.check_serving()
         params = self._sampling_params(sampling, 1 if greedy else sampling.group_size, greedy)
         self._wake()
         try:
@@ -200,6 +201,16 @@ class VLLMEngine(BucketReceiver):
             self._adapter_parts.update({k: v.detach().to("cpu").contiguous() for k, v in bucket.items()})
         else:
             self.llm.collective_rpc("load_weight_bucket", args=pack_bucket(bucket))
+
+    def _abort(self, applied: bool) -> bool:
+        if self.cfg.lora.enabled:  # nothing was served from the stashed parts
+            self._adapter_parts = {}
+            return True
+        # Ends the layerwise reload either way: layers that got no tensor get their old ones back.
+        self.llm.collective_rpc("finish_weight_sync")
+        self.llm.reset_prefix_cache()
+        self._sleep()
+        return not applied
 
     def _commit(self, version: int) -> None:
         if self.cfg.lora.enabled:

@@ -113,11 +113,16 @@ class BucketReceiver:
     """Receiving side of a sync for an engine: `begin_update`, `load_bucket` per bucket, `finish_update`.
 
     Subclasses provide `sync_spec()` (the names and shapes they accept), `_apply_bucket(bucket)`
-    and `_commit(version)`; `version` only advances once every announced tensor arrived.
+    and `_commit(version)`, and `_abort()` when a failed sync needs undoing. `version` only
+    advances once every announced tensor arrived. A sync that fails after some buckets were
+    applied in place leaves weights of no single version: `check_serving` then refuses to
+    generate until a complete sync arrives.
     """
 
     version: int = 0
     _update: WeightUpdate | None = None
+    _broken: str | None = None
+    _applied: bool = False
 
     def sync_spec(self) -> dict[str, Shape]:
         raise NotImplementedError
@@ -128,22 +133,49 @@ class BucketReceiver:
     def _commit(self, version: int) -> None:
         """Called once every bucket of `version` arrived, before the version is reported."""
 
-    def begin_update(self, version: int, plan: dict[str, Shape]) -> None:
+    def _abort(self, applied: bool) -> bool:
+        """Undo what a failed sync started; True when the weights of `version` are still served
+        (by default: when no bucket was applied)."""
+        return not applied
+
+    def check_serving(self) -> None:
+        if self._broken:
+            raise RuntimeError(f"{self._broken}; this engine serves no single weight version until a complete sync arrives")
+
+    def _fail(self, update: WeightUpdate) -> None:
         self._update = None
+        if not self._abort(self._applied):
+            self._broken = f"the weight sync to version {update.version} failed after loading part of its weights"
+
+    def begin_update(self, version: int, plan: dict[str, Shape]) -> None:
+        if self._update is not None:  # the sender of the previous sync never finished it
+            self._fail(self._update)
         self._update = WeightUpdate(version, plan, self.sync_spec())
+        self._applied = False
 
     def load_bucket(self, bucket: dict[str, torch.Tensor]) -> None:
-        if self._update is None:
+        update = self._update
+        if update is None:
             raise RuntimeError("weight bucket received without begin_update")
-        self._update.accept(bucket)
-        self._apply_bucket(bucket)
+        try:
+            update.accept(bucket)
+            self._applied = True
+            self._apply_bucket(bucket)
+        except Exception:
+            self._fail(update)
+            raise
 
     def finish_update(self) -> int:
-        if self._update is None:
+        update = self._update
+        if update is None:
             raise RuntimeError("finish_update without begin_update")
-        update, self._update = self._update, None
-        version = update.finish()
-        self._commit(version)
+        try:
+            version = update.finish()
+            self._commit(version)
+        except Exception:
+            self._fail(update)
+            raise
+        self._update, self._broken = None, None
         self.version = version
         return self.version
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raytrain.weight_sync import BucketReceiver, WeightUpdate, buckets, check_spec, tensor_spec
+from raytrain.config import ModelConfig, RolloutConfig
+from raytrain.engines import make_engine
+from raytrain.weight_sync import BucketReceiver, WeightUpdate, buckets, check_spec, pack_bucket, tensor_spec, unpack_bucket
 
 
 def _state() -> dict[str, torch.Tensor]:
@@ -91,12 +93,55 @@ def test_receiver_versions_advance_only_on_complete_syncs():
         eng.update_weights(bad, 2)
     assert eng.version == 1 and len(eng.applied) == 3
 
-    # A sync cut short does not advance the version, and the next sync starts clean.
+    eng.check_serving()
+
+    # A sync cut short after a bucket was applied: the version stays, and the engine refuses
+    # to generate from a mix of two versions until a complete sync arrives.
     eng.begin_update(2, tensor_spec(_state()))
     eng.load_bucket({"a": torch.ones(10)})
     with pytest.raises(ValueError, match="incomplete"):
         eng.finish_update()
     assert eng.version == 1 and eng.committed == [1]
+    with pytest.raises(RuntimeError, match="version 2 failed after loading part"):
+        eng.check_serving()
     with pytest.raises(RuntimeError, match="without begin_update"):
         eng.load_bucket({"a": torch.ones(10)})
     assert eng.update_weights(_state(), 3) == 3 and eng.committed == [1, 3]
+    eng.check_serving()
+
+    # A sender that vanished mid-sync: the next begin_update aborts the unfinished one.
+    eng.begin_update(4, tensor_spec(_state()))
+    eng.load_bucket({"b": torch.ones(2, 3)})
+    eng.begin_update(5, tensor_spec(_state()))
+    with pytest.raises(RuntimeError, match="version 4 failed"):
+        eng.check_serving()
+    for bucket in buckets(_state(), 64):
+        eng.load_bucket(bucket)
+    assert eng.finish_update() == 5
+    eng.check_serving()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
+def test_pack_unpack_roundtrip(dtype):
+    bucket = {"w": torch.randn(3, 4).to(dtype), "b": torch.arange(5).to(dtype), "s": torch.tensor(7).to(dtype)}
+    meta, data = pack_bucket(bucket)
+    assert isinstance(data, bytes) and len(data) == sum(t.numel() * t.element_size() for t in bucket.values())
+    out = unpack_bucket(meta, data)
+    assert list(out) == list(bucket)
+    for k, v in bucket.items():
+        assert out[k].dtype == v.dtype and torch.equal(out[k], v), k
+    with pytest.raises(ValueError, match="holds"):
+        unpack_bucket(meta, data + b"\0")
+
+
+def test_vllm_engine_without_vllm_says_how_to_install():
+    import raytrain.vllm_engine  # noqa: F401  (imports without vLLM)
+
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("vLLM is installed here")
+    with pytest.raises(ImportError, match=r"pip install -e \.\[vllm\]"):
+        make_engine(ModelConfig(path="unused"), RolloutConfig(engine="vllm"))

@@ -7,7 +7,7 @@ import os
 import ray
 import torch
 
-from raytrain.config import ModelConfig, RolloutConfig, SamplingConfig
+from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.engines import make_engine
 from raytrain.policy import Prompt, Sample
 from raytrain.weight_sync import Shape, buckets, tensor_spec
@@ -15,10 +15,10 @@ from raytrain.weight_sync import Shape, buckets, tensor_spec
 
 @ray.remote
 class RolloutActor:
-    def __init__(self, model: ModelConfig, rollout: RolloutConfig, weights: str | None = None):
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, weights: str | None = None, data: DataConfig | None = None):
         torch.set_num_threads(rollout.torch_threads)
         device = "cuda" if rollout.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        self.engine = make_engine(model, rollout, weights=weights, device=device)
+        self.engine = make_engine(model, rollout, weights=weights, device=device, data=data)
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, greedy: bool = False) -> list[list[Sample]]:
         return self.engine.generate(prompts, sampling, greedy=greedy)
@@ -53,13 +53,14 @@ def push_weights(actors: list, state: dict[str, torch.Tensor], version: int, buc
         raise RuntimeError(f"weight sync to version {version} did not take effect: actors serve {served}")
 
 
-def start_rollout_actors(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None, name_prefix: str | None = None) -> list:
+def start_rollout_actors(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None, name_prefix: str | None = None,
+                         data: DataConfig | None = None) -> list:
     """`rollout.num_actors` actors; named (and so findable by Ray Train workers) when `name_prefix` is set."""
     actors = []
     for i in range(rollout.num_actors):
         options = {"num_cpus": rollout.num_cpus, "num_gpus": rollout.num_gpus}
         if name_prefix:
             options["name"] = f"{name_prefix}-rollout-{i}"
-        actors.append(RolloutActor.options(**options).remote(model, rollout, weights))
+        actors.append(RolloutActor.options(**options).remote(model, rollout, weights, data))
     ray.get([a.version.remote() for a in actors])  # surface load errors here, not mid-training
     return actors

@@ -74,8 +74,9 @@ class VLLMConfig(_Strict):
 
     mode: Literal["separate", "colocated"] = Field(
         "separate",
-        description="`separate`: engines hold their own GPUs. `colocated`: an engine shares a GPU with a "
-                    "training worker and sleeps (weights offloaded, KV cache freed) while the trainer steps.",
+        description="`separate`: engines hold their own GPUs. `colocated`: each engine shares a GPU with a "
+                    "training worker (it takes `rollout.num_gpus` of it, the worker the rest) and sleeps "
+                    "(weights offloaded, KV cache freed) except while generating or receiving weights. GPUs only.",
     )
     tensor_parallel_size: int = Field(1, gt=0, description="GPUs one engine shards the model over (set `rollout.num_gpus` to match).")
     max_model_len: int = Field(8192, gt=0, description="Longest prompt + response in tokens; bounds the KV cache per sequence.")
@@ -85,11 +86,6 @@ class VLLMConfig(_Strict):
     cpu_kvcache_gb: int = Field(1, gt=0, description="KV cache in GiB on CPU (VLLM_CPU_KVCACHE_SPACE); CPU builds only.")
     enforce_eager: bool = Field(False, description="Skip CUDA graph capture (faster start, slower decode).")
     seed: int = Field(0, description="Seed of the engine's sampler.")
-    weight_transport: Literal["object_store", "nccl"] = Field(
-        "object_store",
-        description="How full-weight buckets reach the engines: the Ray object store (any device), or an NCCL "
-                    "broadcast from training rank 0 (GPUs only). LoRA adapters always go through the object store.",
-    )
 
 
 class RolloutConfig(_Strict):
@@ -192,6 +188,16 @@ class Config(_Strict):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _colocation(self):
+        if self.rollout.vllm.mode != "colocated":
+            return self
+        r = self.rollout
+        if r.engine != "vllm" or not self.train.use_gpu or not 0 < r.num_gpus < 1 or r.num_actors != self.train.num_workers:
+            raise ValueError("rollout.vllm.mode colocated needs rollout.engine vllm, train.use_gpu, 0 < rollout.num_gpus < 1 "
+                             "(the engine's share of a worker's GPU) and one rollout actor per training worker")
+        return self
 
 
 class ConfigError(ValueError):

@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from peft import PeftModel, get_peft_model_state_dict
 
-from raytrain.config import ModelConfig, RolloutConfig, SamplingConfig
+from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.models import apply_sync_state, load_policy, load_processor
 from raytrain.policy import Prompt, Sample, masked_logprobs, token_type_ids, vision_inputs, vision_special_ids
 from raytrain.weight_sync import BucketReceiver, Shape, tensor_spec
@@ -38,12 +38,13 @@ class RolloutEngine(Protocol):
         """The three steps above for a whole state in one call."""
 
 
-def make_engine(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None, device: str = "cpu") -> RolloutEngine:
-    """The engine `rollout.engine` names."""
+def make_engine(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None, device: str = "cpu",
+                data: DataConfig | None = None) -> RolloutEngine:
+    """The engine `rollout.engine` names (`data`: how the vLLM engine decodes a multimodal prompt's media)."""
     if rollout.engine == "vllm":
         from raytrain.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model, rollout, weights=weights)
+        return VLLMEngine(model, rollout, weights=weights, data=data)
     return TransformersEngine(model, weights=weights, device=device)
 
 

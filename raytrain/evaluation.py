@@ -26,7 +26,7 @@ def evaluate(cfg: Config, *, split: str | None = None) -> dict:
     init_ray(cfg)
     split = split or cfg.data.eval_split
     rows = split_rows(cfg.data, split, seed=cfg.run.seed)
-    actors = start_rollout_actors(cfg.model, cfg.rollout)
+    actors = start_rollout_actors(cfg.model, cfg.rollout, data=cfg.data)
     predictions, skipped = [], []
     try:
         pending = []

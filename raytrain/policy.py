@@ -28,6 +28,17 @@ class Prompt:
     second_per_grid_t: float = 1.0
 
 
+def text_prompt(tokenizer, text: str) -> Prompt:
+    """A prompt without media (text-only models, e.g. vLLM on CPU): the chat template's tokens, no pixels."""
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+    if not isinstance(ids, list):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return Prompt(
+        key=text, id=text, path="", label="", category="text", input_ids=np.asarray(ids, dtype=np.int64),
+        pixel_values=np.zeros((0, 0), np.float32), grid_thw=np.zeros(3, np.int64), is_video=False,
+    )
+
+
 @dataclass
 class Sample:
     """One sampled response and what produced it."""

@@ -180,11 +180,11 @@ def build_tiny_text_model(tokenizer: PreTrainedTokenizerFast, *, hidden_size: in
     return model
 
 
-def save_tiny_text_model(out: Path, *, seed: int = 0) -> Path:
+def save_tiny_text_model(out: Path, *, seed: int = 0, hidden_size: int = 64, layers: int = 2) -> Path:
     """Build and save the text-only model with the tiny tokenizer (and its chat template) to `out`."""
     out = Path(out)
     tokenizer = _train_tokenizer(vocab_size=512)  # the VL model's tokenizer, so prompts tokenize alike
     out.mkdir(parents=True, exist_ok=True)
-    build_tiny_text_model(tokenizer, seed=seed).save_pretrained(out)
+    build_tiny_text_model(tokenizer, hidden_size=hidden_size, layers=layers, seed=seed).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -11,27 +11,16 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from raytrain.policy import Prompt  # noqa: E402
+from raytrain.policy import Prompt, text_prompt  # noqa: E402
 
 TEXTS = [
     "Is this video real or fake?",
     "Is this image real or fake? Look at faces, lips, textures and motion.",
     "The lips move out of sync with the face.",
 ]
-
-
-def text_prompt(tokenizer, text: str) -> Prompt:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-    if not isinstance(ids, list):  # transformers 5 returns a BatchEncoding
-        ids = ids["input_ids"]
-    return Prompt(
-        key=text, id=text, path="", label="real", category="text", input_ids=np.asarray(ids, dtype=np.int64),
-        pixel_values=np.zeros((0, 0), np.float32), grid_thw=np.zeros(3, np.int64), is_video=False,
-    )
 
 
 @pytest.fixture(scope="session")

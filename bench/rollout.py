@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from raytrain.config import ModelConfig, RolloutConfig  # noqa: E402
 from raytrain.models import sync_state  # noqa: E402
-from raytrain.policy import text_prompt  # noqa: E402
+from raytrain.policy import text_prompt, vision_special_ids  # noqa: E402
 from raytrain.tiny_model import _CORPUS, build_tiny_text_model, save_tiny_text_model  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from raytrain.vllm_engine import VLLMEngine
 
@@ -78,22 +78,26 @@ def main() -> None:
         )
         sampling = rollout.sampling
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        t0 = time.perf_counter()
-        engine = VLLMEngine(cfg, rollout)
-        init_s = time.perf_counter() - t0
-        prompts = [text_prompt(engine.tokenizer, _CORPUS[i % len(_CORPUS)] + f" ({i})") for i in range(args.prompts)]
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        prompts = [text_prompt(tokenizer, _CORPUS[i % len(_CORPUS)] + f" ({i})") for i in range(args.prompts)]
+        eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        suppress_ids = vision_special_ids(tokenizer)
         params = sum(p.numel() for p in hf.parameters())
         print(f"model: text-only Qwen2, hidden {args.hidden_size}, {args.layers} layers, {params / 1e6:.1f} M parameters (float32)")
         print(f"work: {len(prompts)} prompts x G={sampling.group_size}, max_new_tokens {sampling.max_new_tokens}, "
               f"temperature {sampling.temperature}, top_p {sampling.top_p}")
-        print("transformers side: plain `generate` loop (one prompt, G return sequences per call), "
-              f"{args.threads} torch thread(s)")
 
-        _hf_generate(hf, prompts[:1], sampling, engine.eos_id, engine.suppress_ids)  # warm-up
+        # transformers first: vLLM's CPU backend rebinds this process's OpenMP threads when it starts.
+        _hf_generate(hf, prompts[:1], sampling, eos_id, suppress_ids)  # warm-up
         t0 = time.perf_counter()
-        hf_tokens = _hf_generate(hf, prompts, sampling, engine.eos_id, engine.suppress_ids)
+        hf_tokens = _hf_generate(hf, prompts, sampling, eos_id, suppress_ids)
         hf_s = time.perf_counter() - t0
 
+        t0 = time.perf_counter()
+        engine = VLLMEngine(cfg, rollout)
+        init_s = time.perf_counter() - t0
+        print("transformers side: plain `generate` loop (one prompt, G return sequences per call), "
+              f"{args.threads} torch thread(s); vLLM: {torch.get_num_threads()} thread(s) on {os.cpu_count()} cores")
         engine.generate(prompts[:1], sampling)  # warm-up (vLLM's first call is slow)
         t0 = time.perf_counter()
         groups = engine.generate(prompts, sampling)

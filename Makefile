@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 $(VLLM_STAMP): pyproject.toml constraints-vllm.txt
 	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install --quiet --upgrade pip
-	$(VLLM_PY) -m pip install --quiet --no-deps -r constraints-vllm.txt
+	$(VLLM_PY) -m pip install --quiet --no-deps --no-compile -r constraints-vllm.txt
 	$(VLLM_PY) -m pip install --quiet --no-deps -e .
 	touch $(VLLM_STAMP)
 

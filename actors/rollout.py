@@ -7,22 +7,29 @@ import os
 import ray
 import torch
 
-from raytrain.config import ModelConfig, RolloutConfig, SamplingConfig
-from raytrain.engines import create_engine
+from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
+from raytrain.engines import make_engine
 from raytrain.policy import Prompt, Sample
+from raytrain.weight_sync import Shape, buckets, tensor_spec
 
 
 @ray.remote
 class RolloutActor:
-    def __init__(self, model: ModelConfig, rollout: RolloutConfig, weights: str | None = None):
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, weights: str | None = None, data: DataConfig | None = None):
         torch.set_num_threads(rollout.torch_threads)
-        self.engine = create_engine(model, rollout, weights=weights)
+        self.engine = make_engine(model, rollout, weights=weights, data=data)
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, greedy: bool = False) -> list[list[Sample]]:
         return self.engine.generate(prompts, sampling, greedy=greedy)
 
-    def update_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
-        return self.engine.update_weights(state, version)
+    def begin_update(self, version: int, plan: dict[str, Shape]) -> None:
+        self.engine.begin_update(version, plan)
+
+    def load_bucket(self, bucket: dict[str, torch.Tensor]) -> None:
+        self.engine.load_bucket(bucket)
+
+    def finish_update(self) -> int:
+        return self.engine.finish_update()
 
     def version(self) -> int:
         return self.engine.version
@@ -31,13 +38,28 @@ class RolloutActor:
         return os.getpid()
 
 
-def start_rollout_actors(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None, name_prefix: str | None = None) -> list:
+def push_weights(actors: list, state: dict[str, torch.Tensor], version: int, bucket_bytes: int) -> None:
+    """Send `state` to every actor as size-bounded buckets through the object store: one `ray.put`
+    and one call per actor per bucket, never one per tensor. Raises unless every actor serves `version`."""
+    ray.get([a.begin_update.remote(version, tensor_spec(state)) for a in actors])
+    for bucket in buckets(state, bucket_bytes):
+        ref = ray.put(bucket)
+        # One bucket in flight: the object store holds at most `bucket_bytes` of this sync at a time.
+        ray.get([a.load_bucket.remote(ref) for a in actors])
+        del ref
+    served = ray.get([a.finish_update.remote() for a in actors])
+    if any(v != version for v in served):
+        raise RuntimeError(f"weight sync to version {version} did not take effect: actors serve {served}")
+
+
+def start_rollout_actors(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None, name_prefix: str | None = None,
+                         data: DataConfig | None = None) -> list:
     """`rollout.num_actors` actors; named (and so findable by Ray Train workers) when `name_prefix` is set."""
     actors = []
     for i in range(rollout.num_actors):
         options = {"num_cpus": rollout.num_cpus, "num_gpus": rollout.num_gpus}
         if name_prefix:
             options["name"] = f"{name_prefix}-rollout-{i}"
-        actors.append(RolloutActor.options(**options).remote(model, rollout, weights))
+        actors.append(RolloutActor.options(**options).remote(model, rollout, weights, data))
     ray.get([a.version.remote() for a in actors])  # surface load errors here, not mid-training
     return actors

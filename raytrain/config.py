@@ -89,13 +89,34 @@ class SamplingConfig(_Strict):
     max_new_tokens: int = Field(768, gt=0, description="Response length limit; a response hitting it is truncated.")
 
 
+class VLLMConfig(_Strict):
+    """The vLLM rollout engine (`rollout.engine: vllm`; `pip install -e .[vllm]`)."""
+
+    mode: Literal["separate", "colocated"] = Field(
+        "separate",
+        description="`separate`: engines hold their own GPUs. `colocated`: each engine shares a GPU with a "
+                    "training worker (it takes `rollout.num_gpus` of it, the worker the rest) and sleeps "
+                    "(weights offloaded, KV cache freed) except while generating or receiving weights. GPUs only.",
+    )
+    tensor_parallel_size: int = Field(1, gt=0, description="GPUs one engine shards the model over (set `rollout.num_gpus` to match).")
+    max_model_len: int = Field(8192, gt=0, description="Longest prompt + response in tokens; bounds the KV cache per sequence.")
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="Fraction of GPU memory vLLM may take (weights + KV cache); lower it when colocated."
+    )
+    cpu_kvcache_gb: int = Field(1, gt=0, description="KV cache in GiB on CPU (VLLM_CPU_KVCACHE_SPACE); CPU builds only.")
+    enforce_eager: bool = Field(False, description="Skip CUDA graph capture (faster start, slower decode).")
+    seed: int = Field(0, description="Seed of the engine's sampler.")
+
+
 class RolloutConfig(_Strict):
-    engine: Literal["transformers"] = Field("transformers", description="Generation backend (vLLM: a later engine).")
+    engine: Literal["transformers", "vllm"] = Field("transformers", description="Generation backend: transformers `generate`, or vLLM (see `rollout.vllm`).")
     num_actors: int = Field(1, gt=0, description="Rollout actors; training workers are spread over them.")
     num_cpus: float = Field(1, gt=0, description="CPUs reserved per rollout actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs per rollout actor (0 on CPU).")
     torch_threads: int = Field(1, gt=0, description="Intra-op threads of a rollout actor on CPU.")
+    weight_bucket_mb: int = Field(256, gt=0, description="Size bound of one weight-sync bucket (MiB): a sync is one call per bucket, not per tensor.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
 
 
 class JudgeConfig(_Strict):
@@ -256,6 +277,16 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _colocation(self):
+        if self.rollout.vllm.mode != "colocated":
+            return self
+        r = self.rollout
+        if r.engine != "vllm" or not self.train.use_gpu or not 0 < r.num_gpus < 1 or r.num_actors != self.train.num_workers:
+            raise ValueError("rollout.vllm.mode colocated needs rollout.engine vllm, train.use_gpu, 0 < rollout.num_gpus < 1 "
+                             "(the engine's share of a worker's GPU) and one rollout actor per training worker")
+        return self
 
 
 class ConfigError(ValueError):

@@ -1,8 +1,9 @@
 """Rollout engines: G sampled responses per prompt, with log-probabilities and the weight version.
 
 `RolloutEngine` is the interface the rollout actor holds; `TransformersEngine`
-implements it with `model.generate` (CPU and small GPU runs). A vLLM engine
-implements the same three members.
+implements it with `model.generate` (CPU and small GPU runs), `VLLMEngine`
+(raytrain.vllm_engine) with vLLM. Both receive weights in versioned buckets
+(`raytrain.weight_sync.BucketReceiver`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+from peft import PeftModel, get_peft_model_state_dict
 
-from raytrain.config import ModelConfig, RolloutConfig, SamplingConfig
-from raytrain.models import load_policy, load_processor, load_sync_state
+from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
+from raytrain.models import apply_sync_state, load_policy, load_processor
 from raytrain.policy import Prompt, Sample, masked_logprobs, token_type_ids, vision_inputs, vision_special_ids
+from raytrain.weight_sync import BucketReceiver, Shape, tensor_spec
 
 
 class RolloutEngine(Protocol):
@@ -22,11 +25,32 @@ class RolloutEngine(Protocol):
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample]]:
         """`sampling.group_size` samples per prompt (one when `greedy`)."""
 
+    def begin_update(self, version: int, plan: dict[str, Shape]) -> None:
+        """Announce a sync: the names and shapes of every tensor that will follow (checked now)."""
+
+    def load_bucket(self, bucket: dict[str, torch.Tensor]) -> None:
+        """Apply one bucket of the announced tensors."""
+
+    def finish_update(self) -> int:
+        """Serve the new weights from now on; returns the version now served (fails if a tensor is missing)."""
+
     def update_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
-        """Serve `state` from now on; returns the version now served."""
+        """The three steps above for a whole state in one call."""
 
 
-class TransformersEngine:
+def make_engine(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None,
+                data: DataConfig | None = None) -> RolloutEngine:
+    """The engine `rollout.engine` names, on a GPU when the actor holding it was given one
+    (`data`: how the vLLM engine decodes a multimodal prompt's media)."""
+    if rollout.engine == "vllm":
+        from raytrain.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model, rollout, weights=weights, data=data)
+    device = "cuda" if rollout.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+    return TransformersEngine(model, weights=weights, device=device)
+
+
+class TransformersEngine(BucketReceiver):
     def __init__(self, cfg: ModelConfig, *, weights: str | None = None, device: str = "cpu"):
         self.device = torch.device(device)
         self.processor = load_processor(cfg)
@@ -38,9 +62,12 @@ class TransformersEngine:
         self.video_token_id = self.processor.video_token_id
         self.suppress_ids = vision_special_ids(self.processor)
         self.version = 0
+        # What a sync carries: the adapter alone under LoRA, every weight otherwise.
+        self._spec = tensor_spec(get_peft_model_state_dict(self.model) if isinstance(self.model, PeftModel) else self.model.state_dict())
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample]]:
+        self.check_serving()
         n = 1 if greedy else sampling.group_size
         return [self._generate_one(p, sampling, n, greedy) for p in prompts]
 
@@ -86,13 +113,8 @@ class TransformersEngine:
             ))
         return samples
 
-    def update_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
-        load_sync_state(self.model, {k: v.to(self.device) for k, v in state.items()})
-        self.version = version
-        return self.version
+    def sync_spec(self) -> dict[str, Shape]:
+        return self._spec
 
-
-def create_engine(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None) -> RolloutEngine:
-    """The engine named by `rollout.engine`, on a GPU when the actor holding it was given one."""
-    device = "cuda" if rollout.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-    return TransformersEngine(model, weights=weights, device=device)
+    def _apply_bucket(self, bucket: dict[str, torch.Tensor]) -> None:
+        apply_sync_state(self.model, {k: v.to(self.device) for k, v in bucket.items()})

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from raytrain.config import Config
 from raytrain.data import build_dataset, prompts_from_batch, split_rows
-from raytrain.engines import create_engine
+from raytrain.engines import make_engine
 from raytrain.launch import absolute_paths, init_ray
 from raytrain.layouts import scan_source
 from raytrain.manifest import inspect_entry, rows_to_table, write_manifest
@@ -100,7 +100,7 @@ class Predictor:
     def __init__(self, cfg: Config, weights: str | None = None):
         torch.set_num_threads(cfg.rollout.torch_threads)
         self.cfg = cfg
-        self.engine = create_engine(cfg.model, cfg.rollout, weights=weights)
+        self.engine = make_engine(cfg.model, cfg.rollout, weights=weights, data=cfg.data)
 
     def __call__(self, batch: dict) -> pa.Table:
         prompts, skipped = prompts_from_batch(batch)

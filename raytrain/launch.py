@@ -51,6 +51,12 @@ def init_ray(cfg: Config) -> None:
     )
 
 
+def _worker_gpu_share(cfg: Config) -> float:
+    """A whole GPU per worker, or what a colocated rollout engine leaves of it (Ray packs the
+    fractional requests of workers and engines onto shared GPUs)."""
+    return 1 - cfg.rollout.num_gpus if cfg.rollout.vllm.mode == "colocated" else 1
+
+
 def train(cfg: Config) -> Path:
     """Run (or resume) training; returns the final Hugging Face export folder."""
     cfg = absolute_paths(cfg)
@@ -64,7 +70,7 @@ def train(cfg: Config) -> Path:
 
     rows = split_rows(cfg.data, cfg.data.train_split, epochs=cfg.data.epochs, seed=cfg.run.seed, exclude=consumed,
                       multiple_of=cfg.train.num_workers)
-    rollouts = start_rollout_actors(cfg.model, cfg.rollout) if cfg.train.algorithm == "dapo" else []
+    rollouts = start_rollout_actors(cfg.model, cfg.rollout, data=cfg.data) if cfg.train.algorithm == "dapo" else []
     reward = None
     if cfg.train.algorithm == "dapo":
         encoder_gpus = cfg.reward.paragraph.num_gpus if cfg.reward.enabled("paragraph") else 0
@@ -76,7 +82,7 @@ def train(cfg: Config) -> Path:
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": _worker_gpu_share(cfg)} if cfg.train.use_gpu else {})},
         ),
         run_config=RunConfig(
             name=STORAGE_DIR,

@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
-from raytrain.config import ModelConfig
+from raytrain.config import LoraConfig, ModelConfig
+from raytrain.weight_sync import Shape, tensor_spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -32,14 +33,17 @@ def load_policy(cfg: ModelConfig, *, weights: str | Path | None = None):
     )
     if weights is not None and (Path(weights) / "adapter_config.json").exists():
         return PeftModel.from_pretrained(model, str(weights), is_trainable=cfg.lora.enabled)
-    if cfg.lora.enabled:
-        lora = cfg.lora
-        # Adapters go on the language model only; the vision tower stays frozen.
-        target = rf".*language_model.*\.({'|'.join(lora.target_modules)})$"
-        model = get_peft_model(
-            model, PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target)
-        )
-    return model
+    return wrap_lora(model, cfg.lora) if cfg.lora.enabled else model
+
+
+def wrap_lora(model, lora: LoraConfig):
+    """A fresh adapter on the language model's `lora.target_modules`; a vision tower stays frozen."""
+    modules = "|".join(lora.target_modules)
+    has_language_model = any(".language_model." in f".{name}." for name, _ in model.named_modules())
+    target = rf".*language_model.*\.({modules})$" if has_language_model else rf".*\.({modules})$"
+    return get_peft_model(
+        model, PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target)
+    )
 
 
 def sync_state(model) -> dict[str, torch.Tensor]:
@@ -49,23 +53,26 @@ def sync_state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
-def load_sync_state(model, state: dict[str, torch.Tensor]) -> None:
-    """Apply `sync_state` output; any name or shape mismatch raises instead of silently doing nothing."""
-    expected = sync_state(model) if isinstance(model, PeftModel) else model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or wrong:
-        raise ValueError(
-            "weight sync does not match the engine's model: "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
-            f"wrong shape {[(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:5]]}"
-        )
+def sync_spec(cfg: ModelConfig) -> dict[str, Shape]:
+    """Names and shapes of `sync_state` for the model at `cfg.path`, without loading any weight
+    (built on the meta device): what an engine that does not hold a transformers model accepts."""
+    config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+    auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = auto.from_config(config, trust_remote_code=cfg.trust_remote_code)
+        if cfg.lora.enabled:
+            model = wrap_lora(model, cfg.lora)
+    state = get_peft_model_state_dict(model) if isinstance(model, PeftModel) else model.state_dict()
+    return tensor_spec(state)
+
+
+def apply_sync_state(model, state: dict[str, torch.Tensor]) -> None:
+    """Load all or part (one bucket) of a `sync_state`; names and shapes are checked by the caller
+    (`raytrain.weight_sync`) before anything is loaded."""
     if isinstance(model, PeftModel):
         set_peft_model_state_dict(model, state)
     else:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=False)
 
 
 def export_weights(model, processor, out: str | Path) -> Path:

@@ -29,6 +29,17 @@ class Prompt:
     mode: str = "think"  # BusterX++ stage-3 mode flag (think / no_think), scored by the hybrid and thinking rewards
 
 
+def text_prompt(tokenizer, text: str) -> Prompt:
+    """A prompt without media (text-only models, e.g. vLLM on CPU): the chat template's tokens, no pixels."""
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+    if not isinstance(ids, list):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return Prompt(
+        key=text, id=text, path="", label="", category="text", input_ids=np.asarray(ids, dtype=np.int64),
+        pixel_values=np.zeros((0, 0), np.float32), grid_thw=np.zeros(3, np.int64), is_video=False,
+    )
+
+
 @dataclass
 class Sample:
     """One sampled response and what produced it."""
@@ -43,10 +54,11 @@ class Sample:
 
 def vision_special_ids(processor) -> list[int]:
     """Tokens a response must never contain: a sampled `<|video_pad|>` would make the trainer's
-    forward expect pixels that do not exist. Generation and training both mask them out."""
-    tok = processor.tokenizer
-    ids = {processor.image_token_id, processor.video_token_id}
-    for name in ("<|vision_start|>", "<|vision_end|>"):
+    forward expect pixels that do not exist. Generation and training both mask them out.
+    Takes a processor, or a bare tokenizer (text-only models served by vLLM)."""
+    tok = getattr(processor, "tokenizer", processor)
+    ids = {i for i in (getattr(processor, "image_token_id", None), getattr(processor, "video_token_id", None)) if i is not None}
+    for name in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"):
         token_id = tok.convert_tokens_to_ids(name)
         if token_id is not None and token_id != tok.unk_token_id:
             ids.add(token_id)

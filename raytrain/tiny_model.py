@@ -16,6 +16,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
@@ -179,4 +181,36 @@ def save_tiny_clip(out: Path, *, dim: int = 32, image_size: int = 32, seed: int 
     CLIPModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
+
+
+def build_tiny_text_model(tokenizer: PreTrainedTokenizerFast, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Qwen2ForCausalLM:
+    """The language half of the tiny model as a text-only Qwen2 (head_dim 32): what vLLM on CPU can
+    load, since no torchvision exists for its torch build and so its Qwen2-VL classes cannot import."""
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden_size // 32,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def save_tiny_text_model(out: Path, *, seed: int = 0, hidden_size: int = 64, layers: int = 2) -> Path:
+    """Build and save the text-only model with the tiny tokenizer (and its chat template) to `out`."""
+    out = Path(out)
+    tokenizer = _train_tokenizer(vocab_size=512)  # the VL model's tokenizer, so prompts tokenize alike
+    out.mkdir(parents=True, exist_ok=True)
+    build_tiny_text_model(tokenizer, hidden_size=hidden_size, layers=layers, seed=seed).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out

@@ -23,6 +23,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
+from actors.rollout import push_weights
 from raytrain import algos
 from raytrain.checkpoint import DEEPSPEED_TAG, MODEL_DIR, TrainerState
 from raytrain.config import Config, parse_config
@@ -77,14 +78,11 @@ def _deepspeed_config(cfg: Config) -> dict:
     }
 
 
-def _push_weights(engine, rollouts: list, version: int, rank: int) -> float:
+def _push_weights(engine, rollouts: list, version: int, rank: int, bucket_mb: int) -> float:
+    """Rank 0 sends the policy (the adapter alone under LoRA) in buckets; every rank waits for it."""
     start = time.perf_counter()
     if rank == 0:
-        state = sync_state(engine.module)
-        ref = ray.put(state)
-        served = ray.get([a.update_weights.remote(ref, version) for a in rollouts])
-        if any(v != version for v in served):
-            raise RuntimeError(f"weight sync to version {version} did not take effect: actors serve {served}")
+        push_weights(rollouts, sync_state(engine.module), version, bucket_mb << 20)
     dist.barrier()
     return time.perf_counter() - start
 
@@ -276,7 +274,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             engine.load_checkpoint(d, tag=DEEPSPEED_TAG, load_module_strict=not cfg.model.lora.enabled)
             state = TrainerState.load(d)
         if rollouts:
-            _push_weights(engine, rollouts, state.version, rank)
+            _push_weights(engine, rollouts, state.version, rank, cfg.rollout.weight_bucket_mb)
         if rank == 0:
             print(f"[train] resumed at step {state.step} (policy version {state.version}, {len(state.consumed)} prompts consumed)", flush=True)
 
@@ -314,7 +312,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         engine.step()
         state.step += 1
         state.version += 1
-        t_sync = _push_weights(engine, rollouts, state.version, rank) if cfg.train.algorithm == "dapo" else 0.0
+        t_sync = _push_weights(engine, rollouts, state.version, rank, cfg.rollout.weight_bucket_mb) if cfg.train.algorithm == "dapo" else 0.0
         t_train = time.perf_counter() - t1 - t_sync
 
         stats.update(loss_stats, loss=float(loss.detach()), ranks_trained=float(batch is not None))

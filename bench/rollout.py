@@ -1,0 +1,132 @@
+"""Rollout throughput of transformers vs vLLM on one model and one sampling setting, and weight-sync time.
+
+Runs in the vLLM environment (`make env-vllm`):
+
+    .venv-vllm/bin/python -m bench.rollout [--hidden-size 256 --layers 4 ...]
+
+Both sides serve the same randomly initialised text-only Qwen2 (built with the tiny
+model's tokenizer; vLLM on CPU cannot load Qwen2.5-VL, SPEC section 9) and generate
+G samples for each of the same chat-template prompts with the same temperature, top-p,
+length limit and suppressed vision tokens. The transformers side is a plain
+`generate` loop, one prompt with G return sequences at a time as the project's
+TransformersEngine does (that engine loads vision-language models only). Then one
+full-weight sync into the vLLM engine (bucketed, through vLLM's layerwise reload) is
+timed against copying the same bytes in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from raytrain.config import ModelConfig, RolloutConfig  # noqa: E402
+from raytrain.models import sync_state  # noqa: E402
+from raytrain.policy import text_prompt, vision_special_ids  # noqa: E402
+from raytrain.tiny_model import _CORPUS, build_tiny_text_model, save_tiny_text_model  # noqa: E402
+
+
+def _hf_generate(model, prompts, sampling, eos_id: int, suppress_ids: list[int]) -> int:
+    """Tokens generated (up to and including each sample's end-of-sequence token)."""
+    tokens = 0
+    for p in prompts:
+        ids = torch.from_numpy(p.input_ids)[None]
+        with torch.no_grad():
+            out = model.generate(
+                ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=sampling.temperature,
+                top_p=sampling.top_p, top_k=0, num_return_sequences=sampling.group_size,
+                max_new_tokens=sampling.max_new_tokens, eos_token_id=eos_id, pad_token_id=eos_id, suppress_tokens=suppress_ids,
+            )
+        for row in out[:, ids.shape[1]:].tolist():
+            tokens += row.index(eos_id) + 1 if eos_id in row else len(row)
+    return tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--group-size", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--hidden-size", type=int, default=256, help="model width (head_dim 32)")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--bucket-mb", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the transformers side")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from raytrain.vllm_engine import VLLMEngine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_tiny_text_model(tmp, hidden_size=args.hidden_size, layers=args.layers)
+        cfg = ModelConfig(path=str(path), dtype="float32")
+        rollout = RolloutConfig(
+            engine="vllm",
+            sampling={"group_size": args.group_size, "temperature": args.temperature, "top_p": args.top_p,
+                      "max_new_tokens": args.max_new_tokens},
+            vllm={"max_model_len": 1024, "enforce_eager": True},
+        )
+        sampling = rollout.sampling
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        prompts = [text_prompt(tokenizer, _CORPUS[i % len(_CORPUS)] + f" ({i})") for i in range(args.prompts)]
+        eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        suppress_ids = vision_special_ids(tokenizer)
+        params = sum(p.numel() for p in hf.parameters())
+        print(f"model: text-only Qwen2, hidden {args.hidden_size}, {args.layers} layers, {params / 1e6:.1f} M parameters (float32)")
+        print(f"work: {len(prompts)} prompts x G={sampling.group_size}, max_new_tokens {sampling.max_new_tokens}, "
+              f"temperature {sampling.temperature}, top_p {sampling.top_p}")
+
+        # transformers first: vLLM's CPU backend rebinds this process's OpenMP threads when it starts.
+        _hf_generate(hf, prompts[:1], sampling, eos_id, suppress_ids)  # warm-up
+        t0 = time.perf_counter()
+        hf_tokens = _hf_generate(hf, prompts, sampling, eos_id, suppress_ids)
+        hf_s = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        engine = VLLMEngine(cfg, rollout)
+        init_s = time.perf_counter() - t0
+        print("transformers side: plain `generate` loop (one prompt, G return sequences per call), "
+              f"{args.threads} torch thread(s); vLLM: {torch.get_num_threads()} thread(s) on {os.cpu_count()} cores")
+        engine.generate(prompts[:1], sampling)  # warm-up (vLLM's first call is slow)
+        t0 = time.perf_counter()
+        groups = engine.generate(prompts, sampling)
+        vllm_s = time.perf_counter() - t0
+        vllm_tokens = sum(len(s.token_ids) for g in groups for s in g)
+
+        hf_rate, vllm_rate = hf_tokens / hf_s, vllm_tokens / vllm_s
+        print(f"transformers: {hf_tokens} tokens in {hf_s:.2f} s = {hf_rate:,.0f} tokens/s")
+        print(f"vLLM:         {vllm_tokens} tokens in {vllm_s:.2f} s = {vllm_rate:,.0f} tokens/s (engine start {init_s:.1f} s)")
+        print(f"vLLM / transformers throughput: {vllm_rate / hf_rate:.1f}x")
+
+        state = sync_state(build_tiny_text_model(engine.tokenizer, hidden_size=args.hidden_size, layers=args.layers, seed=1))
+        nbytes = sum(v.numel() * v.element_size() for v in state.values())
+        syncs = []
+        for version in (1, 2, 3):
+            t0 = time.perf_counter()
+            engine.update_weights(state, version, bucket_bytes=args.bucket_mb << 20)
+            syncs.append(time.perf_counter() - t0)
+        targets = {k: torch.empty_like(v) for k, v in state.items()}
+        copies = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for k, v in state.items():
+                targets[k].copy_(v)
+            copies.append(time.perf_counter() - t0)
+        sync_s, copy_s = min(syncs), min(copies)
+        print(f"full-weight sync of {nbytes / 2**20:.1f} MiB in {args.bucket_mb} MiB buckets: {sync_s * 1e3:.1f} ms "
+              f"(best of 3); in-memory copy of the same bytes: {copy_s * 1e3:.2f} ms; ratio {sync_s / copy_s:.0f}x")
+
+
+if __name__ == "__main__":  # vLLM may spawn processes that re-import this module
+    main()

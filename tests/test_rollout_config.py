@@ -1,0 +1,49 @@
+"""Rollout-engine options of the config: vLLM settings and the colocated-mode checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from raytrain.config import ConfigError, parse_config
+from tests.conftest import config_dict
+
+
+@pytest.fixture
+def base_config_dict(tmp_path):
+    """Paths are not opened when a config is parsed: no model or dataset needs building."""
+    return config_dict(tmp_path / "model", tmp_path / "manifest.parquet", tmp_path / "run")
+
+
+def _gpu_config(raw: dict, **rollout) -> dict:
+    raw["train"].update(use_gpu=True, num_workers=2)
+    raw["rollout"].update(engine="vllm", num_actors=2, num_gpus=0.5, **rollout)
+    return raw
+
+
+def test_vllm_options_parse(base_config_dict):
+    raw = _gpu_config(base_config_dict, weight_bucket_mb=64,
+                      vllm={"mode": "colocated", "tensor_parallel_size": 1, "max_model_len": 4096, "gpu_memory_utilization": 0.4})
+    cfg = parse_config(raw)
+    assert cfg.rollout.engine == "vllm" and cfg.rollout.weight_bucket_mb == 64
+    assert cfg.rollout.vllm.mode == "colocated" and cfg.rollout.vllm.gpu_memory_utilization == 0.4
+    assert parse_config(base_config_dict | {"rollout": {}}).rollout.vllm.mode == "separate"
+
+
+@pytest.mark.parametrize("change", [
+    {"rollout": {"engine": "transformers"}},
+    {"rollout": {"num_gpus": 1}},
+    {"rollout": {"num_actors": 1}},
+    {"train": {"use_gpu": False}},
+])
+def test_colocated_needs_a_gpu_share_per_worker(base_config_dict, change):
+    raw = _gpu_config(base_config_dict, vllm={"mode": "colocated"})
+    for section, values in change.items():
+        raw[section].update(values)
+    with pytest.raises(ConfigError, match="colocated needs"):
+        parse_config(raw)
+
+
+def test_unknown_engine_refused(base_config_dict):
+    base_config_dict["rollout"]["engine"] = "sglang"
+    with pytest.raises(ConfigError, match="rollout.engine"):
+        parse_config(base_config_dict)

@@ -1,0 +1,147 @@
+"""Bucketed, versioned weight sync (raytrain.weight_sync) on hand-made state dicts, without Ray or a model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raytrain.config import ModelConfig, RolloutConfig
+from raytrain.engines import make_engine
+from raytrain.weight_sync import BucketReceiver, WeightUpdate, buckets, check_spec, pack_bucket, tensor_spec, unpack_bucket
+
+
+def _state() -> dict[str, torch.Tensor]:
+    # float32: 4 bytes per element. Sorted order: a (40 B), b (24 B), c (400 B), d (8 B).
+    return {
+        "c": torch.arange(100, dtype=torch.float32),
+        "a": torch.ones(10),
+        "d": torch.zeros(2),
+        "b": torch.full((2, 3), 2.0),
+    }
+
+
+def test_buckets_are_size_bounded_and_cover_everything_once():
+    state = _state()
+    got = list(buckets(state, max_bytes=64))
+    # a+b = 64 B fits exactly; c (400 B) is larger than the bound and travels alone; then d.
+    assert [list(b) for b in got] == [["a", "b"], ["c"], ["d"]]
+    for b in got:
+        assert all(b[k] is state[k] for k in b)  # no copies on the sending side
+    assert [list(b) for b in buckets(state, max_bytes=1 << 20)] == [["a", "b", "c", "d"]]
+    assert [list(b) for b in buckets(state, max_bytes=1)] == [["a"], ["b"], ["c"], ["d"]]
+    assert list(buckets({}, 8)) == []
+    with pytest.raises(ValueError, match="positive"):
+        list(buckets(state, 0))
+
+
+def test_check_spec_names_every_kind_of_mismatch():
+    expected = tensor_spec(_state())
+    check_spec(dict(expected), expected)
+    bad = {**expected, "e": (1,), "a": (11,)}
+    del bad["d"]
+    with pytest.raises(ValueError) as exc:
+        check_spec(bad, expected)
+    msg = str(exc.value)
+    assert "missing ['d']" in msg and "unexpected ['e']" in msg and "wrong shape [('a', (11,), (10,))]" in msg
+
+
+def test_weight_update_refuses_unannounced_duplicate_and_incomplete():
+    spec = tensor_spec(_state())
+    with pytest.raises(ValueError, match=">= 0"):
+        WeightUpdate(-1, spec, spec)
+    update = WeightUpdate(5, spec, spec)
+    update.accept({"a": torch.ones(10)})
+    with pytest.raises(ValueError, match="not announced or sent twice: \\['a'\\]"):
+        update.accept({"a": torch.ones(10)})
+    with pytest.raises(ValueError, match="wrong shape for \\['b'\\]"):
+        update.accept({"b": torch.ones(3, 2)})
+    with pytest.raises(ValueError, match="incomplete: 3 announced tensors never arrived"):
+        update.finish()
+    update.accept({"b": torch.ones(2, 3), "c": torch.ones(100), "d": torch.ones(2)})
+    assert update.finish() == 5
+
+
+class _DictEngine(BucketReceiver):
+    """A receiver over a plain dict: records what it applied and committed."""
+
+    def __init__(self):
+        self.weights = {k: torch.zeros_like(v) for k, v in _state().items()}
+        self.applied: list[list[str]] = []
+        self.committed: list[int] = []
+
+    def sync_spec(self):
+        return tensor_spec(self.weights)
+
+    def _apply_bucket(self, bucket):
+        self.applied.append(sorted(bucket))
+        self.weights.update(bucket)
+
+    def _commit(self, version):
+        self.committed.append(version)
+
+
+def test_receiver_versions_advance_only_on_complete_syncs():
+    eng = _DictEngine()
+    assert eng.update_weights(_state(), 1, bucket_bytes=64) == 1
+    assert eng.applied == [["a", "b"], ["c"], ["d"]] and eng.committed == [1] and eng.version == 1
+    assert torch.equal(eng.weights["c"], torch.arange(100, dtype=torch.float32))
+
+    # A bad plan changes nothing: checked before any bucket is applied.
+    bad = _state()
+    bad["zz"] = torch.ones(1)
+    with pytest.raises(ValueError, match="unexpected \\['zz'\\]"):
+        eng.update_weights(bad, 2)
+    assert eng.version == 1 and len(eng.applied) == 3
+
+    eng.check_serving()
+
+    # A sync cut short after a bucket was applied: the version stays, and the engine refuses
+    # to generate from a mix of two versions until a complete sync arrives.
+    eng.begin_update(2, tensor_spec(_state()))
+    eng.load_bucket({"a": torch.ones(10)})
+    with pytest.raises(ValueError, match="incomplete"):
+        eng.finish_update()
+    assert eng.version == 1 and eng.committed == [1]
+    with pytest.raises(RuntimeError, match="version 2 failed after loading part"):
+        eng.check_serving()
+    with pytest.raises(RuntimeError, match="without begin_update"):
+        eng.load_bucket({"a": torch.ones(10)})
+    assert eng.update_weights(_state(), 3) == 3 and eng.committed == [1, 3]
+    eng.check_serving()
+
+    # A sender that vanished mid-sync: the next begin_update aborts the unfinished one.
+    eng.begin_update(4, tensor_spec(_state()))
+    eng.load_bucket({"b": torch.ones(2, 3)})
+    eng.begin_update(5, tensor_spec(_state()))
+    with pytest.raises(RuntimeError, match="version 4 failed"):
+        eng.check_serving()
+    for bucket in buckets(_state(), 64):
+        eng.load_bucket(bucket)
+    assert eng.finish_update() == 5
+    eng.check_serving()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
+def test_pack_unpack_roundtrip(dtype):
+    bucket = {"w": torch.randn(3, 4).to(dtype), "b": torch.arange(5).to(dtype), "s": torch.tensor(7).to(dtype)}
+    meta, data = pack_bucket(bucket)
+    assert isinstance(data, bytes) and len(data) == sum(t.numel() * t.element_size() for t in bucket.values())
+    out = unpack_bucket(meta, data)
+    assert list(out) == list(bucket)
+    for k, v in bucket.items():
+        assert out[k].dtype == v.dtype and torch.equal(out[k], v), k
+    with pytest.raises(ValueError, match="holds"):
+        unpack_bucket(meta, data + b"\0")
+
+
+def test_vllm_engine_without_vllm_says_how_to_install():
+    import raytrain.vllm_engine  # noqa: F401  (imports without vLLM)
+
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("vLLM is installed here")
+    with pytest.raises(ImportError, match=r"pip install -e \.\[vllm\]"):
+        make_engine(ModelConfig(path="unused"), RolloutConfig(engine="vllm"))

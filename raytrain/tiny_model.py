@@ -181,6 +181,7 @@ def save_tiny_clip(out: Path, *, dim: int = 32, image_size: int = 32, seed: int 
     CLIPModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
+    return out
 
 
 def build_tiny_text_model(tokenizer: PreTrainedTokenizerFast, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Qwen2ForCausalLM:

@@ -64,7 +64,7 @@ def test_images_and_watermarks_on_both_classes(dataset):
 def test_videos_decode_with_expected_shape(dataset):
     out, _, records = dataset
     video = next(r for r in records if r["media"] == "video")
-    expected = {"fps": 8.0, "num_frames": 8, "width": 56, "height": 56}
+    expected = {"fps": 8.0, "num_frames": 8, "width": 56, "height": 56, "duration": 1.0, "codec": "h264"}
     assert probe(str(out / video["path"]), "video") == expected
     image = next(r for r in records if r["media"] == "image")
     assert probe(str(out / image["path"]), "image")["width"] == 56

@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
     p.add_argument("--model", help="model folder or hub name (default: the config's model.path)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--data", type=Path, help="manifest to evaluate (default: the config's data.manifest)")
-    source.add_argument("--folder", type=Path, help="folder of clips in real/ and fake/ subfolders; every clip is evaluated")
+    source.add_argument("--folder", type=Path, help="folder of clips (real/ and fake/ subfolders or a path,label[,category] CSV); every clip is evaluated")
     p.add_argument("--split", help="manifest split (default: data.eval_split)")
     p.add_argument("--name", help="run name in reports and comparisons (default: the output folder's name)")
     p.add_argument("--output", type=Path, help="output folder (default: <run.output_dir>/eval)")

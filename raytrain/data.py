@@ -199,7 +199,7 @@ def decode_frames(batch: dict[str, np.ndarray], data: DataConfig) -> dict[str, n
 def build_frame_dataset(data: DataConfig, rows: pa.Table) -> ray.data.Dataset:
     """`build_dataset` without the processor: the same blocks, decode concurrency and `decode_row`."""
     return _blocks(rows).map_batches(decode_frames, fn_kwargs={"data": data}, batch_size=_ROWS_PER_BLOCK,
-                                     concurrency=data.decode_concurrency, num_cpus=0.5)
+                                     compute=ray.data.TaskPoolStrategy(size=data.decode_concurrency), num_cpus=0.5)
 
 
 def build_dataset(cfg: Config, rows: pa.Table) -> ray.data.Dataset:

@@ -88,26 +88,6 @@ def classification_metrics(
     }
 
 
-def per_category(
-    labels: Sequence[str], predictions: Sequence[str | None], categories: Sequence[str]
-) -> dict[str, dict[str, float | int]]:
-    """:func:`classification_metrics` for each category value, keys sorted."""
-    if not len(labels) == len(predictions) == len(categories):
-        raise ValueError(
-            f"lengths differ: {len(labels)} labels, {len(predictions)} predictions, "
-            f"{len(categories)} categories"
-        )
-    members: dict[str, list[int]] = defaultdict(list)
-    for index, category in enumerate(categories):
-        members[category].append(index)
-    return {
-        category: classification_metrics(
-            [labels[i] for i in members[category]], [predictions[i] for i in members[category]]
-        )
-        for category in sorted(members)
-    }
-
-
 def proportion(successes: int, n: int, confidence: float = 0.95) -> dict[str, float | int | None]:
     """`successes / n` with its Wilson score interval; value and bounds are None when n = 0 (undefined)."""
     if n == 0:

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from raytrain.metrics import classification_metrics, detection_metrics, evaluation_report, mcnemar, per_category
+from raytrain.metrics import classification_metrics, detection_metrics, evaluation_report, mcnemar
 
 # 4 fakes: 2 caught, 1 called real, 1 unparsable. 3 reals: 2 right, 1 called fake.
 LABELS = ["fake", "fake", "fake", "fake", "real", "real", "Real"]
@@ -36,19 +36,6 @@ def test_classification_metrics_without_fakes_predicted():
 def test_classification_metrics_rejects_bad_input(labels, predictions):
     with pytest.raises(ValueError):
         classification_metrics(labels, predictions)
-
-
-def test_per_category():
-    categories = ["lip-sync", "lip-sync", "face-swap", "face-swap", "real", "real", "real"]
-    result = per_category(LABELS, PREDICTIONS, categories)
-    assert list(result) == ["face-swap", "lip-sync", "real"]
-    assert result["lip-sync"]["accuracy"] == 1.0 and result["lip-sync"]["n"] == 2
-    assert result["face-swap"]["accuracy"] == 0.0
-    assert result["face-swap"]["unparsable"] == 1
-    assert result["face-swap"]["false_negative_rate"] == 1.0
-    assert result["real"]["false_positive_rate"] == pytest.approx(1 / 3)
-    with pytest.raises(ValueError):
-        per_category(LABELS, PREDICTIONS, categories[:-1])
 
 
 Z95 = 1.959963984540054  # the 97.5% standard normal quantile

@@ -4,12 +4,21 @@ Small pure torch functions in the style of verl's ``core_algos``:
 - GRPO: Shao et al. 2024, "DeepSeekMath", arXiv 2402.03300.
 - DAPO: Yu et al. 2025, "DAPO: an open-source LLM RL system at scale", arXiv 2503.14476.
 - Dr.GRPO: Liu et al. 2025, "Understanding R1-Zero-Like Training", arXiv 2503.20783.
+- PRPO: Nguyen et al. 2025, "PRPO: Paragraph-level Policy Optimization for Vision-Language
+  Deepfake Detection" (SPEC section 5).
+- GSPO: Zheng et al. 2025, "Group Sequence Policy Optimization", arXiv 2507.18071.
 - KL estimators k1/k2/k3: Schulman 2020, "Approximating KL divergence".
+
+Advantage estimators and policy losses are registered by name
+(`ADVANTAGE_ESTIMATORS`, `POLICY_LOSSES`); `algorithm.advantage_estimator` and
+`algorithm.policy_loss` in the config pick one. The public functions take plain
+tensors so they can be checked against the papers and other trainers.
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from dataclasses import dataclass
+from typing import Callable, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -49,13 +58,15 @@ def group_advantages(
     *,
     eps: float = 1e-6,
     scale: Literal["std", "none"] = "std",
+    unbiased: bool = True,
 ) -> Tensor:
     """Group-relative outcome advantages (GRPO, Shao et al. 2024; DAPO, Yu et al. 2025).
 
     ``rewards`` holds ``num_groups * group_size`` values, each group (the G
     responses of one prompt) contiguous. ``scale="std"`` gives
     A_i = (R_i - mean_g) / (std_g + eps) with the unbiased (Bessel-corrected)
-    std, torch's default and what verl uses; ``scale="none"`` is Dr.GRPO
+    std, torch's default and what verl uses (``unbiased=False``: the population
+    std, PRPO's convention); ``scale="none"`` is Dr.GRPO
     (Liu et al. 2025), which drops the division to remove the
     question-difficulty bias: A_i = R_i - mean_g.
     """
@@ -68,8 +79,68 @@ def group_advantages(
         grouped = grouped.float()
     centred = grouped - grouped.mean(dim=1, keepdim=True)
     if scale == "std":
-        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
+        centred = centred / (grouped.std(dim=1, keepdim=True, unbiased=unbiased) + eps)
     return centred.reshape(rewards.shape)
+
+
+def paragraph_advantages(
+    paragraph_rewards: Tensor,
+    paragraph_token_masks: Tensor,
+    group_index: Tensor,
+    *,
+    outcome_rewards: Tensor | None = None,
+    outcome_weight: float = 0.0,
+    response_mask: Tensor | None = None,
+    eps: float = 1e-8,
+) -> Tensor:
+    """PRPO paragraph-level advantages (Nguyen et al. 2025, SPEC section 5), per token ``[B, T]``.
+
+    ``paragraph_rewards`` ``[B, K]``: r_k of paragraph k of response b.
+    ``paragraph_token_masks`` ``[B, K, T]``: the tokens of each paragraph (disjoint); a
+    paragraph without tokens is absent (padding), its reward ignored.
+    ``group_index`` ``[B]``: the prompt each response answers.
+
+    The rewards of all paragraphs of all responses of one prompt are pooled;
+    A_k = (r_k - mean) / (std + eps) with the population std, and every token of
+    paragraph k gets A_k; tokens outside any paragraph get 0.
+    ``outcome_weight`` w (labelled data; 0 reproduces the label-free paper) mixes
+    each response's outcome reward R into its paragraphs' rewards before pooling:
+    r_k <- (1 - w) r_k + w R. With one paragraph per response and w = 1 this is GRPO
+    (population std). A response without paragraphs falls back to its outcome (GRPO)
+    advantage within its group on every token of ``response_mask``.
+    """
+    if not 0.0 <= outcome_weight <= 1.0:
+        raise ValueError(f"outcome_weight must be in [0, 1], got {outcome_weight}")
+    if paragraph_token_masks.dim() != 3 or paragraph_rewards.shape != paragraph_token_masks.shape[:2]:
+        raise ValueError(f"paragraph_rewards {tuple(paragraph_rewards.shape)} must be the first two dims of "
+                         f"paragraph_token_masks {tuple(paragraph_token_masks.shape)} ([B, K] and [B, K, T])")
+    masks = paragraph_token_masks.bool()
+    if (masks.sum(dim=1) > 1).any():
+        raise ValueError("paragraph_token_masks overlap: a token belongs to at most one paragraph")
+    present = masks.any(dim=-1)  # [B, K]
+    has_paragraphs = present.any(dim=-1)  # [B]
+    needs_outcome = outcome_weight > 0 or not bool(has_paragraphs.all())
+    if needs_outcome and outcome_rewards is None:
+        raise ValueError("outcome_rewards are needed for outcome_weight > 0 and for responses without paragraphs")
+    if not bool(has_paragraphs.all()) and response_mask is None:
+        raise ValueError("response_mask is needed for responses without paragraphs (outcome fallback)")
+    rewards = paragraph_rewards.to(torch.float32)
+    if outcome_weight > 0:
+        rewards = (1 - outcome_weight) * rewards + outcome_weight * outcome_rewards.to(torch.float32).unsqueeze(-1)
+
+    advantages = torch.zeros(masks.shape[0], masks.shape[2])
+    for group in group_index.unique():
+        rows = group_index == group
+        pool = rewards[rows][present[rows]]
+        if pool.numel():
+            normalised = (rewards[rows] - pool.mean()) / (pool.std(unbiased=False) + eps) * present[rows]
+            advantages[rows] = torch.einsum("bk,bkt->bt", normalised, masks[rows].to(normalised.dtype))
+        fallback = rows & ~has_paragraphs
+        if fallback.any():
+            outcome = outcome_rewards[rows].to(torch.float32)
+            normalised = (outcome - outcome.mean()) / (outcome.std(unbiased=False) + eps)
+            advantages[fallback] = normalised[~has_paragraphs[rows]].unsqueeze(-1) * response_mask[fallback].to(torch.float32)
+    return advantages
 
 
 def informative_groups(values: Tensor, group_size: int) -> Tensor:
@@ -180,3 +251,87 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: KLKind) -> Tensor:
         neg = torch.clamp(-diff, -_MAX_LOG_RATIO, _MAX_LOG_RATIO)
         return torch.exp(neg) - neg - 1.0
     raise ValueError(f"kind must be one of {get_args(KLKind)}, got {kind!r}")
+
+
+# --- Registries: the names `algorithm.advantage_estimator` and `algorithm.policy_loss` choose from. ---
+# Each entry reads its options from `algo`, the run's `AlgorithmConfig` (raytrain/config.py).
+
+
+@dataclass
+class AdvantageInputs:
+    """What an advantage estimator may use. The G responses of a prompt are contiguous."""
+
+    rewards: Tensor  # [B] outcome reward R of each response
+    group_size: int
+    response_mask: Tensor  # [B, T] response tokens
+    paragraph_rewards: Tensor | None = None  # [B, K] PRPO paragraph rewards
+    paragraph_token_masks: Tensor | None = None  # [B, K, T] PRPO paragraph tokens
+
+
+ADVANTAGE_ESTIMATORS: dict[str, Callable[[AdvantageInputs, object], Tensor]] = {}
+POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, dict[str, float]]]] = {}
+
+
+def register_advantage_estimator(name: str):
+    def add(fn):
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+    return add
+
+
+def register_policy_loss(name: str):
+    def add(fn):
+        POLICY_LOSSES[name] = fn
+        return fn
+    return add
+
+
+@register_advantage_estimator("grpo")
+def grpo_advantages(x: AdvantageInputs, algo) -> Tensor:
+    """GRPO/DAPO (Shao et al. 2024; Yu et al. 2025): each response's group-normalised R on all its tokens."""
+    return group_advantages(x.rewards, x.group_size).unsqueeze(-1) * x.response_mask
+
+
+@register_advantage_estimator("dr_grpo")
+def dr_grpo_advantages(x: AdvantageInputs, algo) -> Tensor:
+    """Dr.GRPO (Liu et al. 2025): R minus the group mean, unscaled, on all tokens."""
+    return group_advantages(x.rewards, x.group_size, scale="none").unsqueeze(-1) * x.response_mask
+
+
+@register_advantage_estimator("prpo")
+def prpo_advantages(x: AdvantageInputs, algo) -> Tensor:
+    """PRPO (Nguyen et al. 2025): `paragraph_advantages` with `algo.prpo_outcome_weight`."""
+    if x.paragraph_rewards is None or x.paragraph_token_masks is None:
+        raise ValueError("the prpo estimator needs paragraph rewards: set reward.weights.paragraph")
+    group_index = torch.arange(x.rewards.numel()) // x.group_size
+    return paragraph_advantages(
+        x.paragraph_rewards, x.paragraph_token_masks, group_index, outcome_rewards=x.rewards,
+        outcome_weight=algo.prpo_outcome_weight, response_mask=x.response_mask,
+    )
+
+
+@register_policy_loss("ppo_clip")
+def ppo_clip_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, algo,
+                  num_tokens: float | None = None) -> tuple[Tensor, dict[str, float]]:
+    """`policy_loss` with the run's clip range, dual clip and aggregation (DAPO, GRPO, Dr.GRPO)."""
+    return policy_loss(
+        logprobs, old_logprobs, advantages, mask, clip_low=algo.clip_low, clip_high=algo.clip_high,
+        clip_ratio_c=algo.clip_ratio_c, loss_agg=algo.loss_agg,
+        num_tokens=num_tokens if algo.loss_agg == "token-mean" else None,
+    )
+
+
+@register_policy_loss("gspo")
+def gspo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, algo,
+              num_tokens: float | None = None) -> tuple[Tensor, dict[str, float]]:
+    """GSPO-token (Zheng et al. 2025): the clipped objective on the sequence ratio.
+
+    s_i = exp(mean_t (logp_it - old_it)) over the response's tokens replaces each token's
+    ratio; as s_it = sg[s_i] * pi_it / sg[pi_it] its gradient flows through every token's
+    own log-prob, so per-token advantages (PRPO) still apply. The paper clips at
+    clip_low 3e-4 / clip_high 4e-4 and uses loss_agg seq-mean-token-mean.
+    """
+    keep = mask.bool()
+    seq_log_ratio = _safe_div(torch.where(keep, logprobs - old_logprobs, 0).sum(-1), keep.sum(-1).to(logprobs.dtype))
+    token_log_ratio = seq_log_ratio.detach().unsqueeze(-1) + logprobs - logprobs.detach()
+    return ppo_clip_loss(token_log_ratio, torch.zeros_like(old_logprobs), advantages, mask, algo, num_tokens)

@@ -8,7 +8,7 @@ an unknown key or a wrong type fails at start with the key's dotted path.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -67,8 +67,10 @@ class DataConfig(_Strict):
         "Is this {media} real or fake? Think inside <think></think>, then answer real or fake inside <answer></answer>.",
         description="User prompt; `{media}` becomes `video` or `image`.",
     )
-    mode: Literal["think", "no_think"] | None = Field(
-        None, description="Mode flag appended to the user prompt (`/think` or `/no_think`, BusterX++ hybrid reasoning, SPEC section 2); none by default.",
+    mode: Literal["think", "no_think", "random"] | None = Field(
+        None, description="Mode flag appended to the user prompt (`/think` or `/no_think`, BusterX++ hybrid reasoning, SPEC section 2); "
+                          "`random`: each prompt one or the other, seeded by its data key (BusterX++ stage 3); none by default. "
+                          "A manifest row's own `mode` takes precedence.",
     )
     answer_format: Literal["word", "letter"] = Field("word", description="`word`: real/fake; `letter`: the BusterX++ `\\boxed{A|B}` form.")
     epochs: int = Field(1, gt=0, description="Passes over the training split (each reshuffled).")
@@ -205,7 +207,21 @@ class AlgorithmConfig(_Strict):
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = Field(
         "token-mean", description="token-mean: DAPO token-level loss; seq-mean-token-mean: GRPO; seq-mean-token-sum: Dr.GRPO."
     )
-    advantage_scale: Literal["std", "none"] = Field("std", description="`none` drops the std division (Dr.GRPO, arXiv 2503.20783).")
+    advantage_estimator: Literal["grpo", "dr_grpo", "prpo"] = Field(
+        "grpo",
+        description="`grpo`: group-normalised outcome (GRPO/DAPO); `dr_grpo`: without the std division (Dr.GRPO, arXiv 2503.20783); "
+                    "`prpo`: per-paragraph advantages (PRPO, SPEC section 5; needs `reward.weights.paragraph`). See `raytrain/algos.py`.",
+    )
+    prpo_outcome_weight: float = Field(
+        0.0, ge=0, le=1,
+        description="PRPO only: w mixes each response's outcome reward R into its paragraph rewards, r_k <- (1 - w) r_k + w R. "
+                    "0 reproduces the label-free paper; labelled data can use it (1 with one paragraph per response is GRPO).",
+    )
+    policy_loss: Literal["ppo_clip", "gspo"] = Field(
+        "ppo_clip",
+        description="`ppo_clip`: per-token clipped ratio (PPO/DAPO/GRPO); `gspo`: clipped sequence-level ratio (GSPO, arXiv 2507.18071; "
+                    "the paper uses clip_low 3e-4, clip_high 4e-4, loss_agg seq-mean-token-mean).",
+    )
     dynamic_sampling: bool = Field(True, description="Drop groups whose `filter_metric` has zero variance and draw more prompts.")
     filter_metric: Literal["accuracy", "total"] = Field("accuracy", description="Reward component whose variance decides informativeness.")
     max_generation_rounds: int = Field(4, gt=0, description="Generation rounds per step before training on what was kept.")
@@ -216,10 +232,16 @@ class AlgorithmConfig(_Strict):
 
 
 class SFTConfig(_Strict):
+    """Supervised targets `<think>REASONING</think><answer>ANSWER</answer>` (BusterX++ train_sft.py)."""
+
     answer: Literal["label", "random"] = Field(
         "label", description="`label`: teach the true answer; `random`: teach only the response format (demo warm-up)."
     )
-    think: str = Field("I look at the faces, lips, textures and motion.", description="Reasoning text of the template target.")
+    think: str = Field(
+        "I look at the faces, lips, textures and motion.",
+        description="Reasoning of rows without an `explanation` (DF-R5 ships explanations); `/no_think` rows get an empty think.",
+    )
+    export_merged: bool = Field(False, description="With LoRA, also write `final-merged/`: the adapter merged into the base weights (Hugging Face format).")
 
 
 class TrainConfig(_Strict):
@@ -228,7 +250,7 @@ class TrainConfig(_Strict):
     use_gpu: bool = Field(False, description="One GPU per worker and the NCCL backend; gloo on CPU.")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker.")
     torch_threads: int = Field(1, gt=0, description="Intra-op threads per worker on CPU.")
-    total_steps: int = Field(100, gt=0, description="Optimizer steps of the run.")
+    total_steps: int | None = Field(100, gt=0, description="Optimizer steps of the run; null: until `data.epochs` passes are used up.")
     prompts_per_worker: int = Field(4, gt=0, description="Prompts (groups, for RL) per worker per step.")
     lr: float = Field(1e-6, gt=0, description="Learning rate (DAPO full fine-tune: 1e-6; LoRA: 1e-5).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -261,6 +283,36 @@ class EvaluationConfig(_Strict):
     bootstrap_resamples: int = Field(1000, gt=0, description="Resamples of the percentile bootstrap interval of F1.")
 
 
+class BusterXConfig(_Strict):
+    """The BusterX++ three-stage pipeline of `jobs.busterx` (SPEC section 6, seed 000).
+
+    Stage 1 DAPO in think mode; stage 2 SFT on stage 1's own correct responses, each rewritten as a
+    `/think` and a `/no_think` example; stage 3 DAPO with prompts randomly in either mode. Every
+    stage is this config with its `stageN` overrides applied (dotted keys, as `--set`), its share of
+    `total_steps`, the previous stage's weights, and `run.output_dir/stageN` as its output.
+    """
+
+    total_steps: int = Field(100, gt=0, description="Optimizer steps of all three stages together.")
+    shares: list[float] = Field(
+        default_factory=lambda: [0.70, 0.05, 0.25],
+        description="Share of `total_steps` per stage (BusterX++: 70/5/25); each stage gets at least one step.",
+    )
+    fusion_samples: int = Field(300, gt=0, description="Stage 2: correct stage-1 responses to collect (BusterX++: a few hundred).")
+    stage1: dict[str, Any] = Field(default_factory=dict, description="Overrides of stage 1 (DAPO, think mode), e.g. `train.lr: 1.0e-6`.")
+    stage2: dict[str, Any] = Field(default_factory=dict, description="Overrides of stage 2 (SFT on the fused modes), e.g. `train.lr: 1.0e-5`.")
+    stage3: dict[str, Any] = Field(
+        default_factory=lambda: {"reward.weights.hybrid": 1.0, "reward.weights.thinking": 1.0},
+        description="Overrides of stage 3 (DAPO, random modes): by default adds the hybrid and thinking rewards "
+                    "(the thinking reward needs `reward.judge.model`).",
+    )
+
+    @model_validator(mode="after")
+    def _three_shares(self):
+        if len(self.shares) != 3 or any(s < 0 for s in self.shares) or sum(self.shares) <= 0:
+            raise ValueError(f"shares must be three non-negative numbers with a positive sum, got {self.shares}")
+        return self
+
+
 class ClusterConfig(_Strict):
     num_cpus: int | None = Field(None, gt=0, description="Logical CPUs of the embedded local Ray (ignored when joining a cluster).")
     dashboard: bool = Field(False, description="Start the dashboard with the embedded Ray (bound to 127.0.0.1).")
@@ -276,7 +328,14 @@ class Config(_Strict):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    busterx: BusterXConfig = Field(default_factory=BusterXConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _prpo_needs_paragraphs(self):
+        if self.algorithm.advantage_estimator == "prpo" and not self.reward.enabled("paragraph"):
+            raise ValueError("algorithm.advantage_estimator prpo needs paragraph rewards: set reward.weights.paragraph")
+        return self
 
     @model_validator(mode="after")
     def _colocation(self):

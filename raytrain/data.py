@@ -8,6 +8,7 @@ consumer skips it, counts it and lists it by path: nothing disappears silently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -104,17 +105,17 @@ class PromptBuilder:
         # The per-frame pixel budget, in the processor's own terms.
         self._size = {"longest_edge": data.max_pixels, "shortest_edge": data.min_pixels}
 
-    def _prompt_text(self, media: str) -> str:
+    def _prompt_text(self, media: str, mode: str | None) -> str:
         text = self.data.prompt.format(media=media)
-        if self.data.mode:
-            text = f"{text} /{self.data.mode}"
+        if mode:
+            text = f"{text} /{mode}"
         content = [{"type": media}, {"type": "text", "text": text}]
         return self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
 
     def _process(self, row: dict) -> dict:
         frames = decode_row(row, self.data)
         is_video = row["media"] == "video"
-        text = self._prompt_text(row["media"])
+        text = self._prompt_text(row["media"], prompt_mode(row, self.data))
         if is_video:
             out = self.processor(
                 text=[text], videos=[frames], return_tensors="np",
@@ -144,6 +145,9 @@ class PromptBuilder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         meta_cols = ["key", "id", "path", "media", "label", "category"]
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        # Strings, never None: Ray Data batches of mixed None and str do not convert to numpy.
+        modes = [prompt_mode(row, self.data) or "" for row in rows]
+        explanations = [row.get("explanation") or "" for row in rows]
         processed = []
         for row in rows:
             if row["media"] == PAD_MEDIA:
@@ -160,7 +164,17 @@ class PromptBuilder:
             out[col] = _ragged([p[col] for p in processed])
         out["second_per_grid_t"] = np.asarray([p["second_per_grid_t"] for p in processed], dtype=np.float64)
         out["error"] = np.asarray([p["error"] for p in processed])
+        out["mode"], out["explanation"] = np.asarray(modes, dtype=object), np.asarray(explanations, dtype=object)
         return out
+
+
+def prompt_mode(row: dict, data: DataConfig) -> str | None:
+    """The row's own `mode`, else `data.mode`; `random` is think or no_think by a hash of the row's key,
+    so a resumed run asks the same prompt in the same mode."""
+    mode = row.get("mode") or data.mode
+    if mode == "random":
+        mode = ("think", "no_think")[hashlib.sha1(str(row["key"]).encode()).digest()[0] % 2]
+    return mode
 
 
 def _error_row(reason: str) -> dict:
@@ -233,6 +247,8 @@ def prompts_from_batch(batch: dict[str, np.ndarray]) -> tuple[list[Prompt], list
             grid_thw=np.asarray(batch["grid_thw"][i], dtype=np.int64),
             is_video=str(batch["media"][i]) == "video",
             second_per_grid_t=float(batch["second_per_grid_t"][i]),
+            mode=str(batch["mode"][i]) or "think",
+            explanation=str(batch["explanation"][i]),
         ))
     return prompts, skipped
 

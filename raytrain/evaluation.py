@@ -108,7 +108,8 @@ class Predictor:
         samples = self.engine.generate(prompts, self.cfg.rollout.sampling, greedy=True) if prompts else []
         latency = (time.perf_counter() - start) / max(len(prompts), 1)
         records = [
-            prediction_record(p, s, answer_format=self.cfg.data.answer_format, mode=self.cfg.data.mode, latency_s=latency)
+            prediction_record(p, s, answer_format=self.cfg.data.answer_format, mode=p.mode if self.cfg.data.mode else None,
+                              latency_s=latency)
             for p, (s,) in zip(prompts, samples)
         ]
         row_of = {str(key): i for i, key in enumerate(batch["key"])}

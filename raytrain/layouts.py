@@ -176,7 +176,8 @@ def detect_clips(root: Path) -> bool:
 
 def scan_clips(root: Path, source: str = "clips") -> tuple[list[dict], list[dict]]:
     """A folder of collected clips (the seed's TikTok set): labels from a CSV
-    ``path,label[,category]`` (paths relative to the CSV) or from ``real/``/``fake/`` subfolders."""
+    ``path,label[,category][,explanation]`` (paths relative to the CSV; an explanation is the
+    reasoning SFT teaches for that file) or from ``real/``/``fake/`` subfolders."""
     scan = _Scan(root, source)
     table = _labels_csv(root)
     if table is None:
@@ -201,7 +202,8 @@ def scan_clips(root: Path, source: str = "clips") -> tuple[list[dict], list[dict
             scan.reject(file, f"{table.name} line {rec['lineno']}: label {rec['label']!r} is not real or fake")
             continue
         category, domain = _fake_category(rec["category"]) if rec.get("category") else ("unknown", "")
-        scan.add(file, kind, label=label, category=category, domain=domain, clips=[rel])
+        scan.add(file, kind, label=label, category=category, domain=domain, clips=[rel],
+                 explanation=rec.get("explanation") or None)
     for rel in sorted(set(on_disk) - set(listed)):
         scan.reject(on_disk[rel][0], f"not listed in {table.name}, so it has no label")
     return scan.result()

@@ -39,6 +39,10 @@ MANIFEST_SCHEMA = pa.schema([
     pa.field("content_hash", pa.string(), nullable=False),
     # Training sampling weight (real/fake balance and source mixing); null means 1.
     pa.field("weight", pa.float64()),
+    # Reasoning to teach in SFT (`<think>` text); null: the `sft.think` template.
+    pa.field("explanation", pa.string()),
+    # `think` / `no_think`: this row's prompt mode flag, over `data.mode` (the fused SFT set of BusterX++ stage 2).
+    pa.field("mode", pa.string()),
 ])
 LABELS = ("real", "fake")
 # SPEC section 8's fake categories; real files have category "real".

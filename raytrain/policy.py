@@ -27,6 +27,7 @@ class Prompt:
     is_video: bool
     second_per_grid_t: float = 1.0
     mode: str = "think"  # BusterX++ stage-3 mode flag (think / no_think), scored by the hybrid and thinking rewards
+    explanation: str = ""  # reasoning an SFT target teaches (manifest `explanation`); empty: the config's template
 
 
 def text_prompt(tokenizer, text: str) -> Prompt:

@@ -169,7 +169,8 @@ class VLLMEngine(BucketReceiver):
         return Sample(
             token_ids=ids,
             logprobs=[float(step[token].logprob) for token, step in zip(ids, completion.logprobs)],
-            text=completion.text,
+            # Decoded as the transformers engine does, so character spans of the tokens (PRPO) match the text.
+            text=self.tokenizer.decode(ids, skip_special_tokens=True),
             truncated=completion.finish_reason == "length",
             version=self.version,
         )

@@ -5,13 +5,16 @@ actor for G samples per prompt and the reward actor for scores. DAPO keeps only
 informative groups (dynamic sampling) until the rank has its quota, then every
 rank takes one DeepSpeed step on the token-level clipped loss; rank 0 pushes
 the new weights (or only the LoRA adapter) to every rollout actor, versioned.
-The SFT algorithm shares everything but the rollout: the targets are templates.
+The advantage estimator (GRPO, Dr.GRPO, PRPO) and the policy loss are looked up by
+name in `raytrain.algos`. The SFT algorithm shares everything but the rollout: the
+targets are the rows' explanations or a template (`sft_target`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ from raytrain.checkpoint import DEEPSPEED_TAG, MODEL_DIR, TrainerState
 from raytrain.config import Config, parse_config
 from raytrain.data import prompts_from_batch
 from raytrain.models import export_weights, load_policy, load_processor, sync_state
+from raytrain.paragraph_tokens import paragraph_token_masks, token_char_spans
 from raytrain.policy import Prompt, Sample, collate, token_logprobs, vision_special_ids
 
 
@@ -161,12 +165,9 @@ def _rollout_stats(groups: list[Group]) -> dict:
     return stats
 
 
-def _dapo_tensors(cfg: Config, groups: list[Group], tokenizer_ids: dict) -> dict | None:
+def _dapo_tensors(cfg: Config, groups: list[Group], tokenizer, tokenizer_ids: dict) -> dict | None:
     if not groups:
         return None
-    g = cfg.rollout.sampling.group_size
-    rewards = torch.tensor([sc["total"] for grp in groups for sc in grp.scores])
-    advantages = algos.group_advantages(rewards, g, scale=cfg.algorithm.advantage_scale)
     samples = [s for grp in groups for s in grp.samples]
     batch = collate([grp.prompt for grp in groups for _ in grp.samples], [s.token_ids for s in samples], **tokenizer_ids)
     old = torch.zeros_like(batch["response_mask"])
@@ -176,21 +177,51 @@ def _dapo_tensors(cfg: Config, groups: list[Group], tokenizer_ids: dict) -> dict
         old[i, positions] = torch.tensor(s.logprobs)
         if cfg.algorithm.overlong_filter and s.truncated:
             mask[i] = 0
+    scores = [sc for grp in groups for sc in grp.scores]
+    inputs = algos.AdvantageInputs(torch.tensor([sc["total"] for sc in scores]), cfg.rollout.sampling.group_size,
+                                   batch["response_mask"])
+    if cfg.algorithm.advantage_estimator == "prpo":
+        inputs.paragraph_rewards, inputs.paragraph_token_masks = _paragraph_tensors(samples, scores, batch["response_mask"], tokenizer)
+    advantages = algos.ADVANTAGE_ESTIMATORS[cfg.algorithm.advantage_estimator](inputs, cfg.algorithm)
     batch.update({"old_logprobs": old, "advantages": advantages, "loss_mask": mask})
     return batch
+
+
+def _paragraph_tensors(samples: list[Sample], scores: list[dict], response_mask: torch.Tensor, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """PRPO inputs: paragraph rewards [B, K] and, through each sampled token's character span in the
+    response text, the paragraphs' token masks [B, K, T] at the batch's response positions."""
+    k = max(1, max(len(sc["paragraphs"]) for sc in scores))
+    rewards = torch.zeros(len(samples), k)
+    masks = torch.zeros(len(samples), k, response_mask.shape[1], dtype=torch.bool)
+    for i, (sample, sc) in enumerate(zip(samples, scores)):
+        if not sc["paragraphs"]:
+            continue
+        positions = response_mask[i].nonzero().squeeze(-1)
+        token_masks = paragraph_token_masks([(start, end) for start, end, _ in sc["paragraphs"]],
+                                            token_char_spans(tokenizer, sample.token_ids))
+        masks[i, : token_masks.shape[0], positions] = token_masks
+        rewards[i, : token_masks.shape[0]] = torch.tensor([r for _, _, r in sc["paragraphs"]])
+    return rewards, masks
+
+
+def sft_target(prompt: Prompt, cfg: Config) -> str:
+    """`<think>REASONING</think><answer>ANSWER</answer>`: the row's explanation (else `sft.think`), empty
+    under `/no_think`; the true answer, or under `sft.answer: random` one drawn by the data key (so a
+    resumed run teaches the same answers)."""
+    answer = prompt.label
+    if cfg.sft.answer == "random":
+        answer = ("real", "fake")[hashlib.sha1(f"{cfg.run.seed}:{prompt.key}".encode()).digest()[0] % 2]
+    if cfg.data.answer_format == "letter":
+        answer = "\\boxed{A}" if answer == "real" else "\\boxed{B}"
+    think = "" if prompt.mode == "no_think" else (prompt.explanation or cfg.sft.think)
+    return f"<think>{think}</think><answer>{answer}</answer>"
 
 
 def _sft_tensors(cfg: Config, prompts: list[Prompt], tokenizer, tokenizer_ids: dict) -> dict | None:
     if not prompts:
         return None
-    targets = []
-    for p in prompts:
-        answer = p.label
-        if cfg.sft.answer == "random":
-            # Seeded by the data key, so a resumed run teaches the same answers.
-            answer = ("real", "fake")[hashlib.sha1(f"{cfg.run.seed}:{p.key}".encode()).digest()[0] % 2]
-        text = f"<think>{cfg.sft.think}</think><answer>{answer}</answer>"
-        targets.append(tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")])
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    targets = [tokenizer(sft_target(p, cfg), add_special_tokens=False)["input_ids"] + [end] for p in prompts]
     batch = collate(prompts, targets, **tokenizer_ids)
     batch["loss_mask"] = batch["response_mask"]
     return batch
@@ -216,11 +247,7 @@ def _loss(cfg: Config, engine, ref_model, batch: dict | None, global_tokens: flo
         loss = -(logp * mask).sum() / num_tokens
         return loss, {"sft_nll_sum": float(-(logp.detach() * mask).sum())}
     algo = cfg.algorithm
-    loss, stats = algos.policy_loss(
-        logp, batch["old_logprobs"], batch["advantages"], mask,
-        clip_low=algo.clip_low, clip_high=algo.clip_high, clip_ratio_c=algo.clip_ratio_c,
-        loss_agg=algo.loss_agg, num_tokens=num_tokens if algo.loss_agg == "token-mean" else None,
-    )
+    loss, stats = algos.POLICY_LOSSES[algo.policy_loss](logp, batch["old_logprobs"], batch["advantages"], mask, algo, num_tokens)
     if algo.kl_coef > 0:
         with torch.no_grad():
             ref_logp = token_logprobs(ref_model, model_inputs, temperature=temperature, suppress_ids=suppress)
@@ -256,6 +283,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     suppress = vision_special_ids(processor)
     model = load_policy(cfg.model)
+    if rank == 0:
+        trainable, total = sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
+        print(f"[train] trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)", flush=True)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -282,11 +312,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rollout = rollouts[rank % len(rollouts)] if rollouts else None
     out_dir = Path(cfg.run.output_dir)
     engine.train()
-    while state.step < cfg.train.total_steps:
+    total_steps = cfg.train.total_steps or math.inf  # null: until the data runs out
+    while state.step < total_steps:
         t0 = time.perf_counter()
         if cfg.train.algorithm == "dapo":
             groups, stats = _collect_dapo(cfg, feed, rollout, reward_actor, state.version)
-            batch = _dapo_tensors(cfg, groups, tokenizer_ids)
+            batch = _dapo_tensors(cfg, groups, tokenizer, tokenizer_ids)
         else:
             prompts = feed.take(cfg.train.prompts_per_worker)
             batch, stats = _sft_tensors(cfg, prompts, tokenizer, tokenizer_ids), {"prompts": len(prompts)}
@@ -320,7 +351,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics.update({"time/rollout_s": t_rollout, "time/train_s": t_train, "time/weight_sync_s": t_sync})
         if rank == 0:
             _log(out_dir, metrics)
-        if state.step % cfg.train.checkpoint_every == 0 or state.step >= cfg.train.total_steps:
+        if state.step % cfg.train.checkpoint_every == 0 or state.step >= total_steps:
             _checkpoint(engine, processor, cfg, state, rank, feed, metrics)
         else:
             ray.train.report(metrics)

@@ -9,7 +9,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: env env-vllm demo test test-vllm
+.PHONY: env env-vllm demo test test-vllm test-recipes
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,3 +42,7 @@ test: $(STAMP) $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_PY) -m pytest -q tests_vllm
+
+# The recipes' training effects at demo scale (tens of minutes each); not part of `make test`.
+test-recipes: $(STAMP)
+	$(PY) -m pytest -q -m recipe

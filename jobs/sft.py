@@ -1,10 +1,27 @@
-"""Supervised fine-tuning on template targets: `python -m jobs.sft --config jobs/configs/demo_warmup.yaml`.
+"""Supervised fine-tuning (full or LoRA): `python -m jobs.sft --config jobs/configs/sft.yaml [--max_samples N] [--num_epochs N]`.
 
-`sft.answer: label` teaches the true answers; `sft.answer: random` teaches only the
-response format (the demo's warm-up before DAPO). Resumes like `jobs.dapo`.
+Targets are `<think>REASONING</think><answer>LABEL</answer>`: a row's `explanation` where the
+manifest has one, else `sft.think` (`sft.answer: random` teaches only the format, as the demo's
+warm-up does). `model.lora` sets rank, alpha and target modules (the job prints the share of
+trainable parameters) and `model.lora.export_merged` also writes merged weights. The starting
+and the final model are evaluated on `data.eval_split` (held-out loss, accuracy, F1) unless
+`--no-eval`. Re-running with the same `run.output_dir` resumes.
 """
 
-from jobs.cli import train_main
+from jobs import cli
+
+
+def main(argv=None) -> dict:
+    p = cli.recipe_parser(__doc__.splitlines()[0])
+    p.add_argument("--max_samples", type=int, metavar="N", help="train on the first N training rows only (data.max_rows)")
+    p.add_argument("--num_epochs", type=int, metavar="N",
+                   help="passes over the training rows (data.epochs); the run then lasts until they are used up")
+    args = p.parse_args(argv)
+    extra = ["train.algorithm=sft"]
+    extra += [f"data.max_rows={args.max_samples}"] if args.max_samples else []
+    extra += [f"data.epochs={args.num_epochs}", "train.total_steps=null"] if args.num_epochs else []
+    return cli.run_recipe(cli.load(args, extra), "sft", evaluate=not args.no_eval)
+
 
 if __name__ == "__main__":
-    train_main(__doc__.splitlines()[0], "sft")
+    main()

@@ -38,6 +38,10 @@ class LoraConfig(_Strict):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Module names (language model) that receive adapters.",
     )
+    export_merged: bool = Field(
+        False, description="Also write `run.output_dir/final-merged/`: the adapter merged into the base weights, an ordinary "
+                           "Hugging Face model (safetensors) that loads and serves without peft.",
+    )
 
 
 class ModelConfig(_Strict):
@@ -241,7 +245,6 @@ class SFTConfig(_Strict):
         "I look at the faces, lips, textures and motion.",
         description="Reasoning of rows without an `explanation` (DF-R5 ships explanations); `/no_think` rows get an empty think.",
     )
-    export_merged: bool = Field(False, description="With LoRA, also write `final-merged/`: the adapter merged into the base weights (Hugging Face format).")
 
 
 class TrainConfig(_Strict):
@@ -352,7 +355,7 @@ class ConfigError(ValueError):
     """A config file that does not validate; the message names every bad key."""
 
 
-def _set_dotted(tree: dict, dotted: str, value) -> None:
+def set_dotted(tree: dict, dotted: str, value) -> None:
     *parents, leaf = dotted.split(".")
     for depth, key in enumerate(parents):
         tree = tree.setdefault(key, {})
@@ -379,7 +382,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+        set_dotted(raw, key.strip(), yaml.safe_load(value))
     return raw
 
 

@@ -30,11 +30,13 @@ from raytrain.config import Config
 from raytrain.data import build_dataset, prompts_from_batch, split_rows
 from raytrain.engines import make_engine
 from raytrain.launch import absolute_paths, init_ray
+from raytrain.models import load_policy, load_processor
 from raytrain.layouts import scan_source
 from raytrain.manifest import inspect_entry, rows_to_table, write_manifest
 from raytrain.splits import assign_groups
 from raytrain.metrics import UNREADABLE, evaluation_report
-from raytrain.policy import Prompt, Sample
+from raytrain.policy import Prompt, Sample, collate_ids, token_logprobs, vision_special_ids
+from raytrain.sft import sft_batch
 from raytrain.report import FULL_SCHEMA, METRICS, PREDICTION_SCHEMA, PREDICTIONS, REPORT, run_markdown
 from rewards.answer import parse_answer
 from rewards.modes import hybrid_reward
@@ -120,6 +122,49 @@ class Predictor:
                 category=str(batch["category"][i]), reason=skip["reason"],
             ))
         return pa.Table.from_pylist(records, schema=PREDICTION_SCHEMA)
+
+
+class LossScorer:
+    """Ray Data callable class: the summed negative log-likelihood of a batch's SFT targets
+    (`raytrain.sft`) under one model, and their token count."""
+
+    def __init__(self, cfg: Config, weights: str | None = None):
+        torch.set_num_threads(cfg.rollout.torch_threads)
+        self.cfg = cfg
+        self.processor = load_processor(cfg.model)
+        frozen = cfg.model.model_copy(update={"lora": cfg.model.lora.model_copy(update={"enabled": False})})
+        self.model = load_policy(frozen, weights=weights).eval()
+        self.suppress = vision_special_ids(self.processor)
+
+    def __call__(self, batch: dict) -> dict:
+        prompts, _ = prompts_from_batch(batch)  # an unreadable file has no target to score
+        tensors = sft_batch(self.cfg, prompts, self.processor.tokenizer, collate_ids(self.processor))
+        if tensors is None:
+            return {"nll": [0.0], "tokens": [0.0]}
+        inputs = {k: v for k, v in tensors.items() if k != "loss_mask"}
+        with torch.no_grad():
+            logp = token_logprobs(self.model, inputs, suppress_ids=self.suppress)
+        mask = tensors["loss_mask"]
+        return {"nll": [float(-(logp * mask).sum())], "tokens": [float(mask.sum())]}
+
+
+def heldout_loss(cfg: Config, *, split: str | None = None) -> float:
+    """Mean per-token negative log-likelihood of the SFT targets of `split` (default `data.eval_split`)
+    under `cfg.model.path` (a LoRA export is served on its base)."""
+    cfg = absolute_paths(cfg)
+    init_ray(cfg)
+    served, adapter = split_adapter(cfg)
+    rows = split_rows(cfg.data, split or cfg.data.eval_split, seed=cfg.run.seed)
+    scored = build_dataset(served, rows).map_batches(
+        LossScorer, fn_constructor_kwargs={"cfg": served, "weights": adapter}, batch_size=cfg.evaluation.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=cfg.rollout.num_cpus, num_gpus=cfg.rollout.num_gpus,
+    )
+    nll = tokens = 0.0
+    for part in scored.iter_batches(batch_size=None, batch_format="numpy"):
+        nll, tokens = nll + float(part["nll"].sum()), tokens + float(part["tokens"].sum())
+    if tokens == 0:
+        raise ValueError(f"{cfg.data.manifest}: no readable item in split {split or cfg.data.eval_split!r} to compute a loss on")
+    return nll / tokens
 
 
 def _read(paths: list[Path]) -> list[dict]:

@@ -15,10 +15,12 @@ from actors.rollout import start_rollout_actors
 from raytrain.checkpoint import MODEL_DIR, TrainerState, latest_checkpoint
 from raytrain.config import Config
 from raytrain.data import build_dataset, split_rows
+from raytrain.models import merge_adapter
 from raytrain.worker import train_loop_per_worker
 
 STORAGE_DIR = "ray"  # under run.output_dir: Ray Train's checkpoints and run state
 FINAL_DIR = "final"  # under run.output_dir: the last checkpoint's Hugging Face export
+MERGED_DIR = "final-merged"  # under run.output_dir: with `model.lora.export_merged`, base + adapter in one model
 
 
 def absolute_paths(cfg: Config) -> Config:
@@ -105,6 +107,9 @@ def train(cfg: Config) -> Path:
         shutil.copytree(Path(d) / MODEL_DIR, final)
         state = TrainerState.load(d)
     _report_skipped(state.skipped)
+    if cfg.model.lora.enabled and cfg.model.lora.export_merged:
+        shutil.rmtree(out / MERGED_DIR, ignore_errors=True)
+        print(f"[run] merged weights: {merge_adapter(final, out / MERGED_DIR, cfg.model)}", flush=True)
     return final
 
 

@@ -75,6 +75,12 @@ def apply_sync_state(model, state: dict[str, torch.Tensor]) -> None:
         model.load_state_dict(state, strict=False)
 
 
+def merge_adapter(adapter: str | Path, out: str | Path, cfg: ModelConfig) -> Path:
+    """The LoRA export `adapter` merged into its base model `cfg.path`, saved as a full Hugging Face folder."""
+    merged = load_policy(cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": False})}), weights=adapter)
+    return export_weights(merged.merge_and_unload(), load_processor(cfg), out)
+
+
 def export_weights(model, processor, out: str | Path) -> Path:
     """An ordinary Hugging Face folder (safetensors): the adapter under LoRA, the full model otherwise."""
     out = Path(out)

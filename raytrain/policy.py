@@ -53,6 +53,12 @@ class Sample:
     extra: dict = field(default_factory=dict)
 
 
+def collate_ids(processor) -> dict[str, int]:
+    """The token ids `collate` needs from a model's processor."""
+    return {"pad_id": processor.tokenizer.pad_token_id, "image_token_id": processor.image_token_id,
+            "video_token_id": processor.video_token_id}
+
+
 def vision_special_ids(processor) -> list[int]:
     """Tokens a response must never contain: a sampled `<|video_pad|>` would make the trainer's
     forward expect pixels that do not exist. Generation and training both mask them out.

@@ -12,7 +12,6 @@ targets are the rows' explanations or a template (`sft_target`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import tempfile
@@ -33,7 +32,8 @@ from raytrain.config import Config, parse_config
 from raytrain.data import prompts_from_batch
 from raytrain.models import export_weights, load_policy, load_processor, sync_state
 from raytrain.paragraph_tokens import paragraph_token_masks, token_char_spans
-from raytrain.policy import Prompt, Sample, collate, token_logprobs, vision_special_ids
+from raytrain.policy import Prompt, Sample, collate, collate_ids, token_logprobs, vision_special_ids
+from raytrain.sft import sft_batch
 
 
 @dataclass
@@ -204,29 +204,6 @@ def _paragraph_tensors(samples: list[Sample], scores: list[dict], response_mask:
     return rewards, masks
 
 
-def sft_target(prompt: Prompt, cfg: Config) -> str:
-    """`<think>REASONING</think><answer>ANSWER</answer>`: the row's explanation (else `sft.think`), empty
-    under `/no_think`; the true answer, or under `sft.answer: random` one drawn by the data key (so a
-    resumed run teaches the same answers)."""
-    answer = prompt.label
-    if cfg.sft.answer == "random":
-        answer = ("real", "fake")[hashlib.sha1(f"{cfg.run.seed}:{prompt.key}".encode()).digest()[0] % 2]
-    if cfg.data.answer_format == "letter":
-        answer = "\\boxed{A}" if answer == "real" else "\\boxed{B}"
-    think = "" if prompt.mode == "no_think" else (prompt.explanation or cfg.sft.think)
-    return f"<think>{think}</think><answer>{answer}</answer>"
-
-
-def _sft_tensors(cfg: Config, prompts: list[Prompt], tokenizer, tokenizer_ids: dict) -> dict | None:
-    if not prompts:
-        return None
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    targets = [tokenizer(sft_target(p, cfg), add_special_tokens=False)["input_ids"] + [end] for p in prompts]
-    batch = collate(prompts, targets, **tokenizer_ids)
-    batch["loss_mask"] = batch["response_mask"]
-    return batch
-
-
 def _zero_loss(engine) -> torch.Tensor:
     """A rank with nothing to train still joins the gradient all-reduce."""
     return sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0
@@ -275,11 +252,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rollouts, reward_actor = loop_config["rollout_actors"], loop_config["reward_actor"]
     processor = load_processor(cfg.model)
     tokenizer = processor.tokenizer
-    tokenizer_ids = {
-        "pad_id": tokenizer.pad_token_id,
-        "image_token_id": processor.image_token_id,
-        "video_token_id": processor.video_token_id,
-    }
+    tokenizer_ids = collate_ids(processor)
 
     suppress = vision_special_ids(processor)
     model = load_policy(cfg.model)
@@ -320,7 +293,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             batch = _dapo_tensors(cfg, groups, tokenizer, tokenizer_ids)
         else:
             prompts = feed.take(cfg.train.prompts_per_worker)
-            batch, stats = _sft_tensors(cfg, prompts, tokenizer, tokenizer_ids), {"prompts": len(prompts)}
+            batch, stats = sft_batch(cfg, prompts, tokenizer, tokenizer_ids), {"prompts": len(prompts)}
         t_rollout = time.perf_counter() - t0
         local_tokens = float(batch["loss_mask"].sum()) if batch is not None else 0.0
         global_tokens, global_seqs, ranks_with_data = _sum_across_ranks(

@@ -186,3 +186,24 @@ def test_paragraph_masks_select_exactly_each_paragraphs_tokens(tokenizer, tokeni
     ok = TEXT.index("ok")
     spans = token_char_spans(tokenizer, ids)
     assert not any(masks[:, t].any() for t, (s, e) in enumerate(spans) if s >= ok and e <= ok + 2)
+
+
+def test_trainer_paragraph_tensors_place_masks_at_the_response_positions(tokenizer):
+    """What the worker hands the `prpo` estimator: reward actor spans -> token masks at the batch's
+    response positions (after the prompt), rewards padded to the largest paragraph count."""
+    from raytrain.policy import Sample
+    from raytrain.worker import _paragraph_tensors
+
+    ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    paragraphs = segment_paragraphs(TEXT)
+    samples = [Sample(ids, [0.0] * len(ids), TEXT, False, 0), Sample(ids[:2], [0.0, 0.0], tokenizer.decode(ids[:2]), False, 0)]
+    scores = [{"paragraphs": [(p.start, p.end, r) for p, r in zip(paragraphs, (0.2, 0.4, 0.6))]}, {"paragraphs": []}]
+    prompt_len = 5
+    response_mask = torch.zeros(2, prompt_len + len(ids), dtype=torch.long)
+    response_mask[0, prompt_len:] = 1
+    response_mask[1, prompt_len:prompt_len + 2] = 1
+    rewards, masks = _paragraph_tensors(samples, scores, response_mask, tokenizer)
+    assert rewards.tolist() == [pytest.approx([0.2, 0.4, 0.6]), [0.0, 0.0, 0.0]]
+    assert not masks[:, :, :prompt_len].any() and not masks[1].any()
+    expected = paragraph_token_masks([(p.start, p.end) for p in paragraphs], token_char_spans(tokenizer, ids))
+    assert torch.equal(masks[0, :, prompt_len:], expected)

@@ -61,11 +61,13 @@ def held_out(cfg: Config, model: str | Path, out: Path, name: str, *, loss: bool
 def print_table(tag: str, columns: dict[str, dict], split: str) -> None:
     """Metrics (rows) of each evaluated model (columns), as a recipe prints them; tests read these lines."""
     rows = [k for k in (*SHOWN, "loss") if any(c.get(k) is not None for c in columns.values())]
-    width = max(14, *(len(c) + 2 for c in columns))
-    print(f"\n[{tag}] held-out ({split} split)".ljust(24) + "".join(f"{c:>{width}}" for c in columns))
+    title = f"[{tag}] held-out ({split} split)"
+    label = max(len(title), *(len(f"[{tag}] {k}") for k in rows)) + 2
+    width = max(10, *(len(c) + 2 for c in columns))
+    print("\n" + title.ljust(label) + "".join(f"{c:>{width}}" for c in columns))
     for k in rows:
         cells = [columns[c].get(k) for c in columns]
-        print(f"[{tag}] {k}".ljust(24) + "".join(f"{'-' if v is None else f'{v:.4f}':>{width}}" for v in cells))
+        print(f"[{tag}] {k}".ljust(label) + "".join(f"{'-' if v is None else f'{v:.4f}':>{width}}" for v in cells))
 
 
 def run_recipe(cfg: Config, tag: str, *, evaluate: bool = True) -> dict:

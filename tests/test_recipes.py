@@ -16,7 +16,7 @@ from raytrain.launch import FINAL_DIR, MERGED_DIR
 pytestmark = pytest.mark.slow
 
 # Steps of each recipe on the tiny setup: enough for the effect the test asserts, measured here.
-BUSTERX_STEPS, BUSTERX_SHARES = 14, [4, 6, 4]
+BUSTERX_STEPS, BUSTERX_SHARES = 38, [4, 30, 4]  # stage 2 learns the mode flag around step 15
 
 
 def _config_file(tmp_path: Path, raw: dict) -> Path:

@@ -82,16 +82,33 @@ def base_config_dict(tiny_model_dir, synthetic_dir, tmp_path) -> dict:
     return config_dict(tiny_model_dir, synthetic_dir / "manifest.parquet", tmp_path / "run")
 
 
-@pytest.fixture(scope="session")
-def ray_local():
+def _local_ray():
+    """The tests' local Ray: 8 logical CPUs, so workers, actors and decode tasks fit on 2 cores."""
     import ray
 
+    if ray.is_initialized() and ray.cluster_resources().get("CPU", 0) < 8:
+        # Started by code under test after another test shut Ray down (test_job_submit must, for its
+        # own head node); jobs.prepare_data sizes its Ray to --workers, too small for training.
+        ray.shutdown()
     if not ray.is_initialized():
         # address="local": always a fresh instance, never a cluster some other process left
         # in /tmp/ray/ray_current_cluster.
         ray.init(address="local", num_cpus=8, include_dashboard=False)
-    yield ray
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    yield _local_ray()
+    import ray
+
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local(ray_session):
+    """A local Ray for this module's tests (restarted when an earlier module left none or a smaller one)."""
+    return _local_ray()
 
 
 def _with_undecodable_rows(manifest: Path, out_dir: Path) -> tuple[Path, list[str]]:
@@ -114,7 +131,7 @@ def _with_undecodable_rows(manifest: Path, out_dir: Path) -> tuple[Path, list[st
 
 
 @pytest.fixture(scope="session")
-def warm_run(make_config_dict, synthetic_dir, ray_local, tmp_path_factory):
+def warm_run(make_config_dict, synthetic_dir, ray_session, tmp_path_factory):
     """A short format-only SFT on local Ray (random answers), as the demo's warm-up does, over the
     synthetic manifest plus three undecodable files (real data has them).
 

@@ -1,4 +1,6 @@
-"""The DAPO job, unchanged, through `ray start --head` + `ray job submit` (what a cluster user runs)."""
+"""A training job, unchanged, through `ray start --head` + `ray job submit` (what a cluster user runs): PRPO
+with LoRA and its KL term, so the run also covers paragraph advantages, adapter-only weight sync and the
+reference policy."""
 
 from __future__ import annotations
 
@@ -26,12 +28,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_dapo_job_under_ray_job_submit(base_config_dict, warm_model_dir, tmp_path):
+def test_prpo_job_under_ray_job_submit(base_config_dict, warm_model_dir, tmp_path):
     ray.shutdown()  # the head node started here must be the only Ray on the machine
-    # LoRA and a KL term here, so this run also covers adapter-only weight sync and the reference policy.
     raw = {**base_config_dict,
            "model": {**base_config_dict["model"], "path": str(warm_model_dir), "lora": {"enabled": True, "r": 8, "alpha": 16}},
-           "algorithm": {**base_config_dict["algorithm"], "kl_coef": 0.01},
+           "reward": {**base_config_dict["reward"], "weights": {**base_config_dict["reward"]["weights"], "paragraph": 1.0}},
+           "algorithm": {**base_config_dict["algorithm"], "kl_coef": 0.01, "prpo_outcome_weight": 0.5, "dynamic_sampling": False},
            "train": {**base_config_dict["train"], "algorithm": "dapo", "total_steps": 1}}
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(json.loads(json.dumps(raw, default=str))))
@@ -49,7 +51,7 @@ def test_dapo_job_under_ray_job_submit(base_config_dict, warm_model_dir, tmp_pat
         check=True, env=env, capture_output=True, timeout=180,
     )
     submit = [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dashboard_port}", f"--working-dir={REPO}", "--",
-              "python", "-m", "jobs.dapo", "--config", str(config), "--no-eval"]
+              "python", "-m", "jobs.prpo", "--config", str(config), "--no-eval"]
     try:
         for _ in range(30):
             job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
@@ -67,3 +69,4 @@ def test_dapo_job_under_ray_job_submit(base_config_dict, warm_model_dir, tmp_pat
     records = [json.loads(line) for line in (Path(raw["run"]["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1]
     assert records[0]["kl"] >= 0.0 and records[0]["time/weight_sync_s"] > 0
+    assert 0.0 < records[0]["reward/paragraph"] <= 1.0 and records[0]["loss"] != 0.0

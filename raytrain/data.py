@@ -112,10 +112,10 @@ class PromptBuilder:
         content = [{"type": media}, {"type": "text", "text": text}]
         return self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
 
-    def _process(self, row: dict) -> dict:
+    def _process(self, row: dict, mode: str | None) -> dict:
         frames = decode_row(row, self.data)
         is_video = row["media"] == "video"
-        text = self._prompt_text(row["media"], prompt_mode(row, self.data))
+        text = self._prompt_text(row["media"], mode)
         if is_video:
             out = self.processor(
                 text=[text], videos=[frames], return_tensors="np",
@@ -149,12 +149,12 @@ class PromptBuilder:
         modes = [prompt_mode(row, self.data) or "" for row in rows]
         explanations = [row.get("explanation") or "" for row in rows]
         processed = []
-        for row in rows:
+        for row, mode in zip(rows, modes):
             if row["media"] == PAD_MEDIA:
                 processed.append(_error_row(PAD_MEDIA))
                 continue
             try:
-                processed.append(self._process(row))
+                processed.append(self._process(row, mode or None))
             except MediaError as e:
                 processed.append(_error_row(e.reason))
             except Exception as e:  # the processor on a pathological frame: still one counted skip, not a crash

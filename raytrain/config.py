@@ -121,6 +121,18 @@ class RolloutConfig(_Strict):
     num_gpus: float = Field(0, ge=0, description="GPUs per rollout actor (0 on CPU).")
     torch_threads: int = Field(1, gt=0, description="Intra-op threads of a rollout actor on CPU.")
     weight_bucket_mb: int = Field(256, gt=0, description="Size bound of one weight-sync bucket (MiB): a sync is one call per bucket, not per tensor.")
+    weight_transport: Literal["auto", "object_store", "broadcast"] = Field(
+        "auto",
+        description="How full weights reach the engines. `object_store`: each bucket is put in Ray's object store "
+                    "and pulled by every actor. `broadcast`: training rank 0 and the engines' processes form a "
+                    "process group of their own and each bucket is one broadcast (NCCL GPU to GPU with "
+                    "`train.use_gpu`, gloo on CPU). `auto`: broadcast on GPUs when every engine has its own GPUs "
+                    "(not colocated) and full weights are synced; the object store otherwise. LoRA adapters "
+                    "(megabytes) always travel through the object store.",
+    )
+    weight_group_timeout_s: float = Field(
+        300.0, gt=0, description="Seconds the weight group waits for a member (rendezvous, one broadcast) before failing."
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
 
@@ -349,6 +361,29 @@ class Config(_Strict):
             raise ValueError("rollout.vllm.mode colocated needs rollout.engine vllm, train.use_gpu, 0 < rollout.num_gpus < 1 "
                              "(the engine's share of a worker's GPU) and one rollout actor per training worker")
         return self
+
+
+    @model_validator(mode="after")
+    def _broadcast_transport(self):
+        r = self.rollout
+        if r.weight_transport != "broadcast":
+            return self
+        if self.model.lora.enabled:
+            raise ValueError("rollout.weight_transport broadcast carries full weights; LoRA adapters travel through the "
+                             "object store (use auto or object_store)")
+        # NCCL refuses two ranks on one GPU, and a CPU engine cannot receive from GPU rank 0.
+        if self.train.use_gpu and (r.vllm.mode == "colocated" or r.num_gpus < 1):
+            raise ValueError("rollout.weight_transport broadcast on GPUs needs engines on GPUs of their own "
+                             "(rollout.vllm.mode separate, rollout.num_gpus >= 1)")
+        return self
+
+    def weight_transport(self) -> Literal["object_store", "broadcast"]:
+        """`rollout.weight_transport` with `auto` resolved."""
+        r = self.rollout
+        if r.weight_transport != "auto":
+            return r.weight_transport
+        separate_gpus = self.train.use_gpu and r.num_gpus >= 1 and r.vllm.mode == "separate"
+        return "broadcast" if separate_gpus and not self.model.lora.enabled else "object_store"
 
 
 class ConfigError(ValueError):

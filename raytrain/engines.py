@@ -16,7 +16,7 @@ from peft import PeftModel, get_peft_model_state_dict
 from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.models import apply_sync_state, load_policy, load_processor
 from raytrain.policy import Prompt, Sample, masked_logprobs, token_type_ids, vision_inputs, vision_special_ids
-from raytrain.weight_sync import BucketReceiver, Shape, tensor_spec
+from raytrain.weight_sync import BucketMeta, BucketReceiver, GroupAddress, Shape, WeightGroup, tensor_spec
 
 
 class RolloutEngine(Protocol):
@@ -30,6 +30,12 @@ class RolloutEngine(Protocol):
 
     def load_bucket(self, bucket: dict[str, torch.Tensor]) -> None:
         """Apply one bucket of the announced tensors."""
+
+    def join_weight_group(self, address: GroupAddress, first_rank: int) -> int:
+        """Join the sender's weight group (ranks from `first_rank` on); returns the ranks taken."""
+
+    def receive_bucket(self, meta: BucketMeta) -> None:
+        """Receive one bucket broadcast over the weight group and apply it like `load_bucket`."""
 
     def finish_update(self) -> int:
         """Serve the new weights from now on; returns the version now served (fails if a tensor is missing)."""
@@ -62,6 +68,8 @@ class TransformersEngine(BucketReceiver):
         self.video_token_id = self.processor.video_token_id
         self.suppress_ids = vision_special_ids(self.processor)
         self.version = 0
+        self._group: WeightGroup | None = None
+        self._received: dict[str, torch.Tensor] | None = None
         # What a sync carries: the adapter alone under LoRA, every weight otherwise.
         self._spec = tensor_spec(get_peft_model_state_dict(self.model) if isinstance(self.model, PeftModel) else self.model.state_dict())
 
@@ -118,3 +126,17 @@ class TransformersEngine(BucketReceiver):
 
     def _apply_bucket(self, bucket: dict[str, torch.Tensor]) -> None:
         apply_sync_state(self.model, {k: v.to(self.device) for k, v in bucket.items()})
+
+    def join_weight_group(self, address: GroupAddress, first_rank: int) -> int:
+        self._group = None  # a restarted sender's new group replaces the old one
+        self._group = WeightGroup.join(address, first_rank)
+        return 1
+
+    def _receive(self, meta: BucketMeta) -> None:
+        if self._group is None:
+            raise RuntimeError("weight bucket broadcast before this engine joined a weight group")
+        self._received = self._group.receive(meta, self.device)
+
+    def _apply_received(self) -> None:
+        bucket, self._received = self._received, None
+        self._apply_bucket(bucket)

@@ -8,7 +8,9 @@ Weights arrive as versioned buckets (`raytrain.weight_sync.BucketReceiver`):
   reload (`WeightSyncWorker`, mixed into every vLLM worker), which re-runs each
   layer's post-load processing (CPU GEMM packing, quantisation) once all of its
   tensors arrived; the prefix cache is reset so no KV computed with old weights
-  is reused;
+  is reused. A bucket comes either through this process (pickled into vLLM's
+  engine-core RPC) or, once the engine joined the trainer's weight group, by a
+  broadcast straight into every vLLM worker (NCCL on GPUs: no host copy);
 - under LoRA only the adapter travels: each version is written as a PEFT
   adapter (safetensors) to its own folder and served under a new
   `LoRARequest` id, loaded eagerly so a bad adapter fails the sync, not the
@@ -36,7 +38,7 @@ from safetensors.torch import save_file
 from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.models import sync_spec
 from raytrain.policy import Prompt, Sample, vision_special_ids
-from raytrain.weight_sync import BucketReceiver, Shape, pack_bucket, unpack_bucket
+from raytrain.weight_sync import BucketMeta, BucketReceiver, GroupAddress, Shape, WeightGroup, pack_bucket, unpack_bucket
 
 INSTALL_HINT = "rollout.engine 'vllm' needs vLLM: `pip install -e .[vllm]` (CUDA), or see `make test-vllm` for the CPU build"
 
@@ -53,8 +55,22 @@ class WeightSyncWorker:
 
         initialize_layerwise_reload(self.model_runner.get_model())
 
-    def load_weight_bucket(self, meta: list, data: bytes) -> None:
+    def load_weight_bucket(self, meta: BucketMeta, data: bytes) -> None:
         self.model_runner.get_model().load_weights(unpack_bucket(meta, data).items())
+
+    def join_weight_group(self, address: GroupAddress, first_rank: int) -> None:
+        self.weight_group = None  # a restarted sender's new group replaces the old one
+        self.weight_group = WeightGroup.join(address, first_rank + self.rank)
+
+    def receive_weight_bucket(self, meta: BucketMeta) -> None:
+        group = getattr(self, "weight_group", None)
+        if group is None:
+            raise RuntimeError("weight bucket broadcast before this vLLM worker joined a weight group")
+        self.received_bucket = group.receive(meta, self.device)
+
+    def load_received_bucket(self) -> None:
+        bucket, self.received_bucket = self.received_bucket, None
+        self.model_runner.get_model().load_weights(bucket.items())
 
     def finish_weight_sync(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
@@ -204,6 +220,18 @@ class VLLMEngine(BucketReceiver):
             self._adapter_parts.update({k: v.detach().to("cpu").contiguous() for k, v in bucket.items()})
         else:
             self.llm.collective_rpc("load_weight_bucket", args=pack_bucket(bucket))
+
+    def join_weight_group(self, address: GroupAddress, first_rank: int) -> int:
+        if self.cfg.lora.enabled:
+            raise ValueError("under LoRA the vLLM engine takes adapters through the object store, not a weight group")
+        self.llm.collective_rpc("join_weight_group", args=(address, first_rank))
+        return self.llm.llm_engine.vllm_config.parallel_config.world_size
+
+    def _receive(self, meta: BucketMeta) -> None:
+        self.llm.collective_rpc("receive_weight_bucket", args=(meta,))
+
+    def _apply_received(self) -> None:
+        self.llm.collective_rpc("load_received_bucket")
 
     def _abort(self, applied: bool) -> bool:
         if self.cfg.lora.enabled:  # nothing was served from the stashed parts

@@ -25,7 +25,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from actors.rollout import push_weights
+from actors.rollout import open_weight_group, push_weights
 from raytrain import algos
 from raytrain.checkpoint import DEEPSPEED_TAG, MODEL_DIR, TrainerState
 from raytrain.config import Config, parse_config
@@ -34,6 +34,7 @@ from raytrain.models import export_weights, load_policy, load_processor, sync_st
 from raytrain.paragraph_tokens import paragraph_token_masks, token_char_spans
 from raytrain.policy import Prompt, Sample, collate, collate_ids, token_logprobs, vision_special_ids
 from raytrain.sft import sft_batch
+from raytrain.weight_sync import WeightGroup
 
 
 @dataclass
@@ -82,11 +83,22 @@ def _deepspeed_config(cfg: Config) -> dict:
     }
 
 
-def _push_weights(engine, rollouts: list, version: int, rank: int, bucket_mb: int) -> float:
+def _weight_group(cfg: Config, rollouts: list) -> WeightGroup | None:
+    """Rank 0's weight group with the engines when weights travel by broadcast (`rollout.weight_transport`)."""
+    if not rollouts or cfg.weight_transport() != "broadcast":
+        return None
+    backend = "nccl" if cfg.train.use_gpu else "gloo"
+    ranks = cfg.rollout.vllm.tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
+    group = open_weight_group(rollouts, backend, cfg.rollout.weight_group_timeout_s, ranks)
+    print(f"[train] weight sync: {backend} broadcast to {len(rollouts)} rollout actor(s), {group.address.world_size} ranks", flush=True)
+    return group
+
+
+def _push_weights(engine, rollouts: list, version: int, rank: int, bucket_mb: int, group: WeightGroup | None) -> float:
     """Rank 0 sends the policy (the adapter alone under LoRA) in buckets; every rank waits for it."""
     start = time.perf_counter()
     if rank == 0:
-        push_weights(rollouts, sync_state(engine.module), version, bucket_mb << 20)
+        push_weights(rollouts, sync_state(engine.module), version, bucket_mb << 20, group)
     dist.barrier()
     return time.perf_counter() - start
 
@@ -270,6 +282,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         frozen = cfg.model.model_copy(update={"lora": cfg.model.lora.model_copy(update={"enabled": False})})
         ref_model = load_policy(frozen).to(engine.device).eval().requires_grad_(False)
 
+    group = _weight_group(cfg, rollouts) if rank == 0 else None
     state = TrainerState()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -277,7 +290,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             engine.load_checkpoint(d, tag=DEEPSPEED_TAG, load_module_strict=not cfg.model.lora.enabled)
             state = TrainerState.load(d)
         if rollouts:
-            _push_weights(engine, rollouts, state.version, rank, cfg.rollout.weight_bucket_mb)
+            _push_weights(engine, rollouts, state.version, rank, cfg.rollout.weight_bucket_mb, group)
         if rank == 0:
             print(f"[train] resumed at step {state.step} (policy version {state.version}, {len(state.consumed)} prompts consumed)", flush=True)
 
@@ -316,7 +329,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         engine.step()
         state.step += 1
         state.version += 1
-        t_sync = _push_weights(engine, rollouts, state.version, rank, cfg.rollout.weight_bucket_mb) if cfg.train.algorithm == "dapo" else 0.0
+        t_sync = _push_weights(engine, rollouts, state.version, rank, cfg.rollout.weight_bucket_mb, group) if cfg.train.algorithm == "dapo" else 0.0
         t_train = time.perf_counter() - t1 - t_sync
 
         stats.update(loss_stats, loss=float(loss.detach()), ranks_trained=float(batch is not None))

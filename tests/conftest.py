@@ -9,6 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -153,3 +154,24 @@ def warm_run(make_config_dict, synthetic_dir, ray_session, tmp_path_factory):
 @pytest.fixture(scope="session")
 def warm_model_dir(warm_run) -> Path:
     return warm_run[1]
+
+
+@pytest.fixture(scope="session")
+def media_prompts(make_config_dict, tmp_path_factory):
+    """Two videos and one image of the synthetic train split, as prompts for the tiny model."""
+    from raytrain.config import parse_config
+    from raytrain.data import PromptBuilder, prompts_from_batch, split_rows
+
+    cfg = parse_config(make_config_dict(tmp_path_factory.mktemp("prompts-run")))
+    rows = split_rows(cfg.data, "train").to_pylist()
+    chosen = [r for r in rows if r["media"] == "video"][:2] + [r for r in rows if r["media"] == "image"][:1]
+    assert len(chosen) == 3
+    batch = {}
+    for k in chosen[0]:
+        col = np.empty(len(chosen), dtype=object)
+        col[:] = [r[k] for r in chosen]
+        batch[k] = col
+    built, skipped = prompts_from_batch(PromptBuilder(cfg.model, cfg.data)(batch))
+    assert not skipped, skipped
+    assert [p.is_video for p in built] == [True, True, False]
+    return built

@@ -29,7 +29,10 @@ def _metrics(cfg) -> list[dict]:
 
 
 def _dapo_config(base: dict, warm_model_dir, **train) -> dict:
+    # Weights reach the rollout actor by broadcast over a gloo weight group (the path NCCL takes on
+    # GPUs); the other end-to-end runs use the object store, the CPU default.
     return {**base, "model": {**base["model"], "path": str(warm_model_dir)},
+            "rollout": {**base["rollout"], "weight_transport": "broadcast", "weight_group_timeout_s": 60.0},
             "train": {**base["train"], "algorithm": "dapo", **train}}
 
 

@@ -10,7 +10,6 @@ import torch
 from peft import PeftModel
 
 from raytrain.config import parse_config
-from raytrain.data import PromptBuilder, prompts_from_batch, split_rows
 from raytrain.engines import TransformersEngine
 from raytrain.models import sync_state
 from raytrain.policy import collate, token_logprobs
@@ -47,23 +46,8 @@ def engine(cfg):
 
 
 @pytest.fixture(scope="module")
-def prompts(cfg):
-    """Two videos and one image from the synthetic train split."""
-    rows = split_rows(cfg.data, "train").to_pylist()
-    videos = [r for r in rows if r["media"] == "video"][:2]
-    images = [r for r in rows if r["media"] == "image"][:1]
-    chosen = videos + images
-    assert len(chosen) == 3
-    batch = {}
-    for k in chosen[0]:
-        col = np.empty(len(chosen), dtype=object)
-        col[:] = [r[k] for r in chosen]
-        batch[k] = col
-    out = PromptBuilder(cfg.model, cfg.data)(batch)
-    built, skipped = prompts_from_batch(out)
-    assert not skipped, skipped
-    assert [p.is_video for p in built] == [True, True, False]
-    return built
+def prompts(media_prompts):
+    return media_prompts
 
 
 def _greedy(engine, prompts, sampling):

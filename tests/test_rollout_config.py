@@ -16,7 +16,7 @@ def base_config_dict(tmp_path):
 
 def _gpu_config(raw: dict, **rollout) -> dict:
     raw["train"].update(use_gpu=True, num_workers=2)
-    raw["rollout"].update(engine="vllm", num_actors=2, num_gpus=0.5, **rollout)
+    raw["rollout"].update({"engine": "vllm", "num_actors": 2, "num_gpus": 0.5, **rollout})
     return raw
 
 
@@ -47,3 +47,35 @@ def test_unknown_engine_refused(base_config_dict):
     base_config_dict["rollout"]["engine"] = "sglang"
     with pytest.raises(ConfigError, match="rollout.engine"):
         parse_config(base_config_dict)
+
+
+@pytest.mark.parametrize("use_gpu, num_gpus, mode, lora, expected", [
+    (False, 0, "separate", False, "object_store"),  # CPU: the object store unless asked
+    (True, 1, "separate", False, "broadcast"),  # engines on GPUs of their own: NCCL
+    (True, 2, "separate", False, "broadcast"),
+    (True, 0.5, "colocated", False, "object_store"),  # one GPU, two processes: no NCCL group
+    (True, 1, "separate", True, "object_store"),  # adapters are small
+])
+def test_auto_weight_transport(base_config_dict, use_gpu, num_gpus, mode, lora, expected):
+    raw = _gpu_config(base_config_dict, num_gpus=num_gpus, vllm={"mode": mode})
+    raw["train"]["use_gpu"] = use_gpu
+    raw["model"]["lora"] = {"enabled": lora}
+    assert parse_config(raw).weight_transport() == expected
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": {"lora": {"enabled": True}}}, "LoRA adapters travel through the object store"),
+    ({"rollout": {"num_gpus": 0.5, "vllm": {"mode": "colocated"}}}, "GPUs of their own"),
+    ({"rollout": {"num_gpus": 0}}, "GPUs of their own"),
+])
+def test_broadcast_refused_where_it_cannot_work(base_config_dict, change, message):
+    raw = _gpu_config(base_config_dict, num_gpus=1, weight_transport="broadcast")
+    assert parse_config(raw).weight_transport() == "broadcast"
+    for section, values in change.items():
+        raw[section].update(values)
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw)
+    raw["train"]["use_gpu"] = False  # on CPU (gloo) only LoRA is refused
+    if "model" not in change:
+        raw["rollout"].pop("vllm", None)
+        assert parse_config(raw).weight_transport() == "broadcast"

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
 from raytrain.config import ModelConfig, RolloutConfig
 from raytrain.engines import make_engine
-from raytrain.weight_sync import BucketReceiver, WeightUpdate, buckets, check_spec, pack_bucket, tensor_spec, unpack_bucket
+from raytrain.weight_sync import (
+    BucketReceiver,
+    WeightGroup,
+    WeightUpdate,
+    broadcast_update,
+    bucket_meta,
+    buckets,
+    check_spec,
+    open_local_group,
+    pack_bucket,
+    tensor_spec,
+    unpack_bucket,
+)
+from tests.sync_checks import check_unannounced_bucket_refused_without_stalling
 
 
 def _state() -> dict[str, torch.Tensor]:
@@ -50,14 +65,14 @@ def test_weight_update_refuses_unannounced_duplicate_and_incomplete():
     with pytest.raises(ValueError, match=">= 0"):
         WeightUpdate(-1, spec, spec)
     update = WeightUpdate(5, spec, spec)
-    update.accept({"a": torch.ones(10)})
+    update.accept({"a": (10,)})
     with pytest.raises(ValueError, match="not announced or sent twice: \\['a'\\]"):
-        update.accept({"a": torch.ones(10)})
+        update.accept({"a": (10,)})
     with pytest.raises(ValueError, match="wrong shape for \\['b'\\]"):
-        update.accept({"b": torch.ones(3, 2)})
+        update.accept({"b": (3, 2)})
     with pytest.raises(ValueError, match="incomplete: 3 announced tensors never arrived"):
         update.finish()
-    update.accept({"b": torch.ones(2, 3), "c": torch.ones(100), "d": torch.ones(2)})
+    update.accept({"b": (2, 3), "c": (100,), "d": (2,)})
     assert update.finish() == 5
 
 
@@ -121,17 +136,63 @@ def test_receiver_versions_advance_only_on_complete_syncs():
     eng.check_serving()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64, None])
 def test_pack_unpack_roundtrip(dtype):
-    bucket = {"w": torch.randn(3, 4).to(dtype), "b": torch.arange(5).to(dtype), "s": torch.tensor(7).to(dtype)}
+    bucket = {"w": torch.randn(3, 4), "b": torch.arange(5), "s": torch.tensor(7), "h": torch.randn(3).to(torch.bfloat16)}
+    bucket = {k: v.to(dtype) for k, v in bucket.items()} if dtype else bucket  # None: mixed dtypes, unaligned sizes
     meta, data = pack_bucket(bucket)
-    assert isinstance(data, bytes) and len(data) == sum(t.numel() * t.element_size() for t in bucket.values())
+    payload = sum(t.numel() * t.element_size() for t in bucket.values())
+    assert isinstance(data, bytes) and payload <= len(data) < payload + 16 * len(bucket)
     out = unpack_bucket(meta, data)
     assert list(out) == list(bucket)
     for k, v in bucket.items():
         assert out[k].dtype == v.dtype and torch.equal(out[k], v), k
     with pytest.raises(ValueError, match="holds"):
         unpack_bucket(meta, data + b"\0")
+
+
+def test_weight_group_broadcasts_each_bucket_to_every_member():
+    bucket = {"w": torch.randn(3, 4), "h": torch.randn(5).to(torch.bfloat16), "i": torch.arange(6).reshape(2, 3), "s": torch.tensor(7.0)}
+    address, store = WeightGroup.host_store("127.0.0.1", 3, "gloo", 30.0)
+    with ThreadPoolExecutor(2) as pool:
+        members = [pool.submit(WeightGroup.join, address, rank) for rank in (1, 2)]
+        sender = WeightGroup(address, 0, store)
+        receivers = [m.result() for m in members]
+        got = [pool.submit(r.receive, bucket_meta(bucket), "cpu") for r in receivers]
+        sender.send(bucket)
+        for out in (g.result() for g in got):
+            assert list(out) == list(bucket)
+            for k, v in bucket.items():
+                assert out[k].dtype == v.dtype and torch.equal(out[k], v), k
+    with pytest.raises(RuntimeError, match="only rank 0"):
+        receivers[0].send(bucket)
+    with pytest.raises(ValueError, match="rank 3 outside a group of 3"):
+        WeightGroup(address, 3, store)
+
+
+def test_transformers_engine_receives_full_weights_by_broadcast(tiny_model_dir):
+    from raytrain.models import load_processor, sync_state
+    from raytrain.tiny_model import build_tiny_model
+
+    cfg = ModelConfig(path=str(tiny_model_dir), dtype="float32")
+    engine = make_engine(cfg, RolloutConfig())
+    trained = sync_state(build_tiny_model(load_processor(cfg), seed=1))
+    bucket_bytes = 256 << 10
+    assert len(list(buckets(trained, bucket_bytes))) > 3
+    engine.begin_update(1, tensor_spec(trained))
+    with pytest.raises(RuntimeError, match="before this engine joined a weight group"):
+        engine.receive_bucket(bucket_meta(next(buckets(trained, bucket_bytes))))
+
+    group = open_local_group(engine, timeout_s=30.0)
+    assert broadcast_update(engine, group, trained, 1, bucket_bytes) == 1
+    served = engine.model.state_dict()
+    assert all(torch.equal(served[k], v) for k, v in trained.items())
+
+    check_unannounced_bucket_refused_without_stalling(engine, group, trained, bucket_bytes)
+    initial = sync_state(build_tiny_model(load_processor(cfg), seed=0))
+    assert broadcast_update(engine, group, initial, 3, bucket_bytes) == 3
+    served = engine.model.state_dict()
+    assert all(torch.equal(served[k], v) for k, v in initial.items())
 
 
 def test_vllm_engine_without_vllm_says_how_to_install():

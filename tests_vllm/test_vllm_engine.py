@@ -15,7 +15,8 @@ from raytrain.config import ModelConfig, RolloutConfig
 from raytrain.models import sync_state
 from raytrain.policy import masked_logprobs
 from raytrain.tiny_model import build_tiny_text_model
-from raytrain.weight_sync import buckets
+from raytrain.weight_sync import broadcast_update, buckets, open_local_group
+from tests.sync_checks import check_unannounced_bucket_refused_without_stalling
 from tests_vllm.conftest import hf_greedy
 
 # float32 on both sides; vLLM's CPU kernels (oneDNN GEMMs, its own attention) sum in another
@@ -166,3 +167,23 @@ def test_incomplete_sync_does_not_advance(engine, reference, prompts, rollout_cf
     # A complete sync heals it.
     assert engine.update_weights(state, version=served + 2, bucket_bytes=BUCKET_BYTES) == served + 2
     assert _greedy(engine, prompts, rollout_cfg.sampling) == _hf_greedy_all(reference, engine, prompts, rollout_cfg.sampling)
+
+
+def test_full_weight_sync_by_broadcast(engine, reference, prompts, rollout_cfg):
+    """The GPU path's code over gloo: this thread is rank 0 of a weight group, vLLM's worker receives
+    each bucket straight from the broadcast and loads it."""
+    sampling = rollout_cfg.sampling
+    group = open_local_group(engine, timeout_s=60.0)
+    trained = build_tiny_text_model(engine.tokenizer, seed=2).eval()
+    served = engine.version
+    assert broadcast_update(engine, group, sync_state(trained), served + 1, BUCKET_BYTES) == served + 1
+    assert _greedy(engine, prompts, sampling) == _hf_greedy_all(trained, engine, prompts, sampling)
+
+    state = sync_state(reference)
+    check_unannounced_bucket_refused_without_stalling(engine, group, state, BUCKET_BYTES)
+    assert _greedy(engine, prompts, sampling) == _hf_greedy_all(trained, engine, prompts, sampling)
+
+    # A restarted sender opens a new group; the engine joins it in place of the old one.
+    group = open_local_group(engine, timeout_s=60.0)
+    assert broadcast_update(engine, group, state, served + 3, BUCKET_BYTES) == served + 3
+    assert _greedy(engine, prompts, sampling) == _hf_greedy_all(reference, engine, prompts, sampling)

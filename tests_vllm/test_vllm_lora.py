@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 from raytrain.config import ModelConfig, RolloutConfig
 from raytrain.models import sync_state, wrap_lora
 from raytrain.tiny_model import build_tiny_text_model
+from raytrain.weight_sync import open_local_group
 from tests_vllm.conftest import hf_greedy
 
 
@@ -89,3 +90,9 @@ def test_full_state_or_bad_adapter_refused(engine, lora_cfg, text_model_dir, pro
     assert key in str(exc.value)
     assert engine.version == served
     assert _greedy(engine, prompts, rollout_cfg.sampling) == before
+
+
+def test_lora_engine_refuses_a_weight_group(engine):
+    """Adapters travel through the object store; a LoRA engine says so instead of joining a group."""
+    with pytest.raises(ValueError, match="object store"):
+        open_local_group(engine, timeout_s=5.0)

@@ -120,6 +120,12 @@ class RolloutConfig(_Strict):
     num_cpus: float = Field(1, gt=0, description="CPUs reserved per rollout actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs per rollout actor (0 on CPU).")
     torch_threads: int = Field(1, gt=0, description="Intra-op threads of a rollout actor on CPU.")
+    prompts_per_call: int = Field(
+        1, gt=0,
+        description="Prompts a training worker sends per generate call (each with its G samples). A call's groups are "
+                    "scored while the next call generates, so 1 overlaps scoring most; vLLM batches across a call's "
+                    "prompts, so with `engine: vllm` set it to `train.prompts_per_worker` or more.",
+    )
     weight_bucket_mb: int = Field(256, gt=0, description="Size bound of one weight-sync bucket (MiB): a sync is one call per bucket, not per tensor.")
     weight_transport: Literal["auto", "object_store", "broadcast"] = Field(
         "auto",

@@ -120,17 +120,20 @@ def _collect_dapo(cfg: Config, feed: PromptFeed, rollout, reward_actor, version:
         if not prompts:
             break
         rounds += 1
-        # One generate call per prompt, and each group goes to the reward actor as soon as it exists:
-        # scoring (judge, encoder) runs while the rollout actor generates the next prompts.
-        generated = [rollout.generate.remote([p], cfg.rollout.sampling) for p in prompts]
+        # Prompts go to the engine in calls of `rollout.prompts_per_call`, and each call's groups go to
+        # the reward actor as soon as they exist: scoring (judge, encoder) runs while the rollout actor
+        # generates the next call's prompts.
+        per_call = cfg.rollout.prompts_per_call
+        calls = [prompts[i:i + per_call] for i in range(0, len(prompts), per_call)]
+        generated = [rollout.generate.remote(call, cfg.rollout.sampling) for call in calls]
         samples, scoring = [], []
-        for prompt, ref in zip(prompts, generated):
-            group = ray.get(ref)[0]
-            stale = max(version - s.version for s in group)
-            if stale > algo.max_staleness:
-                raise RuntimeError(f"rollouts are {stale} versions behind the trainer (max_staleness={algo.max_staleness})")
-            samples.append(group)
-            scoring.append(_submit_scoring(cfg, reward_actor, prompt, group))
+        for call, ref in zip(calls, generated):
+            for prompt, group in zip(call, ray.get(ref)):
+                stale = max(version - s.version for s in group)
+                if stale > algo.max_staleness:
+                    raise RuntimeError(f"rollouts are {stale} versions behind the trainer (max_staleness={algo.max_staleness})")
+                samples.append(group)
+                scoring.append(_submit_scoring(cfg, reward_actor, prompt, group))
         scores = [sc for ref in scoring for sc in ray.get(ref)]
         g = cfg.rollout.sampling.group_size
         groups = [Group(p, samples[i], scores[i * g:(i + 1) * g]) for i, p in enumerate(prompts)]

@@ -30,9 +30,11 @@ def _metrics(cfg) -> list[dict]:
 
 def _dapo_config(base: dict, warm_model_dir, **train) -> dict:
     # Weights reach the rollout actor by broadcast over a gloo weight group (the path NCCL takes on
-    # GPUs); the other end-to-end runs use the object store, the CPU default.
+    # GPUs), and a round's prompts go in one generate call (as set for vLLM); the other end-to-end
+    # runs use the CPU defaults: the object store, one prompt per call.
     return {**base, "model": {**base["model"], "path": str(warm_model_dir)},
-            "rollout": {**base["rollout"], "weight_transport": "broadcast", "weight_group_timeout_s": 60.0},
+            "rollout": {**base["rollout"], "weight_transport": "broadcast", "weight_group_timeout_s": 60.0,
+                        "prompts_per_call": 2},
             "train": {**base["train"], "algorithm": "dapo", **train}}
 
 

@@ -164,6 +164,7 @@ def policy_loss(
     clip_ratio_c: float | None = None,
     loss_agg: LossAgg = "token-mean",
     num_tokens: float | None = None,
+    num_seqs: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Clipped surrogate policy loss with decoupled clip range (DAPO Clip-Higher).
 
@@ -184,6 +185,10 @@ def policy_loss(
       token mean (GRPO, Shao et al. 2024).
     - ``"seq-mean-token-sum"``: mean over responses of the per-response token
       sum (Dr.GRPO, Liu et al. 2025).
+      In both seq-mean modes ``num_seqs`` replaces the local count of responses,
+      as ``num_tokens`` does for tokens (pass global_seqs / world_size).
+    With the global counts, a batch's loss is the sum of its parts' losses, so a
+    caller may split a batch into micro-batches and accumulate their gradients.
     Responses without any unmasked token (padding rows, overlong-filtered
     responses) do not count in the seq-mean modes. An all-masked batch gives
     a zero loss that still backpropagates (zero gradients).
@@ -197,8 +202,11 @@ def policy_loss(
         raise ValueError(f"loss_agg must be one of {get_args(LossAgg)}, got {loss_agg!r}")
     if num_tokens is not None and loss_agg != "token-mean":
         raise ValueError(f"num_tokens only applies to loss_agg='token-mean', not {loss_agg!r}")
-    if num_tokens is not None and num_tokens < 0:
-        raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
+    if num_seqs is not None and loss_agg == "token-mean":
+        raise ValueError("num_seqs only applies to the seq-mean loss_agg modes, not 'token-mean'")
+    for name, value in (("num_tokens", num_tokens), ("num_seqs", num_seqs)):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1)
     keep = mask.bool()
@@ -222,7 +230,8 @@ def policy_loss(
         seq_loss = token_loss.sum(dim=-1)
         if loss_agg == "seq-mean-token-mean":
             seq_loss = _safe_div(seq_loss, seq_tokens)
-        loss = _safe_div(seq_loss.sum(), (seq_tokens > 0).sum().to(token_loss.dtype))
+        count = (seq_tokens > 0).sum() if num_seqs is None else torch.tensor(num_seqs, device=keep.device)
+        loss = _safe_div(seq_loss.sum(), count.to(token_loss.dtype))
 
     with torch.no_grad():
         stats = {
@@ -312,18 +321,20 @@ def prpo_advantages(x: AdvantageInputs, algo) -> Tensor:
 
 @register_policy_loss("ppo_clip")
 def ppo_clip_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, algo,
-                  num_tokens: float | None = None) -> tuple[Tensor, dict[str, float]]:
-    """`policy_loss` with the run's clip range, dual clip and aggregation (DAPO, GRPO, Dr.GRPO)."""
+                  num_tokens: float | None = None, num_seqs: float | None = None) -> tuple[Tensor, dict[str, float]]:
+    """`policy_loss` with the run's clip range, dual clip and aggregation (DAPO, GRPO, Dr.GRPO);
+    of the two counts, the one the aggregation divides by is used."""
+    token_mean = algo.loss_agg == "token-mean"
     return policy_loss(
         logprobs, old_logprobs, advantages, mask, clip_low=algo.clip_low, clip_high=algo.clip_high,
         clip_ratio_c=algo.clip_ratio_c, loss_agg=algo.loss_agg,
-        num_tokens=num_tokens if algo.loss_agg == "token-mean" else None,
+        num_tokens=num_tokens if token_mean else None, num_seqs=None if token_mean else num_seqs,
     )
 
 
 @register_policy_loss("gspo")
 def gspo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, algo,
-              num_tokens: float | None = None) -> tuple[Tensor, dict[str, float]]:
+              num_tokens: float | None = None, num_seqs: float | None = None) -> tuple[Tensor, dict[str, float]]:
     """GSPO-token (Zheng et al. 2025): the clipped objective on the sequence ratio.
 
     s_i = exp(mean_t (logp_it - old_it)) over the response's tokens replaces each token's
@@ -334,4 +345,4 @@ def gspo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: 
     keep = mask.bool()
     seq_log_ratio = _safe_div(torch.where(keep, logprobs - old_logprobs, 0).sum(-1), keep.sum(-1).to(logprobs.dtype))
     token_log_ratio = seq_log_ratio.detach().unsqueeze(-1) + logprobs - logprobs.detach()
-    return ppo_clip_loss(token_log_ratio, torch.zeros_like(old_logprobs), advantages, mask, algo, num_tokens)
+    return ppo_clip_loss(token_log_ratio, torch.zeros_like(old_logprobs), advantages, mask, algo, num_tokens, num_seqs)

@@ -273,6 +273,12 @@ class TrainConfig(_Strict):
     torch_threads: int = Field(1, gt=0, description="Intra-op threads per worker on CPU.")
     total_steps: int | None = Field(100, gt=0, description="Optimizer steps of the run; null: until `data.epochs` passes are used up.")
     prompts_per_worker: int = Field(4, gt=0, description="Prompts (groups, for RL) per worker per step.")
+    micro_batch_size: int | None = Field(
+        None, gt=0,
+        description="Sequences per forward/backward pass (an RL group is G sequences); a step accumulates the "
+                    "gradients of all its micro-batches before one optimizer step, with the same loss as one pass. "
+                    "null: a worker's whole batch in one pass. Lower it when activations do not fit.",
+    )
     lr: float = Field(1e-6, gt=0, description="Learning rate (DAPO full fine-tune: 1e-6; LoRA: 1e-5).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")

@@ -138,13 +138,13 @@ class LossScorer:
 
     def __call__(self, batch: dict) -> dict:
         prompts, _ = prompts_from_batch(batch)  # an unreadable file has no target to score
-        tensors = sft_batch(self.cfg, prompts, self.processor.tokenizer, collate_ids(self.processor))
-        if tensors is None:
+        targets = sft_batch(self.cfg, prompts, self.processor.tokenizer)
+        if targets is None:
             return {"nll": [0.0], "tokens": [0.0]}
-        inputs = {k: v for k, v in tensors.items() if k != "loss_mask"}
+        (tensors,) = targets.micro_batches(len(targets), **collate_ids(self.processor))
+        mask = tensors.pop("loss_mask")
         with torch.no_grad():
-            logp = token_logprobs(self.model, inputs, suppress_ids=self.suppress)
-        mask = tensors["loss_mask"]
+            logp = token_logprobs(self.model, tensors, suppress_ids=self.suppress)
         return {"nll": [float(-(logp * mask).sum())], "tokens": [float(mask.sum())]}
 
 

@@ -110,17 +110,13 @@ def collate(prompts: list[Prompt], responses: list[list[int]], *, pad_id: int, i
     `prompts[i]` is the prompt of `responses[i]` (a group repeats its prompt G times).
     `response_mask[i, t]` marks positions whose token is a response token.
     """
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
     seqs = [np.concatenate([p.input_ids, np.asarray(r, dtype=np.int64)]) for p, r in zip(prompts, responses)]
-    width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    response_mask = response_positions(prompts, responses)
+    input_ids = torch.full(response_mask.shape, pad_id, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
-    response_mask = torch.zeros_like(input_ids, dtype=torch.float32)
-    for i, (seq, p) in enumerate(zip(seqs, prompts)):
+    for i, seq in enumerate(seqs):
         input_ids[i, : len(seq)] = torch.from_numpy(seq)
         attention_mask[i, : len(seq)] = 1
-        response_mask[i, len(p.input_ids) : len(seq)] = 1
     batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
@@ -129,6 +125,44 @@ def collate(prompts: list[Prompt], responses: list[list[int]], *, pad_id: int, i
     }
     batch.update(vision_inputs(prompts))
     return batch
+
+
+def response_positions(prompts: list[Prompt], responses: list[list[int]]) -> torch.Tensor:
+    """`collate`'s response mask alone [B, L] (no pixels gathered): 1 where a response token sits."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
+    width = max(len(p.input_ids) + len(r) for p, r in zip(prompts, responses))
+    mask = torch.zeros(len(prompts), width)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        mask[i, len(p.input_ids): len(p.input_ids) + len(r)] = 1
+    return mask
+
+
+@dataclass
+class TrainBatch:
+    """One rank's training sequences: prompt + response rows and per-token tensors [B, L] over the
+    rows as `collate` lays them out (`loss_mask`, and for RL `old_logprobs` and `advantages`).
+
+    `micro_batches` collates at most `size` rows at a time, so a step's forward and backward
+    need only a micro-batch's activations and pixels; per-token tensors are cut to each
+    micro-batch's rows and padded width (rows are right-padded, so positions do not move).
+    """
+
+    prompts: list[Prompt]
+    responses: list[list[int]]
+    per_token: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def micro_batches(self, size: int, **tokenizer_ids) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for i in range(0, len(self), size):
+            batch = collate(self.prompts[i:i + size], self.responses[i:i + size], **tokenizer_ids)
+            width = batch["input_ids"].shape[1]
+            batch.update({k: v[i:i + size, :width] for k, v in self.per_token.items()})
+            out.append(batch)
+        return out
 
 
 def token_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float = 1.0, suppress_ids: list[int] = ()) -> torch.Tensor:

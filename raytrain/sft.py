@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from raytrain.config import Config
-from raytrain.policy import Prompt, collate
+from raytrain.policy import Prompt, TrainBatch, response_positions
 
 
 def sft_target(prompt: Prompt, cfg: Config) -> str:
@@ -21,12 +21,10 @@ def sft_target(prompt: Prompt, cfg: Config) -> str:
     return f"<think>{think}</think><answer>{answer}</answer>"
 
 
-def sft_batch(cfg: Config, prompts: list[Prompt], tokenizer, tokenizer_ids: dict) -> dict | None:
-    """Prompts with their `sft_target` tokens (and the end-of-turn token) as one batch; the loss covers the targets."""
+def sft_batch(cfg: Config, prompts: list[Prompt], tokenizer) -> TrainBatch | None:
+    """Prompts with their `sft_target` tokens (and the end-of-turn token); the loss covers the targets."""
     if not prompts:
         return None
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     targets = [tokenizer(sft_target(p, cfg), add_special_tokens=False)["input_ids"] + [end] for p in prompts]
-    batch = collate(prompts, targets, **tokenizer_ids)
-    batch["loss_mask"] = batch["response_mask"]
-    return batch
+    return TrainBatch(prompts, targets, {"loss_mask": response_positions(prompts, targets)})

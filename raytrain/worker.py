@@ -32,7 +32,7 @@ from raytrain.config import Config, parse_config
 from raytrain.data import prompts_from_batch
 from raytrain.models import export_weights, load_policy, load_processor, sync_state
 from raytrain.paragraph_tokens import paragraph_token_masks, token_char_spans
-from raytrain.policy import Prompt, Sample, collate, collate_ids, token_logprobs, vision_special_ids
+from raytrain.policy import Prompt, Sample, TrainBatch, collate_ids, response_positions, token_logprobs, vision_special_ids
 from raytrain.sft import sft_batch
 from raytrain.weight_sync import WeightGroup
 
@@ -79,6 +79,8 @@ def _deepspeed_config(cfg: Config) -> dict:
         "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
         "fp16": {"enabled": cfg.model.dtype == "float16"},
         "zero_allow_untested_optimizer": True,
+        # A step is as many micro-batches as the data gives (`_train_step`): `engine.step()` is the boundary.
+        "managed_gradient_accumulation": False,
         "steps_per_print": 1 << 30,
     }
 
@@ -180,26 +182,24 @@ def _rollout_stats(groups: list[Group]) -> dict:
     return stats
 
 
-def _dapo_tensors(cfg: Config, groups: list[Group], tokenizer, tokenizer_ids: dict) -> dict | None:
+def _dapo_batch(cfg: Config, groups: list[Group], tokenizer) -> TrainBatch | None:
     if not groups:
         return None
     samples = [s for grp in groups for s in grp.samples]
-    batch = collate([grp.prompt for grp in groups for _ in grp.samples], [s.token_ids for s in samples], **tokenizer_ids)
-    old = torch.zeros_like(batch["response_mask"])
-    mask = batch["response_mask"].clone()
+    prompts, responses = [grp.prompt for grp in groups for _ in grp.samples], [s.token_ids for s in samples]
+    response_mask = response_positions(prompts, responses)
+    old = torch.zeros_like(response_mask)
+    mask = response_mask.clone()
     for i, s in enumerate(samples):
-        positions = batch["response_mask"][i].nonzero().squeeze(-1)
-        old[i, positions] = torch.tensor(s.logprobs)
+        old[i, response_mask[i].nonzero().squeeze(-1)] = torch.tensor(s.logprobs)
         if cfg.algorithm.overlong_filter and s.truncated:
             mask[i] = 0
     scores = [sc for grp in groups for sc in grp.scores]
-    inputs = algos.AdvantageInputs(torch.tensor([sc["total"] for sc in scores]), cfg.rollout.sampling.group_size,
-                                   batch["response_mask"])
+    inputs = algos.AdvantageInputs(torch.tensor([sc["total"] for sc in scores]), cfg.rollout.sampling.group_size, response_mask)
     if cfg.algorithm.advantage_estimator == "prpo":
-        inputs.paragraph_rewards, inputs.paragraph_token_masks = _paragraph_tensors(samples, scores, batch["response_mask"], tokenizer)
+        inputs.paragraph_rewards, inputs.paragraph_token_masks = _paragraph_tensors(samples, scores, response_mask, tokenizer)
     advantages = algos.ADVANTAGE_ESTIMATORS[cfg.algorithm.advantage_estimator](inputs, cfg.algorithm)
-    batch.update({"old_logprobs": old, "advantages": advantages, "loss_mask": mask})
-    return batch
+    return TrainBatch(prompts, responses, {"old_logprobs": old, "advantages": advantages, "loss_mask": mask})
 
 
 def _paragraph_tensors(samples: list[Sample], scores: list[dict], response_mask: torch.Tensor, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,7 +224,11 @@ def _zero_loss(engine) -> torch.Tensor:
     return sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0
 
 
-def _loss(cfg: Config, engine, ref_model, batch: dict | None, global_tokens: float, world: int, suppress: list[int]) -> tuple[torch.Tensor, dict]:
+def _loss(cfg: Config, engine, ref_model, batch: dict | None, num_tokens: float, num_seqs: float,
+          suppress: list[int]) -> tuple[torch.Tensor, dict]:
+    """One micro-batch's loss, normalised by the step's global counts per rank (`num_tokens`, `num_seqs`:
+    global / world, as DeepSpeed averages gradients over ranks): the step's micro-batch losses sum to
+    the loss of the whole global batch (DAPO's token-level mean, or the seq-mean modes)."""
     if batch is None:
         return _zero_loss(engine), {}
     batch = {k: v.to(engine.device) for k, v in batch.items()}
@@ -232,22 +236,49 @@ def _loss(cfg: Config, engine, ref_model, batch: dict | None, global_tokens: flo
     temperature = cfg.rollout.sampling.temperature if cfg.train.algorithm == "dapo" else 1.0
     logp = token_logprobs(engine.module, model_inputs, temperature=temperature, suppress_ids=suppress)
     mask = batch["loss_mask"]
-    # DeepSpeed averages gradients over ranks, so dividing by global_tokens / world makes the
-    # result the DAPO token-level mean over the whole global batch.
-    num_tokens = global_tokens / world
     if cfg.train.algorithm == "sft":
         loss = -(logp * mask).sum() / num_tokens
         return loss, {"sft_nll_sum": float(-(logp.detach() * mask).sum())}
     algo = cfg.algorithm
-    loss, stats = algos.POLICY_LOSSES[algo.policy_loss](logp, batch["old_logprobs"], batch["advantages"], mask, algo, num_tokens)
+    loss, stats = algos.POLICY_LOSSES[algo.policy_loss](logp, batch["old_logprobs"], batch["advantages"], mask, algo,
+                                                        num_tokens, num_seqs)
     if algo.kl_coef > 0:
         with torch.no_grad():
             ref_logp = token_logprobs(ref_model, model_inputs, temperature=temperature, suppress_ids=suppress)
         kl = algos.kl_penalty(logp, ref_logp, algo.kl_kind)
         kl_term = (kl * mask).sum() / num_tokens
         loss = loss + algo.kl_coef * kl_term
-        stats["kl"] = float(kl_term)
+        stats["kl"] = float(kl_term * num_tokens / max(float(mask.sum()), 1.0))  # this micro-batch's token mean
     return loss, stats
+
+
+def _train_step(cfg: Config, engine, ref_model, batch: TrainBatch | None, tokenizer_ids: dict, global_tokens: float,
+                global_seqs: float, world: int, suppress: list[int]) -> dict:
+    """Forward and backward in micro-batches of `train.micro_batch_size` rows, one optimizer step.
+
+    ZeRO-2 reduces gradients in every backward, so every rank runs as many backward passes as the
+    rank with the most micro-batches (the others add zero-loss passes)."""
+    size = cfg.train.micro_batch_size or max(len(batch) if batch else 1, 1)
+    micro = batch.micro_batches(size, **tokenizer_ids) if batch else []
+    count = torch.tensor(float(len(micro)))
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    num_tokens, num_seqs = max(global_tokens, 1.0) / world, max(global_seqs, 1.0) / world
+    loss_sum, sums, weighted, weights = 0.0, {}, {}, 0.0
+    for i in range(int(count)):
+        part = micro[i] if i < len(micro) else None
+        loss, stats = _loss(cfg, engine, ref_model, part, num_tokens, num_seqs, suppress)
+        engine.backward(loss)
+        loss_sum += float(loss.detach())
+        tokens = float(part["loss_mask"].sum()) if part is not None else 0.0
+        weights += tokens
+        for k, v in stats.items():  # sums add up; means (clip_frac, kl, ...) are weighted by tokens
+            if k.endswith("_sum"):
+                sums[k] = sums.get(k, 0.0) + v
+            else:
+                weighted[k] = weighted.get(k, 0.0) + v * tokens
+    engine.step()
+    return {**sums, **{k: v / max(weights, 1.0) for k, v in weighted.items()}, "loss": loss_sum,
+            "ranks_trained": float(batch is not None)}
 
 
 def _save_checkpoint(engine, processor, cfg: Config, state: TrainerState, rank: int, directory: Path) -> None:
@@ -306,36 +337,33 @@ def train_loop_per_worker(loop_config: dict) -> None:
         t0 = time.perf_counter()
         if cfg.train.algorithm == "dapo":
             groups, stats = _collect_dapo(cfg, feed, rollout, reward_actor, state.version)
-            batch = _dapo_tensors(cfg, groups, tokenizer, tokenizer_ids)
+            batch = _dapo_batch(cfg, groups, tokenizer)
         else:
             prompts = feed.take(cfg.train.prompts_per_worker)
-            batch, stats = sft_batch(cfg, prompts, tokenizer, tokenizer_ids), {"prompts": len(prompts)}
+            batch, stats = sft_batch(cfg, prompts, tokenizer), {"prompts": len(prompts)}
         t_rollout = time.perf_counter() - t0
-        local_tokens = float(batch["loss_mask"].sum()) if batch is not None else 0.0
-        global_tokens, global_seqs, ranks_with_data = _sum_across_ranks(
-            [local_tokens, 0.0 if batch is None else float(batch["input_ids"].shape[0]), float(not feed.exhausted)]
+        mask = batch.per_token["loss_mask"] if batch is not None else torch.zeros(0, 0)
+        global_tokens, global_rows, global_seqs, ranks_with_data = _sum_across_ranks(
+            [float(mask.sum()), float(mask.shape[0]), float((mask.sum(-1) > 0).sum()), float(not feed.exhausted)]
         )
-        if global_seqs == 0 and ranks_with_data == 0:
+        if global_rows == 0 and ranks_with_data == 0:
             # Every rank has run out of data: record the final data position (skipped media
             # drawn in this last round included) and stop.
             _checkpoint(engine, processor, cfg, state, rank, feed, {"step": state.step, "data_exhausted": 1}, "_end")
             break
-        if global_seqs == 0:
+        if global_rows == 0:
             if rank == 0:
                 print(f"[train] no informative groups in {cfg.algorithm.max_generation_rounds} generation rounds; "
                       "drawing new prompts without an update", flush=True)
             continue
 
         t1 = time.perf_counter()
-        loss, loss_stats = _loss(cfg, engine, ref_model, batch, max(global_tokens, 1.0), world, suppress)
-        engine.backward(loss)
-        engine.step()
+        stats.update(_train_step(cfg, engine, ref_model, batch, tokenizer_ids, global_tokens, global_seqs, world, suppress))
         state.step += 1
         state.version += 1
         t_sync = _push_weights(engine, rollouts, state.version, rank, cfg.rollout.weight_bucket_mb, group) if cfg.train.algorithm == "dapo" else 0.0
         t_train = time.perf_counter() - t1 - t_sync
 
-        stats.update(loss_stats, loss=float(loss.detach()), ranks_trained=float(batch is not None))
         metrics = _step_metrics(cfg, state, stats, global_tokens, feed)
         metrics.update({"time/rollout_s": t_rollout, "time/train_s": t_train, "time/weight_sync_s": t_sync})
         if rank == 0:

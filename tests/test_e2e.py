@@ -30,12 +30,14 @@ def _metrics(cfg) -> list[dict]:
 
 def _dapo_config(base: dict, warm_model_dir, **train) -> dict:
     # Weights reach the rollout actor by broadcast over a gloo weight group (the path NCCL takes on
-    # GPUs), and a round's prompts go in one generate call (as set for vLLM); the other end-to-end
-    # runs use the CPU defaults: the object store, one prompt per call.
+    # GPUs), a round's prompts go in one generate call (as set for vLLM), and a step runs in
+    # micro-batches of 3 sequences (ranks keep different numbers of groups, so their micro-batch
+    # counts differ); the other end-to-end runs use the defaults: the object store, one prompt per
+    # call, one pass per step.
     return {**base, "model": {**base["model"], "path": str(warm_model_dir)},
             "rollout": {**base["rollout"], "weight_transport": "broadcast", "weight_group_timeout_s": 60.0,
                         "prompts_per_call": 2},
-            "train": {**base["train"], "algorithm": "dapo", **train}}
+            "train": {**base["train"], "algorithm": "dapo", "micro_batch_size": 3, **train}}
 
 
 def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_dir, ray_local):

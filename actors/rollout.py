@@ -22,8 +22,8 @@ class RolloutActor:
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, greedy: bool = False) -> list[list[Sample]]:
         return self.engine.generate(prompts, sampling, greedy=greedy)
 
-    def begin_update(self, version: int, plan: dict[str, Shape]) -> None:
-        self.engine.begin_update(version, plan)
+    def begin_update(self, version: int, plan: dict[str, Shape], group: GroupAddress | None = None) -> None:
+        self.engine.begin_update(version, plan, group)
 
     def load_bucket(self, bucket: dict[str, torch.Tensor]) -> None:
         self.engine.load_bucket(bucket)
@@ -39,6 +39,9 @@ class RolloutActor:
 
     def version(self) -> int:
         return self.engine.version
+
+    def served_version(self) -> int | None:
+        return self.engine.served_version()
 
     def pid(self) -> int:
         return os.getpid()
@@ -66,7 +69,8 @@ def push_weights(actors: list, state: dict[str, torch.Tensor], version: int, buc
     """Send `state` to every actor as size-bounded buckets, never one call per tensor: through the
     object store (one `ray.put` and one call per actor per bucket), or as one broadcast per bucket
     over `group` (`open_weight_group`). Raises unless every actor serves `version`."""
-    ray.get([a.begin_update.remote(version, tensor_spec(state)) for a in actors])
+    address = group.address if group is not None else None
+    ray.get([a.begin_update.remote(version, tensor_spec(state), address) for a in actors])
     for bucket in buckets(state, bucket_bytes):
         if group is None:
             ref = ray.put(bucket)
@@ -83,11 +87,12 @@ def push_weights(actors: list, state: dict[str, torch.Tensor], version: int, buc
 
 
 def start_rollout_actors(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None, name_prefix: str | None = None,
-                         data: DataConfig | None = None) -> list:
-    """`rollout.num_actors` actors; named (and so findable by Ray Train workers) when `name_prefix` is set."""
+                         data: DataConfig | None = None, max_restarts: int = 0) -> list:
+    """`rollout.num_actors` actors; named (and so findable by Ray Train workers) when `name_prefix` is set.
+    Ray restarts a dead one up to `max_restarts` times, serving `weights` (version 0) until a sync."""
     actors = []
     for i in range(rollout.num_actors):
-        options = {"num_cpus": rollout.num_cpus, "num_gpus": rollout.num_gpus}
+        options = {"num_cpus": rollout.num_cpus, "num_gpus": rollout.num_gpus, "max_restarts": max_restarts}
         if name_prefix:
             options["name"] = f"{name_prefix}-rollout-{i}"
         actors.append(RolloutActor.options(**options).remote(model, rollout, weights, data))

@@ -286,6 +286,11 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(50, gt=0, description="Steps between checkpoints (the last step always checkpoints).")
     keep_checkpoints: int = Field(2, gt=0, description="Checkpoints kept on storage.")
     max_failures: int = Field(2, ge=0, description="Worker-group restarts from the last checkpoint before giving up.")
+    actor_restarts: int = Field(
+        3, ge=0,
+        description="Times Ray restarts a rollout or reward actor whose process died. Its callers then fail over to the "
+                    "last checkpoint (each counts in `max_failures`), which re-sends the policy to the restarted engine.",
+    )
 
 
     @model_validator(mode="after")

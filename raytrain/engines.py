@@ -25,8 +25,9 @@ class RolloutEngine(Protocol):
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample]]:
         """`sampling.group_size` samples per prompt (one when `greedy`)."""
 
-    def begin_update(self, version: int, plan: dict[str, Shape]) -> None:
-        """Announce a sync: the names and shapes of every tensor that will follow (checked now)."""
+    def begin_update(self, version: int, plan: dict[str, Shape], group: GroupAddress | None = None) -> None:
+        """Announce a sync: the names and shapes of every tensor that will follow (checked now), and
+        the weight group its buckets will come over (None: they come as tensors)."""
 
     def load_bucket(self, bucket: dict[str, torch.Tensor]) -> None:
         """Apply one bucket of the announced tensors."""
@@ -128,8 +129,9 @@ class TransformersEngine(BucketReceiver):
         apply_sync_state(self.model, {k: v.to(self.device) for k, v in bucket.items()})
 
     def join_weight_group(self, address: GroupAddress, first_rank: int) -> int:
-        self._group = None  # a restarted sender's new group replaces the old one
+        self._group = self.weight_group = None  # a restarted sender's new group replaces the old one
         self._group = WeightGroup.join(address, first_rank)
+        self.weight_group = address
         return 1
 
     def _receive(self, meta: BucketMeta) -> None:

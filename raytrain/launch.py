@@ -72,11 +72,12 @@ def train(cfg: Config) -> Path:
 
     rows = split_rows(cfg.data, cfg.data.train_split, epochs=cfg.data.epochs, seed=cfg.run.seed, exclude=consumed,
                       multiple_of=cfg.train.num_workers)
-    rollouts = start_rollout_actors(cfg.model, cfg.rollout, data=cfg.data) if cfg.train.algorithm == "dapo" else []
+    restarts = cfg.train.actor_restarts
+    rollouts = start_rollout_actors(cfg.model, cfg.rollout, data=cfg.data, max_restarts=restarts) if cfg.train.algorithm == "dapo" else []
     reward = None
     if cfg.train.algorithm == "dapo":
         encoder_gpus = cfg.reward.paragraph.num_gpus if cfg.reward.enabled("paragraph") else 0
-        reward = RewardActor.options(num_gpus=encoder_gpus).remote(cfg.reward, cfg.data.answer_format)
+        reward = RewardActor.options(num_gpus=encoder_gpus, max_restarts=restarts).remote(cfg.reward, cfg.data.answer_format)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.model_dump(mode="json"), "rollout_actors": rollouts, "reward_actor": reward},

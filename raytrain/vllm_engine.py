@@ -208,8 +208,8 @@ class VLLMEngine(BucketReceiver):
     def sync_spec(self) -> dict[str, Shape]:
         return self._spec
 
-    def begin_update(self, version: int, plan: dict[str, Shape]) -> None:
-        super().begin_update(version, plan)  # checks the plan before anything changes
+    def begin_update(self, version: int, plan: dict[str, Shape], group: GroupAddress | None = None) -> None:
+        super().begin_update(version, plan, group)  # checks the plan and the group before anything changes
         self._adapter_parts = {}
         if not self.cfg.lora.enabled:
             self._wake()
@@ -224,7 +224,9 @@ class VLLMEngine(BucketReceiver):
     def join_weight_group(self, address: GroupAddress, first_rank: int) -> int:
         if self.cfg.lora.enabled:
             raise ValueError("under LoRA the vLLM engine takes adapters through the object store, not a weight group")
+        self.weight_group = None  # until every worker joined the new group
         self.llm.collective_rpc("join_weight_group", args=(address, first_rank))
+        self.weight_group = address
         return self.llm.llm_engine.vllm_config.parallel_config.world_size
 
     def _receive(self, meta: BucketMeta) -> None:

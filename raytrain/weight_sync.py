@@ -221,6 +221,7 @@ class BucketReceiver:
     """
 
     version: int = 0
+    weight_group: GroupAddress | None = None  # the group joined last (set by `join_weight_group`)
     _update: WeightUpdate | None = None
     _broken: str | None = None
     _applied: bool = False
@@ -239,16 +240,33 @@ class BucketReceiver:
         (by default: when no bucket was applied)."""
         return not applied
 
+    def _mixed_weights(self) -> str | None:
+        """Why the weights are of no single version, if they are not."""
+        if self._update is not None and self._applied:  # a sender that died mid-sync leaves this
+            return f"the weight sync to version {self._update.version} has loaded part of its weights and not finished"
+        return self._broken
+
     def check_serving(self) -> None:
-        if self._broken:
-            raise RuntimeError(f"{self._broken}; this engine serves no single weight version until a complete sync arrives")
+        reason = self._mixed_weights()
+        if reason:
+            raise RuntimeError(f"{reason}; this engine serves no single weight version until a complete sync arrives")
+
+    def served_version(self) -> int | None:
+        """The weight version served, or None while the weights are of no single version."""
+        return None if self._mixed_weights() else self.version
 
     def _fail(self, update: WeightUpdate) -> None:
         self._update = None
         if not self._abort(self._applied):
             self._broken = f"the weight sync to version {update.version} failed after loading part of its weights"
 
-    def begin_update(self, version: int, plan: dict[str, Shape]) -> None:
+    def begin_update(self, version: int, plan: dict[str, Shape], group: GroupAddress | None = None) -> None:
+        """Announce a sync. `group`: the weight group its buckets will be broadcast over; refused at
+        once when this engine is not in it (it restarted, say), before the sender starts a broadcast
+        that would wait for it."""
+        if group is not None and group != self.weight_group:
+            raise RuntimeError(f"this engine is not in the sender's weight group {group.host}:{group.port} "
+                               "(restarted since it joined?); the sender must open a new group")
         if self._update is not None:  # the sender of the previous sync never finished it
             self._fail(self._update)
         self._update = WeightUpdate(version, plan, self.sync_spec())
@@ -336,7 +354,7 @@ def broadcast_update(receiver: BucketReceiver, group: WeightGroup, state: dict[s
                      bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> int:
     """`update_weights` over `group` to an engine in this process: it receives on a second thread
     while this one sends each bucket."""
-    receiver.begin_update(version, tensor_spec(state))
+    receiver.begin_update(version, tensor_spec(state), group.address)
     with ThreadPoolExecutor(1) as pool:
         for bucket in buckets(state, bucket_bytes):
             received = pool.submit(receiver.receive_bucket, bucket_meta(bucket))

@@ -132,8 +132,12 @@ def _collect_dapo(cfg: Config, feed: PromptFeed, rollout, reward_actor, version:
         for call, ref in zip(calls, generated):
             for prompt, group in zip(call, ray.get(ref)):
                 stale = max(version - s.version for s in group)
+                if stale < 0:
+                    raise RuntimeError(f"rollouts come from policy version {version - stale}, ahead of the trainer's {version}")
                 if stale > algo.max_staleness:
-                    raise RuntimeError(f"rollouts are {stale} versions behind the trainer (max_staleness={algo.max_staleness})")
+                    raise RuntimeError(f"rollouts are {stale} versions behind the trainer (max_staleness={algo.max_staleness}); "
+                                       "a restarted rollout actor serves its initial weights until training resumes "
+                                       "from the last checkpoint and re-sends them")
                 samples.append(group)
                 scoring.append(_submit_scoring(cfg, reward_actor, prompt, group))
         scores = [sc for ref in scoring for sc in ray.get(ref)]
@@ -323,10 +327,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with checkpoint.as_directory() as d:
             engine.load_checkpoint(d, tag=DEEPSPEED_TAG, load_module_strict=not cfg.model.lora.enabled)
             state = TrainerState.load(d)
-        if rollouts:
-            _push_weights(engine, rollouts, state.version, rank, cfg.rollout.weight_bucket_mb, group)
         if rank == 0:
             print(f"[train] resumed at step {state.step} (policy version {state.version}, {len(state.consumed)} prompts consumed)", flush=True)
+    # After a restart the engines may serve another version: a later one (synced before the step's
+    # checkpoint was recorded), their initial weights (a restarted rollout actor) or part of a sync
+    # whose sender died. Rank 0 looks and every rank learns the answer, so all push or none.
+    if rollouts:
+        served = ray.get([a.served_version.remote() for a in rollouts]) if rank == 0 else []
+        (behind,) = _sum_across_ranks([float(any(v != state.version for v in served))])
+        if behind:
+            _push_weights(engine, rollouts, state.version, rank, cfg.rollout.weight_bucket_mb, group)
 
     feed = PromptFeed(ray.train.get_dataset_shard("train"), cfg.train.prompts_per_worker, set(state.consumed))
     rollout = rollouts[rank % len(rollouts)] if rollouts else None

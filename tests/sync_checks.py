@@ -15,7 +15,7 @@ def check_unannounced_bucket_refused_without_stalling(engine: BucketReceiver, gr
     """A broadcast bucket the plan did not announce: the engine still takes part in the broadcast
     (the sender returns instead of stalling), then refuses it; the served version stays."""
     served = engine.version
-    engine.begin_update(served + 1, tensor_spec(state))
+    engine.begin_update(served + 1, tensor_spec(state), group.address)
     bucket = next(iter(buckets(state, bucket_bytes)))
     first = next(iter(bucket))
     renamed = {("not_a." + k if k == first else k): v for k, v in bucket.items()}

@@ -88,39 +88,54 @@ def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_
     assert len(state3.consumed) == len(set(state3.consumed)) == drawn + step3["groups_drawn"]
 
 
-def _kill_a_worker_after_first_checkpoint(storage: Path, done: threading.Event, killed: list) -> None:
-    deadline = time.time() + 600
+def _kill(process_title: str) -> int | None:
+    for proc in psutil.process_iter(["cmdline"]):
+        if process_title in " ".join(proc.info["cmdline"] or []):
+            proc.kill()
+            return proc.pid
+    return None
+
+
+def _kill_a_worker_then_the_rollout_actor(storage: Path, done: threading.Event, killed: dict) -> None:
+    """After the first checkpoint, kill a training worker; once training resumed and checkpointed
+    again, kill the rollout actor (Ray restarts it with its initial weights)."""
+    deadline = time.time() + 900
     while not done.is_set() and time.time() < deadline:
-        if latest_checkpoint(storage) is not None:
-            for proc in psutil.process_iter(["cmdline"]):
-                if "ray::RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
-                    proc.kill()
-                    killed.append(proc.pid)
-                    return
+        latest = latest_checkpoint(storage)
+        if latest is not None and "worker" not in killed:
+            killed["worker"] = (_kill("ray::RayTrainWorker"), TrainerState.load(latest).step)
+        elif latest is not None and TrainerState.load(latest).step > killed["worker"][1]:
+            killed["rollout actor"] = _kill("ray::RolloutActor")
+            return
         time.sleep(0.5)
 
 
-def test_killed_worker_resumes_from_checkpoint_without_repeating_data(base_config_dict, warm_model_dir, ray_local):
-    raw = _dapo_config(base_config_dict, warm_model_dir, total_steps=4, checkpoint_every=1, max_failures=2)
+def test_killed_worker_and_rollout_actor_resume_from_checkpoint_without_repeating_data(base_config_dict, warm_model_dir, ray_local):
+    raw = _dapo_config(base_config_dict, warm_model_dir, total_steps=4, checkpoint_every=1, max_failures=3)
     # Enough data that dynamic sampling cannot run the 16-row split dry before step 4.
     raw["data"] = {**raw["data"], "epochs": 4}
     cfg = parse_config(raw)
     storage = Path(cfg.run.output_dir).resolve() / STORAGE_DIR
-    done, killed = threading.Event(), []
-    killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(storage, done, killed))
+    done, killed = threading.Event(), {}
+    killer = threading.Thread(target=_kill_a_worker_then_the_rollout_actor, args=(storage, done, killed))
     killer.start()
     try:
         train(cfg)
     finally:
         done.set()
         killer.join()
-    assert killed, "no training worker was found to kill"
+    assert killed.get("worker", (None,))[0] and killed.get("rollout actor"), f"not everything was killed: {killed}"
     state = TrainerState.load(latest_checkpoint(storage))
     assert state.step == 4
     assert len(state.consumed) == len(set(state.consumed))
-    # Every step after the restart was logged again from the checkpoint on; the final
-    # record of each step is the one that counts, and all four steps are there.
-    assert sorted({r["step"] for r in _metrics(cfg)}) == [1, 2, 3, 4]
+    # Every step after a restart was logged again from the checkpoint on; the final record of
+    # each step is the one that counts, and all four steps are there.
+    records = _metrics(cfg)
+    assert sorted({r["step"] for r in records}) == [1, 2, 3, 4]
+    # Every step's rollouts came from the policy of the step before: the restarted rollout actor
+    # got the checkpoint's weights back before it generated again.
+    final = {r["step"]: r for r in records}
+    assert [final[s]["rollout_version"] for s in (1, 2, 3, 4)] == [0, 1, 2, 3]
 
 
 def test_undecodable_media_are_skipped_counted_and_listed(warm_run):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -124,9 +125,15 @@ def test_receiver_versions_advance_only_on_complete_syncs():
     assert eng.update_weights(_state(), 3) == 3 and eng.committed == [1, 3]
     eng.check_serving()
 
-    # A sender that vanished mid-sync: the next begin_update aborts the unfinished one.
+    # A sender that vanished mid-sync: part of version 4 is loaded, so the engine serves no single
+    # version (a restarted trainer sees that and syncs again); the next begin_update aborts it.
+    assert eng.served_version() == 3
     eng.begin_update(4, tensor_spec(_state()))
+    assert eng.served_version() == 3  # announced, nothing loaded yet
     eng.load_bucket({"b": torch.ones(2, 3)})
+    assert eng.served_version() is None and eng.version == 3
+    with pytest.raises(RuntimeError, match="version 4 has loaded part of its weights"):
+        eng.check_serving()
     eng.begin_update(5, tensor_spec(_state()))
     with pytest.raises(RuntimeError, match="version 4 failed"):
         eng.check_serving()
@@ -189,6 +196,10 @@ def test_transformers_engine_receives_full_weights_by_broadcast(tiny_model_dir):
     assert all(torch.equal(served[k], v) for k, v in trained.items())
 
     check_unannounced_bucket_refused_without_stalling(engine, group, trained, bucket_bytes)
+    # A sync announced for a group this engine is not in fails at once, before any broadcast.
+    elsewhere = dataclasses.replace(group.address, port=group.address.port + 1)
+    with pytest.raises(RuntimeError, match="not in the sender's weight group"):
+        engine.begin_update(3, tensor_spec(trained), elsewhere)
     initial = sync_state(build_tiny_model(load_processor(cfg), seed=0))
     assert broadcast_update(engine, group, initial, 3, bucket_bytes) == 3
     served = engine.model.state_dict()

@@ -183,7 +183,10 @@ def test_full_weight_sync_by_broadcast(engine, reference, prompts, rollout_cfg):
     check_unannounced_bucket_refused_without_stalling(engine, group, state, BUCKET_BYTES)
     assert _greedy(engine, prompts, sampling) == _hf_greedy_all(trained, engine, prompts, sampling)
 
-    # A restarted sender opens a new group; the engine joins it in place of the old one.
-    group = open_local_group(engine, timeout_s=60.0)
+    # A restarted sender opens a new group; the engine joins it in place of the old one, and a sync
+    # announced for the old group is refused before anything is broadcast.
+    old, group = group.address, open_local_group(engine, timeout_s=60.0)
+    with pytest.raises(RuntimeError, match="not in the sender's weight group"):
+        engine.begin_update(served + 3, {k: tuple(v.shape) for k, v in state.items()}, old)
     assert broadcast_update(engine, group, state, served + 3, BUCKET_BYTES) == served + 3
     assert _greedy(engine, prompts, sampling) == _hf_greedy_all(reference, engine, prompts, sampling)

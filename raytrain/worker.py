@@ -252,7 +252,7 @@ def _loss(cfg: Config, engine, ref_model, batch: dict | None, num_tokens: float,
         kl = algos.kl_penalty(logp, ref_logp, algo.kl_kind)
         kl_term = (kl * mask).sum() / num_tokens
         loss = loss + algo.kl_coef * kl_term
-        stats["kl"] = float(kl_term * num_tokens / max(float(mask.sum()), 1.0))  # this micro-batch's token mean
+        stats["kl"] = float((kl * mask).sum() / mask.sum().clamp(min=1.0))  # this micro-batch's token mean
     return loss, stats
 
 
@@ -262,7 +262,7 @@ def _train_step(cfg: Config, engine, ref_model, batch: TrainBatch | None, tokeni
 
     ZeRO-2 reduces gradients in every backward, so every rank runs as many backward passes as the
     rank with the most micro-batches (the others add zero-loss passes)."""
-    size = cfg.train.micro_batch_size or max(len(batch) if batch else 1, 1)
+    size = cfg.train.micro_batch_size or (len(batch) if batch else 1)
     micro = batch.micro_batches(size, **tokenizer_ids) if batch else []
     count = torch.tensor(float(len(micro)))
     dist.all_reduce(count, op=dist.ReduceOp.MAX)

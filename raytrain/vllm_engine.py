@@ -25,6 +25,7 @@ truncate; the transformers engine reports untruncated ones.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -58,9 +59,10 @@ class WeightSyncWorker:
     def load_weight_bucket(self, meta: BucketMeta, data: bytes) -> None:
         self.model_runner.get_model().load_weights(unpack_bucket(meta, data).items())
 
-    def join_weight_group(self, address: GroupAddress, first_rank: int) -> None:
+    def join_weight_group(self, address: tuple, first_rank: int) -> None:
+        """`address`: a `GroupAddress` as a tuple (msgpack, vLLM's engine-core RPC, has no dataclasses)."""
         self.weight_group = None  # a restarted sender's new group replaces the old one
-        self.weight_group = WeightGroup.join(address, first_rank + self.rank)
+        self.weight_group = WeightGroup.join(GroupAddress(*address), first_rank + self.rank)
 
     def receive_weight_bucket(self, meta: BucketMeta) -> None:
         group = getattr(self, "weight_group", None)
@@ -225,7 +227,7 @@ class VLLMEngine(BucketReceiver):
         if self.cfg.lora.enabled:
             raise ValueError("under LoRA the vLLM engine takes adapters through the object store, not a weight group")
         self.weight_group = None  # until every worker joined the new group
-        self.llm.collective_rpc("join_weight_group", args=(address, first_rank))
+        self.llm.collective_rpc("join_weight_group", args=(dataclasses.astuple(address), first_rank))
         self.weight_group = address
         return self.llm.llm_engine.vllm_config.parallel_config.world_size
 

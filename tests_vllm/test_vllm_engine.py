@@ -169,7 +169,21 @@ def test_incomplete_sync_does_not_advance(engine, reference, prompts, rollout_cf
     assert _greedy(engine, prompts, rollout_cfg.sampling) == _hf_greedy_all(reference, engine, prompts, rollout_cfg.sampling)
 
 
-def test_full_weight_sync_by_broadcast(engine, reference, prompts, rollout_cfg):
+@pytest.fixture
+def engine_core_serialisation(engine, monkeypatch):
+    """The tests run vLLM's engine core in this process; on GPUs it runs in another, and worker RPC
+    arguments cross msgpack (no dataclasses, tuples become lists). Send them through it here too."""
+    from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
+
+    rpc, encoder, decoder = engine.llm.collective_rpc, MsgpackEncoder(), MsgpackDecoder()
+
+    def serialised(method, timeout=None, args=(), kwargs=None):
+        return rpc(method, timeout=timeout, args=tuple(decoder.decode(encoder.encode(list(args)))), kwargs=kwargs)
+
+    monkeypatch.setattr(engine.llm, "collective_rpc", serialised)
+
+
+def test_full_weight_sync_by_broadcast(engine, reference, prompts, rollout_cfg, engine_core_serialisation):
     """The GPU path's code over gloo: this thread is rank 0 of a weight group, vLLM's worker receives
     each bucket straight from the broadcast and loads it."""
     sampling = rollout_cfg.sampling

@@ -5,14 +5,14 @@ Runs in the vLLM environment (`make env-vllm`):
     .venv-vllm/bin/python -m bench.rollout [--hidden-size 256 --layers 4 ...]
 
 Both sides serve the same randomly initialised text-only Qwen2 (built with the tiny
-model's tokenizer; vLLM on CPU cannot load Qwen2.5-VL, SPEC section 9) and generate
-G samples for each of the same chat-template prompts with the same temperature, top-p,
-length limit and suppressed vision tokens. The transformers side is a plain
-`generate` loop, one prompt with G return sequences at a time as the project's
-TransformersEngine does (that engine loads vision-language models only). Then one
-full-weight sync into the vLLM engine (bucketed, through vLLM's layerwise reload) is
-timed twice, with buckets passed through the engine's process and broadcast over a
-gloo weight group into vLLM's worker, against copying the same bytes in memory.
+model's tokenizer; vLLM on CPU cannot load Qwen2.5-VL, SPEC section 9) through the
+project's engines, `TransformersEngine` (one prompt with G return sequences per
+`generate` call) and `VLLMEngine` (the whole batch in one call), with the same
+`SamplingConfig`: G samples for each of the same chat-template prompts, the same
+temperature, top-p and length limit, vision tokens suppressed. Then one full-weight
+sync into the vLLM engine (bucketed, through vLLM's layerwise reload) is timed twice,
+with buckets passed through the engine's process and broadcast over a gloo weight
+group into vLLM's worker, against copying the same bytes in memory.
 """
 
 from __future__ import annotations
@@ -30,25 +30,17 @@ import torch  # noqa: E402
 
 from raytrain.config import ModelConfig, RolloutConfig  # noqa: E402
 from raytrain.models import sync_state  # noqa: E402
-from raytrain.policy import text_prompt, vision_special_ids  # noqa: E402
+from raytrain.policy import text_prompt  # noqa: E402
 from raytrain.tiny_model import _CORPUS, build_tiny_text_model, save_tiny_text_model  # noqa: E402
 from raytrain.weight_sync import broadcast_update, open_local_group  # noqa: E402
 
 
-def _hf_generate(model, prompts, sampling, eos_id: int, suppress_ids: list[int]) -> int:
-    """Tokens generated (up to and including each sample's end-of-sequence token)."""
-    tokens = 0
-    for p in prompts:
-        ids = torch.from_numpy(p.input_ids)[None]
-        with torch.no_grad():
-            out = model.generate(
-                ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=sampling.temperature,
-                top_p=sampling.top_p, top_k=0, num_return_sequences=sampling.group_size,
-                max_new_tokens=sampling.max_new_tokens, eos_token_id=eos_id, pad_token_id=eos_id, suppress_tokens=suppress_ids,
-            )
-        for row in out[:, ids.shape[1]:].tolist():
-            tokens += row.index(eos_id) + 1 if eos_id in row else len(row)
-    return tokens
+def _timed(engine, prompts, sampling) -> tuple[int, float]:
+    """Tokens generated (each sample up to and including its end-of-sequence token) and seconds."""
+    engine.generate(prompts[:1], sampling)  # warm-up (vLLM's first call is slow)
+    t0 = time.perf_counter()
+    groups = engine.generate(prompts, sampling)
+    return sum(len(s.token_ids) for g in groups for s in g), time.perf_counter() - t0
 
 
 def main() -> None:
@@ -65,8 +57,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    from raytrain.engines import TransformersEngine
     from raytrain.vllm_engine import VLLMEngine
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,36 +72,28 @@ def main() -> None:
             vllm={"max_model_len": 1024, "enforce_eager": True},
         )
         sampling = rollout.sampling
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
         prompts = [text_prompt(tokenizer, _CORPUS[i % len(_CORPUS)] + f" ({i})") for i in range(args.prompts)]
-        eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        suppress_ids = vision_special_ids(tokenizer)
-        params = sum(p.numel() for p in hf.parameters())
+        hf = TransformersEngine(cfg)
+        params = sum(p.numel() for p in hf.model.parameters())
         print(f"model: text-only Qwen2, hidden {args.hidden_size}, {args.layers} layers, {params / 1e6:.1f} M parameters (float32)")
         print(f"work: {len(prompts)} prompts x G={sampling.group_size}, max_new_tokens {sampling.max_new_tokens}, "
               f"temperature {sampling.temperature}, top_p {sampling.top_p}")
 
         # transformers first: vLLM's CPU backend rebinds this process's OpenMP threads when it starts.
-        _hf_generate(hf, prompts[:1], sampling, eos_id, suppress_ids)  # warm-up
-        t0 = time.perf_counter()
-        hf_tokens = _hf_generate(hf, prompts, sampling, eos_id, suppress_ids)
-        hf_s = time.perf_counter() - t0
+        hf_tokens, hf_s = _timed(hf, prompts, sampling)
+        del hf
 
         t0 = time.perf_counter()
         engine = VLLMEngine(cfg, rollout)
         init_s = time.perf_counter() - t0
-        print("transformers side: plain `generate` loop (one prompt, G return sequences per call), "
-              f"{args.threads} torch thread(s); vLLM: {torch.get_num_threads()} thread(s) on {os.cpu_count()} cores")
-        engine.generate(prompts[:1], sampling)  # warm-up (vLLM's first call is slow)
-        t0 = time.perf_counter()
-        groups = engine.generate(prompts, sampling)
-        vllm_s = time.perf_counter() - t0
-        vllm_tokens = sum(len(s.token_ids) for g in groups for s in g)
+        print(f"TransformersEngine: {args.threads} torch thread(s); VLLMEngine: {torch.get_num_threads()} thread(s) "
+              f"on {os.cpu_count()} cores")
+        vllm_tokens, vllm_s = _timed(engine, prompts, sampling)
 
         hf_rate, vllm_rate = hf_tokens / hf_s, vllm_tokens / vllm_s
-        print(f"transformers: {hf_tokens} tokens in {hf_s:.2f} s = {hf_rate:,.0f} tokens/s")
-        print(f"vLLM:         {vllm_tokens} tokens in {vllm_s:.2f} s = {vllm_rate:,.0f} tokens/s (engine start {init_s:.1f} s)")
+        print(f"TransformersEngine: {hf_tokens} tokens in {hf_s:.2f} s = {hf_rate:,.0f} tokens/s")
+        print(f"VLLMEngine:         {vllm_tokens} tokens in {vllm_s:.2f} s = {vllm_rate:,.0f} tokens/s (engine start {init_s:.1f} s)")
         print(f"vLLM / transformers throughput: {vllm_rate / hf_rate:.1f}x")
 
         state = sync_state(build_tiny_text_model(engine.tokenizer, hidden_size=args.hidden_size, layers=args.layers, seed=1))

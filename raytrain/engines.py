@@ -58,16 +58,19 @@ def make_engine(model: ModelConfig, rollout: RolloutConfig, *, weights: str | No
 
 
 class TransformersEngine(BucketReceiver):
+    """`model.generate`, one prompt (G return sequences) at a time. Serves the vision-language
+    detectors, and text-only causal LMs too (the benchmark's side-by-side with vLLM on CPU)."""
+
     def __init__(self, cfg: ModelConfig, *, weights: str | None = None, device: str = "cpu"):
         self.device = torch.device(device)
-        self.processor = load_processor(cfg)
+        self.processor = processor = load_processor(cfg)  # a bare tokenizer for a text-only model
+        self.tokenizer = getattr(processor, "tokenizer", processor)
         self.model = load_policy(cfg, weights=weights).to(self.device).eval()
-        tok = self.processor.tokenizer
-        self.eos_id = tok.convert_tokens_to_ids("<|im_end|>")
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
-        self.image_token_id = self.processor.image_token_id
-        self.video_token_id = self.processor.video_token_id
-        self.suppress_ids = vision_special_ids(self.processor)
+        self.eos_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self.image_token_id = getattr(processor, "image_token_id", None)
+        self.video_token_id = getattr(processor, "video_token_id", None)
+        self.suppress_ids = vision_special_ids(processor)
         self.version = 0
         self._group: WeightGroup | None = None
         self._received: dict[str, torch.Tensor] | None = None
@@ -82,12 +85,9 @@ class TransformersEngine(BucketReceiver):
 
     def _generate_one(self, prompt: Prompt, sampling: SamplingConfig, n: int, greedy: bool) -> list[Sample]:
         input_ids = torch.tensor(prompt.input_ids, dtype=torch.long).unsqueeze(0)
-        inputs = {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "mm_token_type_ids": token_type_ids(input_ids, self.image_token_id, self.video_token_id),
-            **vision_inputs([prompt]),
-        }
+        inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), **vision_inputs([prompt])}
+        if self.image_token_id is not None:  # a vision-language model: its M-RoPE positions need the token types
+            inputs["mm_token_type_ids"] = token_type_ids(input_ids, self.image_token_id, self.video_token_id)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         sample_args = {"do_sample": False} if greedy else {
             "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
@@ -116,7 +116,7 @@ class TransformersEngine(BucketReceiver):
             samples.append(Sample(
                 token_ids=ids,
                 logprobs=row_logp[:length],
-                text=self.processor.tokenizer.decode(ids, skip_special_tokens=True),
+                text=self.tokenizer.decode(ids, skip_special_tokens=True),
                 truncated=self.eos_id not in ids,
                 version=self.version,
             ))

@@ -19,6 +19,11 @@ def load_processor(cfg: ModelConfig):
     return AutoProcessor.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
 
 
+def model_class(config):
+    """The auto class of a model config: vision-language (the detectors) or text-only (vLLM's CPU tests)."""
+    return AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+
+
 def load_policy(cfg: ModelConfig, *, weights: str | Path | None = None):
     """The policy model, with a fresh LoRA adapter when `cfg.lora.enabled`.
 
@@ -28,8 +33,9 @@ def load_policy(cfg: ModelConfig, *, weights: str | Path | None = None):
     source = cfg.path
     if weights is not None and not (Path(weights) / "adapter_config.json").exists():
         source = str(weights)
-    model = AutoModelForImageTextToText.from_pretrained(
-        source, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code, use_safetensors=True
+    config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    model = model_class(config).from_pretrained(
+        source, config=config, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code, use_safetensors=True
     )
     if weights is not None and (Path(weights) / "adapter_config.json").exists():
         return PeftModel.from_pretrained(model, str(weights), is_trainable=cfg.lora.enabled)
@@ -57,9 +63,8 @@ def sync_spec(cfg: ModelConfig) -> dict[str, Shape]:
     """Names and shapes of `sync_state` for the model at `cfg.path`, without loading any weight
     (built on the meta device): what an engine that does not hold a transformers model accepts."""
     config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
-    auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
     with torch.device("meta"):
-        model = auto.from_config(config, trust_remote_code=cfg.trust_remote_code)
+        model = model_class(config).from_config(config, trust_remote_code=cfg.trust_remote_code)
         if cfg.lora.enabled:
             model = wrap_lora(model, cfg.lora)
     state = get_peft_model_state_dict(model) if isinstance(model, PeftModel) else model.state_dict()

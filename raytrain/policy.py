@@ -91,10 +91,11 @@ def token_type_ids(input_ids: torch.Tensor, image_token_id: int, video_token_id:
 
 
 def vision_inputs(prompts: list[Prompt]) -> dict[str, torch.Tensor]:
-    """Concatenate the pixels of a batch in sequence order, split by modality as Qwen2.5-VL expects."""
+    """Concatenate the pixels of a batch in sequence order, split by modality as Qwen2.5-VL expects
+    (none for text prompts)."""
     out: dict[str, torch.Tensor] = {}
     for is_video, pv_key, grid_key in ((False, "pixel_values", "image_grid_thw"), (True, "pixel_values_videos", "video_grid_thw")):
-        chosen = [p for p in prompts if p.is_video == is_video]
+        chosen = [p for p in prompts if p.is_video == is_video and p.pixel_values.size]
         if chosen:
             out[pv_key] = torch.from_numpy(np.concatenate([p.pixel_values for p in chosen])).float()
             out[grid_key] = torch.from_numpy(np.stack([p.grid_thw for p in chosen])).long()

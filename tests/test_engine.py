@@ -14,6 +14,7 @@ from raytrain.engines import TransformersEngine
 from raytrain.models import sync_state
 from raytrain.policy import collate, token_logprobs
 from raytrain.tiny_model import build_tiny_model
+from tests.engine_checks import check_groups
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,22 +59,8 @@ def test_group_samples(engine, prompts, cfg):
     sampling = cfg.rollout.sampling
     torch.manual_seed(1)
     groups = engine.generate(prompts, sampling)
-    assert len(groups) == len(prompts)
-    forbidden = set(engine.suppress_ids)
-    assert {engine.image_token_id, engine.video_token_id} <= forbidden
-    for group in groups:
-        assert len(group) == sampling.group_size
-        for s in group:
-            assert 0 < len(s.token_ids) <= sampling.max_new_tokens
-            assert len(s.logprobs) == len(s.token_ids)
-            assert s.version == 0
-            assert all(np.isfinite(s.logprobs)) and all(lp <= 0 for lp in s.logprobs)
-            assert not forbidden & set(s.token_ids)
-            # Truncated exactly when no end-of-sequence token was produced.
-            assert s.truncated == (engine.eos_id not in s.token_ids)
-            if not s.truncated:
-                assert s.token_ids[-1] == engine.eos_id
-            assert isinstance(s.text, str)
+    assert {engine.image_token_id, engine.video_token_id} <= set(engine.suppress_ids)
+    check_groups(engine, groups, len(prompts), sampling.group_size, sampling.max_new_tokens)
 
 
 def test_vision_tokens_never_sampled_even_when_preferred(cfg, prompts):

@@ -23,7 +23,7 @@ from raytrain.weight_sync import (
     tensor_spec,
     unpack_bucket,
 )
-from tests.sync_checks import check_unannounced_bucket_refused_without_stalling
+from tests.engine_checks import check_unannounced_bucket_refused_without_stalling
 
 
 def _state() -> dict[str, torch.Tensor]:

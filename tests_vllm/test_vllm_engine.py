@@ -16,7 +16,7 @@ from raytrain.models import sync_state
 from raytrain.policy import masked_logprobs
 from raytrain.tiny_model import build_tiny_text_model
 from raytrain.weight_sync import broadcast_update, buckets, open_local_group
-from tests.sync_checks import check_unannounced_bucket_refused_without_stalling
+from tests.engine_checks import check_groups, check_unannounced_bucket_refused_without_stalling
 from tests_vllm.conftest import hf_greedy
 
 # float32 on both sides; vLLM's CPU kernels (oneDNN GEMMs, its own attention) sum in another
@@ -64,22 +64,9 @@ def _hf_greedy_all(model, engine, prompts, sampling):
 def test_group_samples(engine, prompts, rollout_cfg):
     sampling = rollout_cfg.sampling
     groups = engine.generate(prompts, sampling)
-    assert len(groups) == len(prompts)
-    forbidden = set(engine.suppress_ids)
-    assert len(forbidden) == 4  # image/video pads, vision start/end: never in a response
-    for group in groups:
-        assert len(group) == sampling.group_size
-        assert len({tuple(s.token_ids) for s in group}) > 1, "G samples of a random model should differ"
-        for s in group:
-            assert 0 < len(s.token_ids) <= sampling.max_new_tokens
-            assert len(s.logprobs) == len(s.token_ids)
-            assert s.version == 0
-            assert all(np.isfinite(s.logprobs)) and all(lp <= 0 for lp in s.logprobs)
-            assert not forbidden & set(s.token_ids)
-            assert s.truncated == (engine.eos_id not in s.token_ids)
-            if not s.truncated:
-                assert s.token_ids.index(engine.eos_id) == len(s.token_ids) - 1
-            assert isinstance(s.text, str)
+    assert len(engine.suppress_ids) == 4  # image/video pads, vision start/end: never in a response
+    check_groups(engine, groups, len(prompts), sampling.group_size, sampling.max_new_tokens)
+    assert all(len({tuple(s.token_ids) for s in g}) > 1 for g in groups), "G samples of a random model should differ"
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -110,6 +97,18 @@ def test_greedy_matches_transformers(engine, reference, prompts, rollout_cfg):
     groups = engine.generate(prompts, sampling, greedy=True)
     assert all(len(g) == 1 for g in groups)
     assert [g[0].token_ids for g in groups] == _hf_greedy_all(reference, engine, prompts, sampling)
+
+
+def test_transformers_engine_beside_vllm(engine, model_cfg, prompts, rollout_cfg):
+    """The project's TransformersEngine serves the same text-only model (`bench.rollout` puts the two
+    side by side): the same sample contract, and the same greedy tokens as vLLM."""
+    from raytrain.engines import TransformersEngine
+
+    hf = TransformersEngine(model_cfg)
+    sampling = rollout_cfg.sampling
+    check_groups(hf, hf.generate(prompts, sampling), len(prompts), sampling.group_size, sampling.max_new_tokens)
+    assert hf.suppress_ids == engine.suppress_ids
+    assert _greedy(hf, prompts, sampling) == _greedy(engine, prompts, sampling)
 
 
 def _corruptions(state: dict[str, torch.Tensor]):

@@ -282,7 +282,17 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-6, gt=0, description="Learning rate (DAPO full fine-tune: 1e-6; LoRA: 1e-5).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
-    zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed ZeRO stage (3 is refused for now, see below).")
+    zero_stage: Literal[2, 3] = Field(
+        2,
+        description="DeepSpeed ZeRO stage (Rajbhandari et al. 2020). 2 shards gradients and optimizer states; 3 also the "
+                    "parameters, gathered layer by layer in every forward and onto rank 0 for each weight sync and export "
+                    "(for full fine-tuning of a model whose weights, gradients and Adam states do not fit a GPU).",
+    )
+    zero3_param_persistence_threshold: int = Field(
+        100_000, ge=0,
+        description="ZeRO-3: parameters of at most this many elements stay whole on every rank instead of being "
+                    "sharded, sparing a gather for each small one (DeepSpeed's default).",
+    )
     checkpoint_every: int = Field(50, gt=0, description="Steps between checkpoints (the last step always checkpoints).")
     keep_checkpoints: int = Field(2, gt=0, description="Checkpoints kept on storage.")
     max_failures: int = Field(2, ge=0, description="Worker-group restarts from the last checkpoint before giving up.")
@@ -291,16 +301,6 @@ class TrainConfig(_Strict):
         description="Times Ray restarts a rollout or reward actor whose process died. Its callers then fail over to the "
                     "last checkpoint (each counts in `max_failures`), which re-sends the policy to the restarted engine.",
     )
-
-
-    @model_validator(mode="after")
-    def _zero3_not_yet(self):
-        # ZeRO-3 gathers parameters collectively inside every forward: ranks whose batches mix
-        # images and videos differently (or that have no batch) call the vision tower a different
-        # number of times and hang. Refuse it rather than deadlock a cluster.
-        if self.zero_stage == 3:
-            raise ValueError("zero_stage 3 is not supported yet (ranks with different media mixes deadlock); use 2")
-        return self
 
 
 class EvaluationConfig(_Strict):

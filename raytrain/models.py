@@ -52,10 +52,14 @@ def wrap_lora(model, lora: LoraConfig):
     )
 
 
-def sync_state(model) -> dict[str, torch.Tensor]:
+def sync_state(model, gathered: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """What a rollout engine needs to serve the current policy: the adapter alone under LoRA,
-    every weight otherwise (CPU copies, so they can travel through the object store)."""
-    state = get_peft_model_state_dict(model) if isinstance(model, PeftModel) else model.state_dict()
+    every weight otherwise (CPU copies, so they can travel through the object store).
+    `gathered`: the model's state dict when its own parameters are shards (ZeRO-3)."""
+    if isinstance(model, PeftModel):
+        state = get_peft_model_state_dict(model, state_dict=gathered)
+    else:
+        state = model.state_dict() if gathered is None else gathered
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
@@ -86,10 +90,11 @@ def merge_adapter(adapter: str | Path, out: str | Path, cfg: ModelConfig) -> Pat
     return export_weights(merged.merge_and_unload(), load_processor(cfg), out)
 
 
-def export_weights(model, processor, out: str | Path) -> Path:
-    """An ordinary Hugging Face folder (safetensors): the adapter under LoRA, the full model otherwise."""
+def export_weights(model, processor, out: str | Path, gathered: dict[str, torch.Tensor] | None = None) -> Path:
+    """An ordinary Hugging Face folder (safetensors): the adapter under LoRA, the full model otherwise.
+    `gathered`: the model's state dict when its own parameters are shards (ZeRO-3)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, state_dict=gathered, safe_serialization=True)
     processor.save_pretrained(out)
     return out

@@ -41,6 +41,21 @@ def text_prompt(tokenizer, text: str) -> Prompt:
     )
 
 
+def padding_batch(processor) -> "TrainBatch":
+    """One row standing in for a micro-batch a rank does not have (the ranks of a step must run as many
+    passes): a prompt with the smallest black image, so its forward runs every module a real one runs,
+    the vision tower included (ZeRO-3 gathers parameters module by module), and an empty loss mask."""
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}]}], tokenize=False,
+                                         add_generation_prompt=True)
+    out = processor(text=[text], images=[np.zeros((28, 28, 3), np.uint8)], return_tensors="np")
+    prompt = Prompt(key="", id="padding", path="", label="", category="", input_ids=out["input_ids"][0].astype(np.int64),
+                    pixel_values=out["pixel_values"].astype(np.float32), grid_thw=out["image_grid_thw"][0].astype(np.int64),
+                    is_video=False)
+    response = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    zeros = torch.zeros(response_positions([prompt], [response]).shape)
+    return TrainBatch([prompt], [response], {"old_logprobs": zeros, "advantages": zeros, "loss_mask": zeros})
+
+
 @dataclass
 class Sample:
     """One sampled response and what produced it."""
@@ -166,9 +181,35 @@ class TrainBatch:
         return out
 
 
+_PIXELS = (("pixel_values", "image_grid_thw", "image"), ("pixel_values_videos", "video_grid_thw", "video"))
+
+
+def encode_media(model, batch: dict[str, torch.Tensor]) -> dict:
+    """The batch's images and videos through the vision tower in one call, as the `mm_encoder_outputs`
+    Qwen2.5-VL's forward accepts in place of pixels (the tower encodes both alike, each item apart).
+
+    Its own forward calls the tower once per modality present, so ranks whose batches mix images and
+    videos differently would run different modules: under ZeRO-3, whose parameter gathers are
+    collectives issued module by module, that deadlocks. One call keeps every rank in step."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    present = [(pv, grid, modality) for pv, grid, modality in _PIXELS if pv in batch]
+    features = model.get_image_features(torch.cat([batch[pv] for pv, _, _ in present]),
+                                        torch.cat([batch[grid] for _, grid, _ in present]), return_dict=True).pooler_output
+    encoded, start = {}, 0
+    for _, grid, modality in present:
+        count = len(batch[grid])
+        encoded[modality] = BaseModelOutputWithPooling(pooler_output=features[start:start + count])
+        start += count
+    return encoded
+
+
 def token_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float = 1.0, suppress_ids: list[int] = ()) -> torch.Tensor:
-    """log pi(token_t | tokens_<t) for every position t >= 1 (position 0 gets 0), shape [B, L]."""
-    inputs = {k: v for k, v in batch.items() if k != "response_mask"}
+    """log pi(token_t | tokens_<t) for every position t >= 1 (position 0 gets 0), shape [B, L].
+    Media go through the vision tower in one call (`encode_media`)."""
+    inputs = {k: v for k, v in batch.items() if k not in ("response_mask", *(pv for pv, _, _ in _PIXELS))}
+    if any(pv in batch for pv, _, _ in _PIXELS):
+        inputs["mm_encoder_outputs"] = encode_media(model, batch)
     logits = model(**inputs, use_cache=False).logits[:, :-1]
     logp = masked_logprobs(logits, batch["input_ids"][:, 1:], temperature=temperature, suppress_ids=list(suppress_ids))
     return torch.nn.functional.pad(logp, (1, 0))

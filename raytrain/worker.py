@@ -32,7 +32,8 @@ from raytrain.config import Config, parse_config
 from raytrain.data import prompts_from_batch
 from raytrain.models import export_weights, load_policy, load_processor, sync_state
 from raytrain.paragraph_tokens import paragraph_token_masks, token_char_spans
-from raytrain.policy import Prompt, Sample, TrainBatch, collate_ids, response_positions, token_logprobs, vision_special_ids
+from raytrain.policy import (Prompt, Sample, TrainBatch, collate_ids, padding_batch, response_positions, token_logprobs,
+                             vision_special_ids)
 from raytrain.sft import sft_batch
 from raytrain.weight_sync import WeightGroup
 
@@ -71,11 +72,14 @@ class PromptFeed:
 
 
 def _deepspeed_config(cfg: Config) -> dict:
+    zero = {"stage": cfg.train.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
+    if cfg.train.zero_stage == 3:
+        zero["stage3_param_persistence_threshold"] = cfg.train.zero3_param_persistence_threshold
     return {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": cfg.train.max_grad_norm,
-        "zero_optimization": {"stage": cfg.train.zero_stage, "overlap_comm": False, "contiguous_gradients": True},
+        "zero_optimization": zero,
         "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
         "fp16": {"enabled": cfg.model.dtype == "float16"},
         "zero_allow_untested_optimizer": True,
@@ -96,11 +100,21 @@ def _weight_group(cfg: Config, rollouts: list) -> WeightGroup | None:
     return group
 
 
-def _push_weights(engine, rollouts: list, version: int, rank: int, bucket_mb: int, group: WeightGroup | None) -> float:
+def _gathered_weights(engine, cfg: Config) -> dict[str, torch.Tensor] | None:
+    """Under ZeRO-3, whose ranks each hold a shard of every parameter, the module's state dict gathered
+    onto rank 0 a layer at a time (a collective: every rank calls this; only the adapter under LoRA).
+    None otherwise: rank 0 reads its own whole module."""
+    if cfg.train.zero_stage != 3:
+        return None
+    return engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=cfg.model.lora.enabled)
+
+
+def _push_weights(engine, cfg: Config, rollouts: list, version: int, rank: int, group: WeightGroup | None) -> float:
     """Rank 0 sends the policy (the adapter alone under LoRA) in buckets; every rank waits for it."""
     start = time.perf_counter()
+    gathered = _gathered_weights(engine, cfg)
     if rank == 0:
-        push_weights(rollouts, sync_state(engine.module), version, bucket_mb << 20, group)
+        push_weights(rollouts, sync_state(engine.module, gathered), version, cfg.rollout.weight_bucket_mb << 20, group)
     dist.barrier()
     return time.perf_counter() - start
 
@@ -223,22 +237,17 @@ def _paragraph_tensors(samples: list[Sample], scores: list[dict], response_mask:
     return rewards, masks
 
 
-def _zero_loss(engine) -> torch.Tensor:
-    """A rank with nothing to train still joins the gradient all-reduce."""
-    return sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0
-
-
-def _loss(cfg: Config, engine, ref_model, batch: dict | None, num_tokens: float, num_seqs: float,
+def _loss(cfg: Config, engine, ref_model, batch: dict, num_tokens: float, num_seqs: float,
           suppress: list[int]) -> tuple[torch.Tensor, dict]:
     """One micro-batch's loss, normalised by the step's global counts per rank (`num_tokens`, `num_seqs`:
     global / world, as DeepSpeed averages gradients over ranks): the step's micro-batch losses sum to
     the loss of the whole global batch (DAPO's token-level mean, or the seq-mean modes)."""
-    if batch is None:
-        return _zero_loss(engine), {}
     batch = {k: v.to(engine.device) for k, v in batch.items()}
     model_inputs = {k: v for k, v in batch.items() if k not in ("old_logprobs", "advantages", "loss_mask")}
     temperature = cfg.rollout.sampling.temperature if cfg.train.algorithm == "dapo" else 1.0
-    logp = token_logprobs(engine.module, model_inputs, temperature=temperature, suppress_ids=suppress)
+    # Through the engine, not its module: DeepSpeed counts micro-batches in its forward, and ZeRO-3
+    # accumulates a step's gradients only across the passes it counted.
+    logp = token_logprobs(engine, model_inputs, temperature=temperature, suppress_ids=suppress)
     mask = batch["loss_mask"]
     if cfg.train.algorithm == "sft":
         loss = -(logp * mask).sum() / num_tokens
@@ -257,11 +266,12 @@ def _loss(cfg: Config, engine, ref_model, batch: dict | None, num_tokens: float,
 
 
 def _train_step(cfg: Config, engine, ref_model, batch: TrainBatch | None, tokenizer_ids: dict, global_tokens: float,
-                global_seqs: float, world: int, suppress: list[int]) -> dict:
+                global_seqs: float, world: int, suppress: list[int], padding: dict) -> dict:
     """Forward and backward in micro-batches of `train.micro_batch_size` rows, one optimizer step.
 
-    ZeRO-2 reduces gradients in every backward, so every rank runs as many backward passes as the
-    rank with the most micro-batches (the others add zero-loss passes)."""
+    ZeRO reduces gradients in every backward (and ZeRO-3 gathers parameters in every forward), so every
+    rank runs as many passes as the rank with the most micro-batches: the others add passes over
+    `padding` (`raytrain.policy.padding_batch`) whose loss is zero."""
     size = cfg.train.micro_batch_size or (len(batch) if batch else 1)
     micro = batch.micro_batches(size, **tokenizer_ids) if batch else []
     count = torch.tensor(float(len(micro)))
@@ -269,11 +279,13 @@ def _train_step(cfg: Config, engine, ref_model, batch: TrainBatch | None, tokeni
     num_tokens, num_seqs = max(global_tokens, 1.0) / world, max(global_seqs, 1.0) / world
     loss_sum, sums, weighted, weights = 0.0, {}, {}, 0.0
     for i in range(int(count)):
-        part = micro[i] if i < len(micro) else None
-        loss, stats = _loss(cfg, engine, ref_model, part, num_tokens, num_seqs, suppress)
+        real = i < len(micro)
+        loss, stats = _loss(cfg, engine, ref_model, micro[i] if real else padding, num_tokens, num_seqs, suppress)
+        if not real:
+            loss, stats = loss * 0.0, {}
         engine.backward(loss)
         loss_sum += float(loss.detach())
-        tokens = float(part["loss_mask"].sum()) if part is not None else 0.0
+        tokens = float(micro[i]["loss_mask"].sum()) if real else 0.0
         weights += tokens
         for k, v in stats.items():  # sums add up; means (clip_frac, kl, ...) are weighted by tokens
             if k.endswith("_sum"):
@@ -287,8 +299,9 @@ def _train_step(cfg: Config, engine, ref_model, batch: TrainBatch | None, tokeni
 
 def _save_checkpoint(engine, processor, cfg: Config, state: TrainerState, rank: int, directory: Path) -> None:
     engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, exclude_frozen_parameters=cfg.model.lora.enabled)
+    gathered = _gathered_weights(engine, cfg)
     if rank == 0:
-        export_weights(engine.module, processor, directory / MODEL_DIR)
+        export_weights(engine.module, processor, directory / MODEL_DIR, gathered)
         state.save(directory)
 
 
@@ -305,6 +318,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     tokenizer_ids = collate_ids(processor)
 
     suppress = vision_special_ids(processor)
+    (padding,) = padding_batch(processor).micro_batches(1, **tokenizer_ids)
     model = load_policy(cfg.model)
     if rank == 0:
         trainable, total = sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
@@ -336,7 +350,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         served = ray.get([a.served_version.remote() for a in rollouts]) if rank == 0 else []
         (behind,) = _sum_across_ranks([float(any(v != state.version for v in served))])
         if behind:
-            _push_weights(engine, rollouts, state.version, rank, cfg.rollout.weight_bucket_mb, group)
+            _push_weights(engine, cfg, rollouts, state.version, rank, group)
 
     feed = PromptFeed(ray.train.get_dataset_shard("train"), cfg.train.prompts_per_worker, set(state.consumed))
     rollout = rollouts[rank % len(rollouts)] if rollouts else None
@@ -368,10 +382,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             continue
 
         t1 = time.perf_counter()
-        stats.update(_train_step(cfg, engine, ref_model, batch, tokenizer_ids, global_tokens, global_seqs, world, suppress))
+        stats.update(_train_step(cfg, engine, ref_model, batch, tokenizer_ids, global_tokens, global_seqs, world, suppress, padding))
         state.step += 1
         state.version += 1
-        t_sync = _push_weights(engine, rollouts, state.version, rank, cfg.rollout.weight_bucket_mb, group) if cfg.train.algorithm == "dapo" else 0.0
+        t_sync = _push_weights(engine, cfg, rollouts, state.version, rank, group) if cfg.train.algorithm == "dapo" else 0.0
         t_train = time.perf_counter() - t1 - t_sync
 
         metrics = _step_metrics(cfg, state, stats, global_tokens, feed)

@@ -192,10 +192,3 @@ def test_job_config_parses(path, monkeypatch):
     # The referenced paths are kept as given, not resolved or checked.
     assert str(cfg.data.manifest) == yaml.safe_load(path.read_text())["data"]["manifest"]
     assert cfg.train.total_steps is None or cfg.train.total_steps > 0  # null: until the data runs out
-
-
-def test_zero3_is_refused_with_a_reason():
-    from raytrain.config import TrainConfig
-
-    with pytest.raises(ValueError, match="zero_stage 3 is not supported yet"):
-        TrainConfig(zero_stage=3)

@@ -29,15 +29,17 @@ def _metrics(cfg) -> list[dict]:
 
 
 def _dapo_config(base: dict, warm_model_dir, **train) -> dict:
-    # Weights reach the rollout actor by broadcast over a gloo weight group (the path NCCL takes on
-    # GPUs), a round's prompts go in one generate call (as set for vLLM), and a step runs in
-    # micro-batches of 3 sequences (ranks keep different numbers of groups, so their micro-batch
-    # counts differ); the other end-to-end runs use the defaults: the object store, one prompt per
-    # call, one pass per step.
+    # The DAPO runs of this module: weights reach the rollout actor by broadcast over a gloo weight
+    # group (the path NCCL takes on GPUs), a round's prompts go in one generate call (as set for
+    # vLLM), a step runs in micro-batches of 3 sequences (ranks keep different numbers of groups, so
+    # their micro-batch counts differ), under ZeRO-3 with every parameter sharded (gathered for each
+    # sync and export). The warm-up, recipe and `ray job submit` runs use the defaults: the object
+    # store, one prompt per call, one pass per step, ZeRO-2.
     return {**base, "model": {**base["model"], "path": str(warm_model_dir)},
             "rollout": {**base["rollout"], "weight_transport": "broadcast", "weight_group_timeout_s": 60.0,
                         "prompts_per_call": 2},
-            "train": {**base["train"], "algorithm": "dapo", "micro_batch_size": 3, **train}}
+            "train": {**base["train"], "algorithm": "dapo", "micro_batch_size": 3, "zero_stage": 3,
+                      "zero3_param_persistence_threshold": 0, **train}}
 
 
 def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_dir, ray_local):

@@ -10,7 +10,7 @@ import torch
 from raytrain import algos
 from raytrain.config import AlgorithmConfig, ModelConfig
 from raytrain.models import load_policy, load_processor
-from raytrain.policy import TrainBatch, collate, collate_ids, response_positions, token_logprobs
+from raytrain.policy import TrainBatch, collate, collate_ids, masked_logprobs, response_positions, token_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,27 @@ def test_response_positions_match_collate(batch, model_and_ids):
     _, ids = model_and_ids
     full = collate(batch.prompts, batch.responses, **ids)
     assert torch.equal(response_positions(batch.prompts, batch.responses), full["response_mask"])
+
+
+def test_one_vision_tower_call_gives_the_models_own_forward(batch, model_and_ids):
+    """`token_logprobs` encodes a batch's videos and image in one vision-tower call (what keeps
+    ZeRO-3 ranks in step); the numbers are those of the model's own forward, which calls it twice."""
+    model, ids = model_and_ids
+    (inputs,) = batch.micro_batches(len(batch), **ids)
+    inputs = {k: v for k, v in inputs.items() if k not in ("old_logprobs", "advantages", "loss_mask")}
+    assert "pixel_values" in inputs and "pixel_values_videos" in inputs
+    calls = []
+    hook = model.model.visual.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            logp = token_logprobs(model, inputs)
+            assert len(calls) == 1
+            logits = model(**{k: v for k, v in inputs.items() if k != "response_mask"}, use_cache=False).logits[:, :-1]
+            assert len(calls) == 3
+    finally:
+        hook.remove()
+    expected = torch.nn.functional.pad(masked_logprobs(logits, inputs["input_ids"][:, 1:], temperature=1.0, suppress_ids=[]), (1, 0))
+    torch.testing.assert_close(logp, expected, rtol=0, atol=1e-5)
 
 
 def _gradient(model, parts: list[dict], algo: AlgorithmConfig, num_tokens: float, num_seqs: float) -> tuple[float, torch.Tensor]:

@@ -52,15 +52,16 @@ def wrap_lora(model, lora: LoraConfig):
     )
 
 
-def sync_state(model, gathered: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def sync_state(model, gathered: dict[str, torch.Tensor] | None = None, *, cpu_copy: bool = True) -> dict[str, torch.Tensor]:
     """What a rollout engine needs to serve the current policy: the adapter alone under LoRA,
-    every weight otherwise (CPU copies, so they can travel through the object store).
+    every weight otherwise. CPU copies by default, so they can travel through the object store;
+    `cpu_copy=False` leaves them where they are (a broadcast sends them from the GPU, bucket by bucket).
     `gathered`: the model's state dict when its own parameters are shards (ZeRO-3)."""
     if isinstance(model, PeftModel):
         state = get_peft_model_state_dict(model, state_dict=gathered)
     else:
         state = model.state_dict() if gathered is None else gathered
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+    return {k: v.detach().to("cpu", copy=True) if cpu_copy else v.detach() for k, v in state.items()}
 
 
 def sync_spec(cfg: ModelConfig) -> dict[str, Shape]:

@@ -165,17 +165,23 @@ class WeightGroup:
         store = dist.TCPStore(address.host, address.port, None, False, timeout=datetime.timedelta(seconds=address.timeout_s))
         return cls(address, rank, store)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the broadcasts' buffers live: this process's GPU for NCCL (it takes CUDA tensors only),
+        the CPU for gloo."""
+        return torch.device("cuda", torch.cuda.current_device()) if self.address.backend == "nccl" else torch.device("cpu")
+
     def send(self, bucket: dict[str, torch.Tensor]) -> None:
-        """Broadcast one bucket from rank 0 as a single flat tensor (on the bucket's device)."""
+        """Broadcast one bucket from rank 0 as a single flat tensor, moved to `device` unless it is there."""
         if self.rank != 0:
             raise RuntimeError("only rank 0 of a weight group sends")
-        self._group.broadcast(flatten_bucket(bucket), 0).wait()
+        self._group.broadcast(flatten_bucket(bucket).to(self.device), 0).wait()
 
     def receive(self, meta: BucketMeta, device: torch.device | str) -> dict[str, torch.Tensor]:
         """The bucket rank 0 sends with this `meta`, as tensors on `device`."""
-        flat = torch.empty(_layout(meta)[1], dtype=torch.uint8, device=device)
+        flat = torch.empty(_layout(meta)[1], dtype=torch.uint8, device=self.device)
         self._group.broadcast(flat, 0).wait()
-        return unflatten_bucket(meta, flat)
+        return unflatten_bucket(meta, flat.to(device))
 
 
 class WeightUpdate:

@@ -114,7 +114,9 @@ def _push_weights(engine, cfg: Config, rollouts: list, version: int, rank: int, 
     start = time.perf_counter()
     gathered = _gathered_weights(engine, cfg)
     if rank == 0:
-        push_weights(rollouts, sync_state(engine.module, gathered), version, cfg.rollout.weight_bucket_mb << 20, group)
+        # A broadcast flattens each bucket from the live weights (on the GPU under NCCL: no host round trip).
+        state = sync_state(engine.module, gathered, cpu_copy=group is None)
+        push_weights(rollouts, state, version, cfg.rollout.weight_bucket_mb << 20, group)
     dist.barrier()
     return time.perf_counter() - start
 

@@ -42,8 +42,7 @@ def _fusion_manifest(cfg: Config, stage1_model: Path) -> tuple[Path, int]:
     from raytrain.evaluation import evaluate, saved_predictions
 
     collect = cfg.busterx.fusion_samples * 4
-    probe = cfg.model_copy(update={
-        "model": cfg.model.model_copy(update={"path": str(stage1_model)}),
+    probe = cfg.with_model(stage1_model).model_copy(update={
         "data": cfg.data.model_copy(update={"mode": "think", "max_rows": collect}),
     })
     out = stage_dir(cfg, 2)

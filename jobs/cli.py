@@ -49,7 +49,7 @@ def held_out(cfg: Config, model: str | Path, out: Path, name: str, *, loss: bool
     also the mean token NLL of the SFT targets."""
     from raytrain.evaluation import evaluate, heldout_loss
 
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(model)})})
+    cfg = cfg.with_model(model)
     summary = evaluate(cfg, out, name=name)
     values = {k: summary["overall"][k]["value"] for k in SHOWN}
     values["items"] = summary["overall"]["accuracy"]["n"]

@@ -58,8 +58,7 @@ def main(argv=None) -> dict:
         raise SystemExit(2)
 
     def evaluate_model(model: Path, when: str) -> dict:
-        cfg = dapo_cfg.model_copy(update={"model": dapo_cfg.model.model_copy(update={"path": str(model)})})
-        return evaluate(cfg, Path(dapo_cfg.run.output_dir) / EVAL_DIRS[when], name=f"{when} DAPO")
+        return evaluate(dapo_cfg.with_model(model), Path(dapo_cfg.run.output_dir) / EVAL_DIRS[when], name=f"{when} DAPO")
 
     warm = _stage(warmup_cfg, "format warm-up (SFT, random answers)")
     before = evaluate_model(warm, "before")

@@ -363,6 +363,10 @@ class Config(_Strict):
     busterx: BusterXConfig = Field(default_factory=BusterXConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
+    def with_model(self, path: str | Path) -> "Config":
+        """This config with `model.path` set to `path` (another checkpoint of the policy, say)."""
+        return self.model_copy(update={"model": self.model.model_copy(update={"path": str(path)})})
+
     @model_validator(mode="after")
     def _prpo_needs_paragraphs(self):
         if self.algorithm.advantage_estimator == "prpo" and not self.reward.enabled("paragraph"):

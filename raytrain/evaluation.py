@@ -259,7 +259,7 @@ def split_adapter(cfg: Config) -> tuple[Config, str | None]:
     base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{adapter_config}: no base_model_name_or_path, so the adapter's base model is unknown")
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": base})}), cfg.model.path
+    return cfg.with_model(base), cfg.model.path
 
 
 def _model_fingerprint(path: str) -> str:

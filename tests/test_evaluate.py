@@ -150,8 +150,8 @@ def test_lora_export_is_evaluated_on_its_base_model(base_config_dict, tmp_path):
     adapter = tmp_path / "final"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/base"}))
-    served, weights = split_adapter(cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(adapter)})}))
+    served, weights = split_adapter(cfg.with_model(adapter))
     assert (served.model.path, weights) == ("/models/base", str(adapter))
     (adapter / "adapter_config.json").write_text("{}")
     with pytest.raises(ValueError, match="base model"):
-        split_adapter(cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(adapter)})}))
+        split_adapter(cfg.with_model(adapter))

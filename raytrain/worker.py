@@ -109,16 +109,15 @@ def _gathered_weights(engine, cfg: Config) -> dict[str, torch.Tensor] | None:
     return engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=cfg.model.lora.enabled)
 
 
-def _push_weights(engine, cfg: Config, rollouts: list, version: int, rank: int, group: WeightGroup | None) -> float:
-    """Rank 0 sends the policy (the adapter alone under LoRA) in buckets; every rank waits for it."""
-    start = time.perf_counter()
-    gathered = _gathered_weights(engine, cfg)
+def _push_weights(engine, cfg: Config, rollouts: list, version: int, rank: int, group: WeightGroup | None,
+                  gathered: dict[str, torch.Tensor] | None) -> None:
+    """Rank 0 sends the policy (the adapter alone under LoRA; `gathered`: `_gathered_weights`) in
+    buckets; every rank waits for it."""
     if rank == 0:
         # A broadcast flattens each bucket from the live weights (on the GPU under NCCL: no host round trip).
         state = sync_state(engine.module, gathered, cpu_copy=group is None)
         push_weights(rollouts, state, version, cfg.rollout.weight_bucket_mb << 20, group)
     dist.barrier()
-    return time.perf_counter() - start
 
 
 def _sum_across_ranks(values: list[float]) -> list[float]:
@@ -299,9 +298,9 @@ def _train_step(cfg: Config, engine, ref_model, batch: TrainBatch | None, tokeni
             "ranks_trained": float(batch is not None)}
 
 
-def _save_checkpoint(engine, processor, cfg: Config, state: TrainerState, rank: int, directory: Path) -> None:
+def _save_checkpoint(engine, processor, cfg: Config, state: TrainerState, rank: int, directory: Path,
+                     gathered: dict[str, torch.Tensor] | None) -> None:
     engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, exclude_frozen_parameters=cfg.model.lora.enabled)
-    gathered = _gathered_weights(engine, cfg)
     if rank == 0:
         export_weights(engine.module, processor, directory / MODEL_DIR, gathered)
         state.save(directory)
@@ -352,7 +351,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         served = ray.get([a.served_version.remote() for a in rollouts]) if rank == 0 else []
         (behind,) = _sum_across_ranks([float(any(v != state.version for v in served))])
         if behind:
-            _push_weights(engine, cfg, rollouts, state.version, rank, group)
+            _push_weights(engine, cfg, rollouts, state.version, rank, group, _gathered_weights(engine, cfg))
 
     feed = PromptFeed(ray.train.get_dataset_shard("train"), cfg.train.prompts_per_worker, set(state.consumed))
     rollout = rollouts[rank % len(rollouts)] if rollouts else None
@@ -375,7 +374,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if global_rows == 0 and ranks_with_data == 0:
             # Every rank has run out of data: record the final data position (skipped media
             # drawn in this last round included) and stop.
-            _checkpoint(engine, processor, cfg, state, rank, feed, {"step": state.step, "data_exhausted": 1}, "_end")
+            _checkpoint(engine, processor, cfg, state, rank, feed, {"step": state.step, "data_exhausted": 1},
+                        _gathered_weights(engine, cfg), "_end")
             break
         if global_rows == 0:
             if rank == 0:
@@ -387,24 +387,31 @@ def train_loop_per_worker(loop_config: dict) -> None:
         stats.update(_train_step(cfg, engine, ref_model, batch, tokenizer_ids, global_tokens, global_seqs, world, suppress, padding))
         state.step += 1
         state.version += 1
-        t_sync = _push_weights(engine, cfg, rollouts, state.version, rank, group) if cfg.train.algorithm == "dapo" else 0.0
+        sync = cfg.train.algorithm == "dapo"
+        checkpoint_now = state.step % cfg.train.checkpoint_every == 0 or state.step >= total_steps
+        # Under ZeRO-3 the weight gather is a collective over the whole model: once for the sync and the export.
+        t2 = time.perf_counter()
+        gathered = _gathered_weights(engine, cfg) if sync or checkpoint_now else None
+        if sync:
+            _push_weights(engine, cfg, rollouts, state.version, rank, group, gathered)
+        t_sync = time.perf_counter() - t2 if sync else 0.0
         t_train = time.perf_counter() - t1 - t_sync
 
         metrics = _step_metrics(cfg, state, stats, global_tokens, feed)
         metrics.update({"time/rollout_s": t_rollout, "time/train_s": t_train, "time/weight_sync_s": t_sync})
         if rank == 0:
             _log(out_dir, metrics)
-        if state.step % cfg.train.checkpoint_every == 0 or state.step >= total_steps:
-            _checkpoint(engine, processor, cfg, state, rank, feed, metrics)
+        if checkpoint_now:
+            _checkpoint(engine, processor, cfg, state, rank, feed, metrics, gathered)
         else:
             ray.train.report(metrics)
 
 
 def _checkpoint(engine, processor, cfg: Config, state: TrainerState, rank: int, feed: PromptFeed, metrics: dict,
-                name: str = "") -> None:
+                gathered: dict[str, torch.Tensor] | None, name: str = "") -> None:
     _gather_data_position(state, feed)
     with tempfile.TemporaryDirectory() as tmp:
-        _save_checkpoint(engine, processor, cfg, state, rank, Path(tmp))
+        _save_checkpoint(engine, processor, cfg, state, rank, Path(tmp), gathered)
         # One name on every rank: Ray Train merges the ranks' files (DeepSpeed's per-rank
         # optimizer shards) into that one directory.
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),

@@ -60,6 +60,7 @@ def test_group_samples(engine, prompts, cfg):
     torch.manual_seed(1)
     groups = engine.generate(prompts, sampling)
     assert {engine.image_token_id, engine.video_token_id} <= set(engine.suppress_ids)
+    assert engine.version == 0  # the samples carry it (check_groups)
     check_groups(engine, groups, len(prompts), sampling.group_size, sampling.max_new_tokens)
 
 

@@ -65,6 +65,7 @@ def test_group_samples(engine, prompts, rollout_cfg):
     sampling = rollout_cfg.sampling
     groups = engine.generate(prompts, sampling)
     assert len(engine.suppress_ids) == 4  # image/video pads, vision start/end: never in a response
+    assert engine.version == 0  # the samples carry it (check_groups)
     check_groups(engine, groups, len(prompts), sampling.group_size, sampling.max_new_tokens)
     assert all(len({tuple(s.token_ids) for s in g}) > 1 for g in groups), "G samples of a random model should differ"
 

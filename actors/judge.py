@@ -1,4 +1,4 @@
-"""Judge actor: holds one thinking-judge model (`raytrain.judge.JudgeModel`) and grades batches."""
+"""Judge actor: holds one thinking-judge model (`raytrain.models.thinking_judge.JudgeModel`) and grades batches."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ray
 import torch
 
 from raytrain.config import JudgeConfig
-from raytrain.judge import JudgeModel, JudgeRequest
+from raytrain.models.thinking_judge import JudgeModel, JudgeRequest
 
 
 @ray.remote

@@ -16,10 +16,10 @@ import ray
 import torch
 
 from actors.judge import start_judge_actors
-from raytrain.clip import ClipEncoder
+from raytrain.models.clip import ClipEncoder
 from raytrain.config import RewardConfig
-from raytrain.judge import JudgeRequest
-from raytrain.media import MediaError, load_frames
+from raytrain.models.thinking_judge import JudgeRequest
+from raytrain.data.media import MediaError, load_frames
 from rewards.answer import parse_answer
 from rewards.outcome import accuracy_reward, score_response
 from rewards.paragraphs import make_keyphrase_extractor, paragraph_rewards, segment_paragraphs, vcr_phrases

@@ -8,9 +8,9 @@ import ray
 import torch
 
 from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
-from raytrain.engines import make_engine
-from raytrain.policy import Prompt, Sample
-from raytrain.weight_sync import BucketMeta, GroupAddress, Shape, WeightGroup, bucket_meta, buckets, tensor_spec
+from raytrain.engines.base import make_engine
+from raytrain.models.batching import Prompt, Sample
+from raytrain.weight_sync.protocol import BucketMeta, GroupAddress, Shape, WeightGroup, bucket_meta, buckets, tensor_spec
 
 
 @ray.remote

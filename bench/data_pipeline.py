@@ -12,7 +12,7 @@ their ratio per round, after one warm-up pass that starts the Ray workers;
 rounds alternate which side goes first. Ray runs its workers at nice 15, so
 this process drops to the same niceness: on a machine shared with other jobs
 both sides then get the same share of the CPUs. Clips come from
-`raytrain.synthetic` (cached in --data when given).
+`raytrain.data.synthetic` (cached in --data when given).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 
 from raytrain.config import DataConfig  # noqa: E402
-from raytrain.data import build_frame_dataset, decode_row, split_rows  # noqa: E402
-from raytrain.layouts import scan_dataset  # noqa: E402
-from raytrain.manifest import write_manifest  # noqa: E402
-from raytrain.synthetic import make_synthetic_dataset  # noqa: E402
+from raytrain.data.pipeline import build_frame_dataset, decode_row, split_rows  # noqa: E402
+from raytrain.data.layouts import scan_dataset  # noqa: E402
+from raytrain.data.manifest import write_manifest  # noqa: E402
+from raytrain.data.synthetic import make_synthetic_dataset  # noqa: E402
 
 
 _RAY_WORKER_NICENESS = 15  # what ray::IDLE / ray::MapWorker processes run at (`ps -o ni`)

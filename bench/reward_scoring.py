@@ -18,8 +18,8 @@ import torch  # noqa: E402
 
 from actors.reward import RewardScorer  # noqa: E402
 from raytrain.config import RewardConfig  # noqa: E402
-from raytrain.synthetic import make_synthetic_dataset  # noqa: E402
-from raytrain.tiny_model import save_tiny_clip  # noqa: E402
+from raytrain.data.synthetic import make_synthetic_dataset  # noqa: E402
+from raytrain.models.tiny import save_tiny_clip  # noqa: E402
 
 RESPONSE = ("<think>The jaw line shows a blending seam in frame {i}, and the skin texture repeats.\n\n"
             "The lips drift out of sync with the face while the lighting stays natural.</think>\n\n"

@@ -29,10 +29,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from raytrain.config import ModelConfig, RolloutConfig  # noqa: E402
-from raytrain.models import sync_state  # noqa: E402
-from raytrain.policy import text_prompt  # noqa: E402
-from raytrain.tiny_model import _CORPUS, build_tiny_text_model, save_tiny_text_model  # noqa: E402
-from raytrain.weight_sync import broadcast_update, open_local_group  # noqa: E402
+from raytrain.models.loading import sync_state  # noqa: E402
+from raytrain.models.batching import text_prompt  # noqa: E402
+from raytrain.models.tiny import _CORPUS, build_tiny_text_model, save_tiny_text_model  # noqa: E402
+from raytrain.weight_sync.protocol import broadcast_update, open_local_group  # noqa: E402
 
 
 def _timed(engine, prompts, sampling) -> tuple[int, float]:
@@ -59,8 +59,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from raytrain.engines import TransformersEngine
-    from raytrain.vllm_engine import VLLMEngine
+    from raytrain.engines.base import TransformersEngine
+    from raytrain.engines.vllm_engine import VLLMEngine
 
     with tempfile.TemporaryDirectory() as tmp:
         path = save_tiny_text_model(tmp, hidden_size=args.hidden_size, layers=args.layers)

@@ -17,10 +17,10 @@ import json
 from pathlib import Path
 
 from jobs import cli
-from raytrain.busterx import STAGES, fusion_rows, stage_config, stage_dir, stage_steps
+from raytrain.recipes.busterx import STAGES, fusion_rows, stage_config, stage_dir, stage_steps
 from raytrain.config import Config
-from raytrain.launch import FINAL_DIR, MERGED_DIR, train
-from raytrain.manifest import read_manifest, rows_to_table, write_manifest
+from raytrain.train.launch import FINAL_DIR, MERGED_DIR, train
+from raytrain.data.manifest import read_manifest, rows_to_table, write_manifest
 
 FUSION_MANIFEST = "fusion_manifest.parquet"  # under stage2/
 COLLECT_DIR = "collect"  # under stage2/: stage 1's responses on the training split
@@ -39,7 +39,7 @@ def _finished(cfg: Config, stage: int) -> bool:
 def _fusion_manifest(cfg: Config, stage1_model: Path) -> tuple[Path, int]:
     """Stage 1's greedy responses on (up to 4x `fusion_samples` of) the training split, kept when
     correct and well formatted, fused into think and no-think rows: the manifest and its row count."""
-    from raytrain.evaluation import evaluate, saved_predictions
+    from raytrain.eval.inference import evaluate, saved_predictions
 
     collect = cfg.busterx.fusion_samples * 4
     probe = cfg.with_model(stage1_model).model_copy(update={

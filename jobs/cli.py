@@ -12,7 +12,7 @@ from pathlib import Path
 
 from raytrain.config import Config, ConfigError, apply_overrides, load_config, parse_config
 
-# Shown side by side after a recipe, from the evaluation summaries (`raytrain.evaluation.evaluate`).
+# Shown side by side after a recipe, from the evaluation summaries (`raytrain.eval.inference.evaluate`).
 SHOWN = ("accuracy", "f1", "false_negative_rate", "format_compliance", "mode_compliance")
 REPORT = "recipe.json"  # under run.output_dir
 
@@ -47,7 +47,7 @@ def load(args: argparse.Namespace, extra: list[str] = (), defaults: dict | None 
 def held_out(cfg: Config, model: str | Path, out: Path, name: str, *, loss: bool) -> dict:
     """Held-out metrics of `model` on `data.eval_split` (predictions and report in `out`); with `loss`
     also the mean token NLL of the SFT targets."""
-    from raytrain.evaluation import evaluate, heldout_loss
+    from raytrain.eval.inference import evaluate, heldout_loss
 
     cfg = cfg.with_model(model)
     summary = evaluate(cfg, out, name=name)
@@ -74,7 +74,7 @@ def run_recipe(cfg: Config, tag: str, *, evaluate: bool = True) -> dict:
     """Train (or resume) `cfg`; unless `evaluate` is off, evaluate the starting and the final model on the
     held-out split (accuracy, F1, compliance; the SFT loss for SFT) and print them side by side.
     Writes `run.output_dir/recipe.json`; returns it."""
-    from raytrain.launch import train
+    from raytrain.train.launch import train
 
     out = Path(cfg.run.output_dir)
     loss = cfg.train.algorithm == "sft"

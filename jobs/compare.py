@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from raytrain.metrics import compare_runs
-from raytrain.plots import plot_confusion_matrices, plot_rate_by_group
-from raytrain.report import METRICS, PREDICTIONS, comparison_markdown
+from raytrain.eval.metrics import compare_runs
+from raytrain.eval.plots import plot_confusion_matrices, plot_rate_by_group
+from raytrain.eval.report import METRICS, PREDICTIONS, comparison_markdown
 
 GROUP_BY = "category"
 

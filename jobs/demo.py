@@ -20,10 +20,10 @@ from pathlib import Path
 
 from jobs import compare, make_synthetic
 from raytrain.config import load_config
-from raytrain.evaluation import evaluate
-from raytrain.launch import FINAL_DIR, train
-from raytrain.plots import plot_training
-from raytrain.tiny_model import save_tiny_model
+from raytrain.eval.inference import evaluate
+from raytrain.train.launch import FINAL_DIR, train
+from raytrain.eval.plots import plot_training
+from raytrain.models.tiny import save_tiny_model
 
 SHOWN = ("accuracy", "precision", "recall", "f1", "false_negative_rate", "format_compliance")
 EVAL_DIRS = {"before": "eval-before", "after": "eval-after"}  # under the DAPO run's output_dir

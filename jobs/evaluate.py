@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from jobs import cli
-from raytrain.evaluation import FOLDER_MANIFEST, evaluate
+from raytrain.eval.inference import FOLDER_MANIFEST, evaluate
 
 
 def _defaults(args) -> dict:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from raytrain.layouts import scan_dataset
-from raytrain.manifest import write_manifest
-from raytrain.synthetic import make_synthetic_dataset
+from raytrain.data.layouts import scan_dataset
+from raytrain.data.manifest import write_manifest
+from raytrain.data.synthetic import make_synthetic_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

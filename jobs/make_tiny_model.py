@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from raytrain.tiny_model import save_tiny_model
+from raytrain.models.tiny import save_tiny_model
 
 
 def main(argv=None) -> None:

@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from raytrain.layouts import LAYOUTS, detect_layout, scan_source
-from raytrain.manifest import inspect_entry, rows_to_table, write_manifest
-from raytrain.splits import (
+from raytrain.data.layouts import LAYOUTS, detect_layout, scan_source
+from raytrain.data.manifest import inspect_entry, rows_to_table, write_manifest
+from raytrain.data.splits import (
     assign_groups, assign_splits, balance_weights, drop_duplicates, format_table, stable_sample, summarise)
 
 _SHOW_REJECTS = 50
@@ -95,7 +95,7 @@ def _inspect(entries: list[dict], args: argparse.Namespace) -> tuple[list[dict],
             return [r for r, _ in results if r is not None], [j for _, j in results if j is not None]
         import ray
 
-        from raytrain.data import inspect_entries
+        from raytrain.data.pipeline import inspect_entries
 
         if not ray.is_initialized():
             if os.environ.get("RAY_ADDRESS"):

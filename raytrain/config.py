@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rewards.judge import JUDGE_PROMPT
+from rewards.judge_prompt import JUDGE_PROMPT
 from rewards.outcome import COMPONENTS as REWARD_COMPONENTS
 
 
@@ -53,7 +53,7 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    manifest: Path = Field(..., description="Parquet manifest (see `raytrain.manifest`).")
+    manifest: Path = Field(..., description="Parquet manifest (see `raytrain.data.manifest`).")
     train_split: str = Field("train", description="Manifest split used for training.")
     eval_split: str = Field("test", description="Manifest split used for held-out evaluation.")
     num_frames: int = Field(16, gt=0, description="Frames sampled uniformly per video (BusterX++: 16) when `sample_fps` is null.")

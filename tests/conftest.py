@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from raytrain.tiny_model import save_tiny_model
+    from raytrain.models.tiny import save_tiny_model
 
     out = tmp_path_factory.mktemp("tiny-model")
     save_tiny_model(out)
@@ -25,9 +25,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     """16 train + 8 test synthetic items with `manifest.parquet` next to them."""
-    from raytrain.layouts import scan_dataset
-    from raytrain.manifest import write_manifest
-    from raytrain.synthetic import make_synthetic_dataset
+    from raytrain.data.layouts import scan_dataset
+    from raytrain.data.manifest import write_manifest
+    from raytrain.data.synthetic import make_synthetic_dataset
 
     out = tmp_path_factory.mktemp("synthetic")
     make_synthetic_dataset(out, num_train=16, num_test=8, seed=0)
@@ -116,7 +116,7 @@ def _with_undecodable_rows(manifest: Path, out_dir: Path) -> tuple[Path, list[st
     """A copy of `manifest` whose train split also names an empty, a non-video and a missing file."""
     import pyarrow as pa
 
-    from raytrain.manifest import read_manifest, write_manifest
+    from raytrain.data.manifest import read_manifest, write_manifest
 
     table = read_manifest(manifest)
     template = next(r for r in table.to_pylist() if r["split"] == "train")
@@ -139,7 +139,7 @@ def warm_run(make_config_dict, synthetic_dir, ray_session, tmp_path_factory):
     Returns (config, final model folder, bad paths). DAPO tests start from this model: they need a
     policy whose groups differ in accuracy, or dynamic sampling keeps nothing."""
     from raytrain.config import parse_config
-    from raytrain.launch import train
+    from raytrain.train.launch import train
 
     root = tmp_path_factory.mktemp("warmup")
     manifest, bad_paths = _with_undecodable_rows(synthetic_dir / "manifest.parquet", root)
@@ -160,7 +160,7 @@ def warm_model_dir(warm_run) -> Path:
 def media_prompts(make_config_dict, tmp_path_factory):
     """Two videos and one image of the synthetic train split, as prompts for the tiny model."""
     from raytrain.config import parse_config
-    from raytrain.data import PromptBuilder, prompts_from_batch, split_rows
+    from raytrain.data.pipeline import PromptBuilder, prompts_from_batch, split_rows
 
     cfg = parse_config(make_config_dict(tmp_path_factory.mktemp("prompts-run")))
     rows = split_rows(cfg.data, "train").to_pylist()

@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from raytrain.policy import Prompt, text_prompt  # noqa: E402
+from raytrain.models.batching import Prompt, text_prompt  # noqa: E402
 
 TEXTS = [
     "Is this video real or fake?",
@@ -25,7 +25,7 @@ TEXTS = [
 
 @pytest.fixture(scope="session")
 def text_model_dir(tmp_path_factory):
-    from raytrain.tiny_model import save_tiny_text_model
+    from raytrain.models.tiny import save_tiny_text_model
 
     return save_tiny_text_model(tmp_path_factory.mktemp("tiny-text"))
 

@@ -1,4 +1,4 @@
-"""The vLLM engine (raytrain.vllm_engine) on CPU, full-weight mode, against transformers.
+"""The vLLM engine (raytrain.engines.vllm_engine) on CPU, full-weight mode, against transformers.
 
 One engine for the whole module (vLLM starts in ~20 s); tests run in file order and the
 later ones change its weights, each saying what it expects the engine to serve.
@@ -12,11 +12,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from raytrain.config import ModelConfig, RolloutConfig
-from raytrain.models import sync_state
-from raytrain.policy import masked_logprobs
-from raytrain.tiny_model import build_tiny_text_model
-from raytrain.weight_sync import broadcast_update, buckets, open_local_group
-from tests.engine_checks import check_groups, check_unannounced_bucket_refused_without_stalling
+from raytrain.models.loading import sync_state
+from raytrain.models.batching import masked_logprobs
+from raytrain.models.tiny import build_tiny_text_model
+from raytrain.weight_sync.protocol import broadcast_update, buckets, open_local_group
+from tests.helpers.engine_checks import check_groups, check_unannounced_bucket_refused_without_stalling
 from tests_vllm.conftest import hf_greedy
 
 # float32 on both sides; vLLM's CPU kernels (oneDNN GEMMs, its own attention) sum in another
@@ -41,7 +41,7 @@ def rollout_cfg():
 
 @pytest.fixture(scope="module")
 def engine(model_cfg, rollout_cfg):
-    from raytrain.vllm_engine import VLLMEngine
+    from raytrain.engines.vllm_engine import VLLMEngine
 
     return VLLMEngine(model_cfg, rollout_cfg)
 
@@ -103,7 +103,7 @@ def test_greedy_matches_transformers(engine, reference, prompts, rollout_cfg):
 def test_transformers_engine_beside_vllm(engine, model_cfg, prompts, rollout_cfg):
     """The project's TransformersEngine serves the same text-only model (`bench.rollout` puts the two
     side by side): the same sample contract, and the same greedy tokens as vLLM."""
-    from raytrain.engines import TransformersEngine
+    from raytrain.engines.base import TransformersEngine
 
     hf = TransformersEngine(model_cfg)
     sampling = rollout_cfg.sampling

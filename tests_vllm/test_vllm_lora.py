@@ -7,9 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from raytrain.config import ModelConfig, RolloutConfig
-from raytrain.models import sync_state, wrap_lora
-from raytrain.tiny_model import build_tiny_text_model
-from raytrain.weight_sync import open_local_group
+from raytrain.models.loading import sync_state, wrap_lora
+from raytrain.models.tiny import build_tiny_text_model
+from raytrain.weight_sync.protocol import open_local_group
 from tests_vllm.conftest import hf_greedy
 
 
@@ -30,7 +30,7 @@ def rollout_cfg():
 @pytest.fixture(scope="module")
 def engine(lora_cfg, rollout_cfg):
     """LoRA serving is fixed when vLLM starts, so this module has its own engine."""
-    from raytrain.vllm_engine import VLLMEngine
+    from raytrain.engines.vllm_engine import VLLMEngine
 
     return VLLMEngine(lora_cfg, rollout_cfg)
 

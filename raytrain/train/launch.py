@@ -1,0 +1,127 @@
+"""Driver side of a run: Ray (embedded or cluster), actors, the dataset, and the TorchTrainer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from actors.reward import RewardActor
+from actors.rollout import start_rollout_actors
+from raytrain.train.checkpoint import MODEL_DIR, TrainerState, latest_checkpoint
+from raytrain.config import Config
+from raytrain.data.pipeline import build_dataset, split_rows
+from raytrain.models.loading import merge_adapter
+from raytrain.train.loop import train_loop_per_worker
+
+STORAGE_DIR = "ray"  # under run.output_dir: Ray Train's checkpoints and run state
+FINAL_DIR = "final"  # under run.output_dir: the last checkpoint's Hugging Face export
+MERGED_DIR = "final-merged"  # under run.output_dir: with `model.lora.export_merged`, base + adapter in one model
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """Workers run elsewhere (another cwd, another node under `ray job submit`): pin every path now.
+
+    A hub name such as `Qwen/Qwen2.5-VL-7B-Instruct` is left alone; an existing local folder is resolved.
+    """
+    model_path = Path(cfg.model.path)
+    model = cfg.model.model_copy(update={"path": str(model_path.resolve())}) if model_path.exists() else cfg.model
+    return cfg.model_copy(update={
+        "run": cfg.run.model_copy(update={"output_dir": cfg.run.output_dir.resolve()}),
+        "data": cfg.data.model_copy(update={"manifest": cfg.data.manifest.resolve()}),
+        "model": model,
+    })
+
+
+def init_ray(cfg: Config) -> None:
+    """Join the cluster named by RAY_ADDRESS (`ray job submit` sets it), else start an embedded local Ray."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        return
+    # Logical CPUs above the physical count let actors, workers and decode tasks share a small machine.
+    ray.init(
+        address="local",  # never silently join some other Ray left running on this machine
+        num_cpus=cfg.cluster.num_cpus or max(8, os.cpu_count() or 1),
+        include_dashboard=cfg.cluster.dashboard,
+        dashboard_host="127.0.0.1",
+    )
+
+
+def _worker_gpu_share(cfg: Config) -> float:
+    """A whole GPU per worker, or what a colocated rollout engine leaves of it (Ray packs the
+    fractional requests of workers and engines onto shared GPUs)."""
+    return 1 - cfg.rollout.num_gpus if cfg.rollout.vllm.mode == "colocated" else 1
+
+
+def train(cfg: Config) -> Path:
+    """Run (or resume) training; returns the final Hugging Face export folder."""
+    cfg = absolute_paths(cfg)
+    init_ray(cfg)
+    out = cfg.run.output_dir
+    storage = out / STORAGE_DIR
+    previous = latest_checkpoint(storage)
+    consumed = frozenset(TrainerState.load(previous).consumed) if previous else frozenset()
+    if previous:
+        print(f"[run] resuming from {previous} ({len(consumed)} prompts already consumed)", flush=True)
+
+    rows = split_rows(cfg.data, cfg.data.train_split, epochs=cfg.data.epochs, seed=cfg.run.seed, exclude=consumed,
+                      multiple_of=cfg.train.num_workers)
+    restarts = cfg.train.actor_restarts
+    rollouts = start_rollout_actors(cfg.model, cfg.rollout, data=cfg.data, max_restarts=restarts) if cfg.train.algorithm == "dapo" else []
+    reward = None
+    if cfg.train.algorithm == "dapo":
+        encoder_gpus = cfg.reward.paragraph.num_gpus if cfg.reward.enabled("paragraph") else 0
+        reward = RewardActor.options(num_gpus=encoder_gpus, max_restarts=restarts).remote(cfg.reward, cfg.data.answer_format)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "rollout_actors": rollouts, "reward_actor": reward},
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": _worker_gpu_share(cfg)} if cfg.train.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=STORAGE_DIR,
+            storage_path=str(out),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+        ),
+        datasets={"train": build_dataset(cfg, rows)},
+    )
+    try:
+        result = trainer.fit()
+    finally:
+        for actor in [*rollouts, *([reward] if reward else [])]:
+            ray.kill(actor)
+    if result.checkpoint is None:
+        raise RuntimeError(f"training produced no checkpoint; see {storage}")
+    final = out / FINAL_DIR
+    shutil.rmtree(final, ignore_errors=True)
+    with result.checkpoint.as_directory() as d:
+        shutil.copytree(Path(d) / MODEL_DIR, final)
+        state = TrainerState.load(d)
+    _report_skipped(state.skipped)
+    if cfg.model.lora.enabled and cfg.model.lora.export_merged:
+        shutil.rmtree(out / MERGED_DIR, ignore_errors=True)
+        print(f"[run] merged weights: {merge_adapter(final, out / MERGED_DIR, cfg.model)}", flush=True)
+    return final
+
+
+def _report_skipped(skipped: list[dict]) -> None:
+    """One line per undecodable file; a file is skipped again in every epoch that draws it."""
+    by_path: dict[str, list[dict]] = {}
+    for s in skipped:
+        by_path.setdefault(s["path"], []).append(s)
+    if not by_path:
+        return
+    print(f"[run] {len(by_path)} media file(s) could not be decoded and were skipped ({len(skipped)} draws):", flush=True)
+    for path, draws in by_path.items():
+        times = f" ({len(draws)} times)" if len(draws) > 1 else ""
+        print(f"  {path}: {draws[-1]['reason']}{times}", flush=True)

@@ -1,0 +1,48 @@
+"""Engine checks shared by the main suite and the vLLM suite (imports in both environments)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from raytrain.weight_sync.protocol import BucketReceiver, WeightGroup, bucket_meta, buckets, tensor_spec
+
+
+def check_groups(engine, groups, n_prompts: int, group_size: int, max_new_tokens: int) -> None:
+    """What every engine's `generate` promises: G samples per prompt, each with one finite
+    log-probability (<= 0) per token, no vision special token, the served version, and
+    `truncated` exactly when no end-of-sequence token closes it."""
+    assert len(groups) == n_prompts
+    forbidden = set(engine.suppress_ids)
+    for group in groups:
+        assert len(group) == group_size
+        for s in group:
+            assert 0 < len(s.token_ids) <= max_new_tokens
+            assert len(s.logprobs) == len(s.token_ids)
+            assert s.version == engine.version
+            assert all(np.isfinite(s.logprobs)) and all(lp <= 0 for lp in s.logprobs)
+            assert not forbidden & set(s.token_ids)
+            assert s.truncated == (engine.eos_id not in s.token_ids)
+            if not s.truncated:
+                assert s.token_ids.index(engine.eos_id) == len(s.token_ids) - 1
+            assert isinstance(s.text, str)
+
+
+def check_unannounced_bucket_refused_without_stalling(engine: BucketReceiver, group: WeightGroup,
+                                                      state: dict[str, torch.Tensor], bucket_bytes: int) -> None:
+    """A broadcast bucket the plan did not announce: the engine still takes part in the broadcast
+    (the sender returns instead of stalling), then refuses it; the served version stays."""
+    served = engine.version
+    engine.begin_update(served + 1, tensor_spec(state), group.address)
+    bucket = next(iter(buckets(state, bucket_bytes)))
+    first = next(iter(bucket))
+    renamed = {("not_a." + k if k == first else k): v for k, v in bucket.items()}
+    with ThreadPoolExecutor(1) as pool:
+        refused = pool.submit(engine.receive_bucket, bucket_meta(renamed))
+        group.send(bucket)
+        with pytest.raises(ValueError, match="not announced"):
+            refused.result()
+    assert engine.version == served

@@ -1,0 +1,150 @@
+"""The reward actor's scoring with every component: a tiny judge actor on local Ray, a tiny CLIP, YAKE, real media.
+
+The scorer runs in the test process (the remote `RewardActor` is the same class, exercised end to end by
+tests/test_e2e.py); one judge actor serves every test, so only one extra process starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from actors.judge import start_judge_actors
+from actors.reward import RewardScorer
+from raytrain.models.clip import ClipEncoder
+from raytrain.config import JudgeConfig, ModelConfig, RewardConfig
+from raytrain.models.thinking_judge import JudgeModel, JudgeRequest
+from raytrain.data.media import load_frames
+from raytrain.models.tiny import save_tiny_clip
+from rewards.paragraphs import make_keyphrase_extractor, paragraph_rewards, segment_paragraphs
+
+JUDGE_SCORE = "0.7"
+
+
+def _judge_config(path, **overrides) -> JudgeConfig:
+    return JudgeConfig(model=ModelConfig(path=str(path), dtype="float32"), num_frames=2, max_pixels=3136,
+                       min_pixels=784, max_new_tokens=8, num_cpus=0.5, prompt="Grade: {question} {response}",
+                       **overrides)
+
+
+def _videos(synthetic_dir: Path) -> list[str]:
+    return sorted(str(p) for p in (synthetic_dir / "train").rglob("*.mp4"))
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tiny_model_dir, synthetic_dir, tmp_path_factory) -> Path:
+    """The tiny VLM taught to answer `<answer>0.7</answer>` to any request: a judge whose score is known."""
+    torch.set_num_threads(1)
+    judge = JudgeModel(_judge_config(tiny_model_dir))
+    videos = _videos(synthetic_dir)
+    requests = [JudgeRequest("Is this video real or fake?", f"<think>look {i}</think><answer>fake</answer>", v)
+                for i, v in enumerate(videos[:2])] + [JudgeRequest("Is it real?", "<think>x</think>", None)]
+    tok = judge.processor.tokenizer
+    target = torch.tensor(tok(f"<answer>{JUDGE_SCORE}</answer><|im_end|>", add_special_tokens=False)["input_ids"])
+    inputs = judge.encode(requests)
+    target = target.expand(inputs["input_ids"].shape[0], -1)
+    # Left padding: the target continues every row right after its generation prompt.
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], target], 1)
+    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(target)], 1)
+    inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(target)], 1)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    labels[:, -target.shape[1]:] = target
+    model = judge.model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(25):
+        model(**inputs, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    out = tmp_path_factory.mktemp("tiny-judge")
+    model.save_pretrained(out)
+    judge.processor.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def judges(judge_dir, ray_local):
+    actors = start_judge_actors(_judge_config(judge_dir))
+    yield actors
+    for actor in actors:
+        ray.kill(actor)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory) -> Path:
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+def _reward_config(judge_dir, clip_dir, **judge) -> RewardConfig:
+    return RewardConfig(
+        weights={"format": 1.0, "overlong": 1.0, "accuracy": 1.0, "hybrid": 1.0, "thinking": 1.0, "paragraph": 1.0},
+        max_len=64, overlong_buffer=16, judge=_judge_config(judge_dir, **judge),
+        paragraph={"encoder": str(clip_dir), "num_frames": 4, "max_pixels": 3136, "min_pixels": 784},
+    )
+
+
+CORRECT = ("<think>The jaw line shows a blending seam in the second frame.\n\n"
+           "The lips drift out of sync with the face.</think>\n\n<answer>fake</answer>")
+WRONG = "<think>Natural lighting and consistent skin texture everywhere.</think>\n\n<answer>real</answer>"
+NO_THINK = "<think></think><answer>fake</answer>"
+
+
+def test_reward_actor_scores_every_component(judges, judge_dir, clip_dir, synthetic_dir):
+    scorer = RewardScorer(_reward_config(judge_dir, clip_dir), "word", judges=judges)
+    video = _videos(synthetic_dir)[0]
+    texts = [CORRECT, WRONG, NO_THINK, NO_THINK, ""]
+    modes = ["think", "think", "no_think", "think", "think"]
+    # Five responses of one prompt: one media decode and embedding shared by all.
+    scores = scorer.score(texts, [10] * 5, ["fake"] * 5, modes=modes, media=[(video, "video")] * 5,
+                          questions=["Is this video real or fake?"] * 5)
+
+    correct, wrong, no_think_ok, think_empty, empty = scores
+    # Correct think-mode answer: the judge is asked and says 0.7; thinking = min(1, 0.7).
+    assert correct["judge_asked"] == 1.0 and correct["judge_failed"] == 0.0
+    assert correct["thinking"] == pytest.approx(0.7)
+    # Wrong answer: the judge is not asked.
+    assert wrong["judge_asked"] == 0.0 and wrong["thinking"] == 0.0 and wrong["accuracy"] == 0.0
+    # no_think with an empty think obeys its mode; thinking is 0 under no_think without asking.
+    assert no_think_ok["hybrid"] == 0.0 and no_think_ok["judge_asked"] == 0.0 and no_think_ok["thinking"] == 0.0
+    assert think_empty["hybrid"] == -1.0 and think_empty["judge_asked"] == 1.0
+    # Totals: format + overlong + accuracy + hybrid + thinking (paragraph is a vector, not summed).
+    assert correct["total"] == pytest.approx(0 + 0 + 1 + 0 + 0.7)
+    assert wrong["total"] == pytest.approx(0 + 0 + 0 + 0 + 0)
+    assert empty["total"] == pytest.approx(-1 + 0 + 0 - 1 + 0) and empty["paragraphs"] == []
+
+    # Paragraph rewards: the pure function with the same encoder, media and keyphrases.
+    encoder = ClipEncoder(str(clip_dir))
+    media_embedding = encoder.embed_frames(load_frames(video, "video", 4, max_pixels=3136, min_pixels=784))
+    paragraphs = segment_paragraphs(CORRECT)
+    expected = paragraph_rewards(paragraphs, "fake", media_embedding, encoder.embed_texts,
+                                 keyphrase=make_keyphrase_extractor())
+    assert [(s, e) for s, e, _ in correct["paragraphs"]] == [(p.start, p.end) for p in paragraphs]
+    assert [r for _, _, r in correct["paragraphs"]] == pytest.approx(expected, abs=1e-5)
+    assert len(expected) == 3 and all(0.0 <= r <= 1.0 for r in expected)
+    assert correct["paragraph"] == pytest.approx(sum(expected) / 3, abs=1e-5)
+    # WRONG is wrong w.r.t. the label, but PCR judges consistency: it leans real and answers real.
+    assert [r for _, _, r in wrong["paragraphs"]][-1] >= 0.5
+
+
+def test_judge_timeout_scores_zero_counts_and_does_not_stall(judges, judge_dir, clip_dir, synthetic_dir):
+    cfg = _reward_config(judge_dir, clip_dir, timeout_s=0.001)
+    cfg.weights = {"accuracy": 1.0, "thinking": 1.0}
+    scorer = RewardScorer(cfg, "word", judges=judges)
+    video = _videos(synthetic_dir)[0]
+    for _ in range(2):  # a late judge call does not block the next one
+        correct, wrong = scorer.score([CORRECT, WRONG], [10, 10], ["fake", "fake"], media=[(video, "video")] * 2)
+        assert correct == {"accuracy": 1.0, "thinking": 0.0, "total": 1.0, "judge_asked": 1.0, "judge_failed": 1.0}
+        assert wrong["judge_failed"] == 0.0
+    assert scorer.judge_failures == 2
+
+
+def test_disabled_components_load_nothing():
+    # Paths that do not exist: loading them would fail, so a working scorer proves nothing was loaded.
+    cfg = RewardConfig(weights={"format": 1.0, "accuracy": 1.0, "thinking": 0.0},
+                       judge={"model": {"path": "/nonexistent/judge"}}, paragraph={"encoder": "/nonexistent/clip"})
+    scorer = RewardScorer(cfg, "letter")
+    assert scorer.judges == [] and scorer.encoder is None
+    scores = scorer.score(["<think>x</think><answer>\\boxed{B}</answer>"], [3], ["fake"])
+    assert scores == [{"format": 0.0, "accuracy": 1.0, "thinking": 0.0, "total": 1.0}]

@@ -1,0 +1,248 @@
+"""The transformers rollout engine (raytrain.engines.base) and weight sync (raytrain.models.loading), without Ray."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+
+from raytrain.config import parse_config
+from raytrain.engines.base import TransformersEngine
+from raytrain.models.loading import sync_state
+from raytrain.models.batching import collate, token_logprobs
+from raytrain.models.tiny import build_tiny_model
+from tests.helpers.engine_checks import check_groups
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread, as rollout actors run on CPU (`rollout.torch_threads`): on a small
+    machine two OpenMP threads make these tiny matmuls ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cfg(make_config_dict, tmp_path_factory):
+    return parse_config(make_config_dict(tmp_path_factory.mktemp("engine-run")))
+
+
+@pytest.fixture(scope="module")
+def lora_cfg(make_config_dict, tmp_path_factory):
+    raw = make_config_dict(tmp_path_factory.mktemp("engine-lora-run"))
+    raw["model"]["lora"] = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
+    return parse_config(raw)
+
+
+@pytest.fixture(scope="module")
+def engine(cfg):
+    """Shared by the tests that only read it; tests that sync weights build their own."""
+    torch.manual_seed(0)
+    return TransformersEngine(cfg.model)
+
+
+@pytest.fixture(scope="module")
+def prompts(media_prompts):
+    return media_prompts
+
+
+def _greedy(engine, prompts, sampling):
+    return [group[0].token_ids for group in engine.generate(prompts, sampling, greedy=True)]
+
+
+def test_group_samples(engine, prompts, cfg):
+    sampling = cfg.rollout.sampling
+    torch.manual_seed(1)
+    groups = engine.generate(prompts, sampling)
+    assert {engine.image_token_id, engine.video_token_id} <= set(engine.suppress_ids)
+    assert engine.version == 0  # the samples carry it (check_groups)
+    check_groups(engine, groups, len(prompts), sampling.group_size, sampling.max_new_tokens)
+
+
+def test_vision_tokens_never_sampled_even_when_preferred(cfg, prompts):
+    """A model that strongly prefers the vision special tokens still never emits them."""
+    eng = TransformersEngine(cfg.model)
+    suppress = torch.tensor(eng.suppress_ids)
+
+    def boost(module, args, output):
+        output = output.clone()
+        output[..., suppress] += 100.0
+        return output
+
+    eng.model.get_output_embeddings().register_forward_hook(boost)
+    torch.manual_seed(2)
+    groups = eng.generate(prompts[:1], cfg.rollout.sampling)
+    greedy = eng.generate(prompts[:1], cfg.rollout.sampling, greedy=True)
+    for s in [s for g in groups + greedy for s in g]:
+        assert not set(eng.suppress_ids) & set(s.token_ids)
+        assert all(np.isfinite(s.logprobs))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampled_logprobs_match_trainer(engine, prompts, cfg, temperature):
+    sampling = cfg.rollout.sampling.model_copy(update={"temperature": temperature})
+    torch.manual_seed(3)
+    groups = engine.generate(prompts, sampling)
+    for prompt, group in zip(prompts, groups):
+        batch = collate(
+            [prompt] * len(group), [s.token_ids for s in group],
+            pad_id=engine.pad_id, image_token_id=engine.image_token_id, video_token_id=engine.video_token_id,
+        )
+        with torch.no_grad():
+            logp = token_logprobs(engine.model, batch, temperature=temperature, suppress_ids=engine.suppress_ids)
+        start = len(prompt.input_ids)
+        for i, s in enumerate(group):
+            n = len(s.token_ids)
+            assert batch["response_mask"][i].sum().item() == n
+            expected = logp[i, start:start + n].numpy()
+            np.testing.assert_allclose(np.asarray(s.logprobs), expected, atol=1e-4, rtol=0)
+        if temperature != 1.0:
+            # The temperature really enters the numbers: untempered log-probs differ.
+            with torch.no_grad():
+                plain = token_logprobs(engine.model, batch, temperature=1.0, suppress_ids=engine.suppress_ids)
+            s = group[0]
+            assert not np.allclose(s.logprobs, plain[0, start:start + len(s.token_ids)].numpy(), atol=1e-3)
+
+
+def test_logprobs_match_with_early_stops(cfg, prompts):
+    """Responses of different lengths (some end with EOS, some are truncated): padding and
+    the response mask still line the trainer's numbers up with the engine's."""
+    eng = TransformersEngine(cfg.model)
+
+    def favour_eos(module, args, output):
+        output = output.clone()
+        output[..., eng.eos_id] += 2.5
+        return output
+
+    eng.model.get_output_embeddings().register_forward_hook(favour_eos)
+    sampling = cfg.rollout.sampling.model_copy(update={"group_size": 8, "temperature": 0.7})
+    torch.manual_seed(8)
+    groups = eng.generate(prompts, sampling)
+    samples = [s for g in groups for s in g]
+    assert any(s.truncated for s in samples) and any(not s.truncated for s in samples)
+    for s in samples:
+        if s.truncated:
+            assert len(s.token_ids) == sampling.max_new_tokens and eng.eos_id not in s.token_ids
+        else:
+            assert s.token_ids.index(eng.eos_id) == len(s.token_ids) - 1
+    for prompt, group in zip(prompts, groups):
+        batch = collate(
+            [prompt] * len(group), [s.token_ids for s in group],
+            pad_id=eng.pad_id, image_token_id=eng.image_token_id, video_token_id=eng.video_token_id,
+        )
+        with torch.no_grad():
+            logp = token_logprobs(eng.model, batch, temperature=0.7, suppress_ids=eng.suppress_ids)
+        start = len(prompt.input_ids)
+        for i, s in enumerate(group):
+            expected = logp[i, start:start + len(s.token_ids)].numpy()
+            np.testing.assert_allclose(np.asarray(s.logprobs), expected, atol=1e-4, rtol=0)
+
+
+def test_greedy_is_deterministic(engine, prompts, cfg):
+    sampling = cfg.rollout.sampling
+    torch.manual_seed(4)
+    first = engine.generate(prompts, sampling, greedy=True)
+    torch.manual_seed(5)
+    second = engine.generate(prompts, sampling, greedy=True)
+    assert all(len(g) == 1 for g in first)
+    assert [g[0].token_ids for g in first] == [g[0].token_ids for g in second]
+    for a, b in zip(first, second):
+        np.testing.assert_allclose(a[0].logprobs, b[0].logprobs, atol=1e-6)
+
+
+def test_full_weight_sync(cfg, engine, prompts, tmp_path):
+    eng = TransformersEngine(cfg.model)
+    other = build_tiny_model(eng.processor, seed=1).eval()
+    before = _greedy(eng, prompts, cfg.rollout.sampling)
+
+    assert eng.update_weights(sync_state(other), version=1) == 1
+    assert eng.version == 1
+    for k, v in other.state_dict().items():
+        assert torch.equal(eng.model.state_dict()[k], v), k
+
+    other.save_pretrained(tmp_path / "other")
+    eng.processor.save_pretrained(tmp_path / "other")
+    reference = TransformersEngine(cfg.model.model_copy(update={"path": str(tmp_path / "other")}))
+    after = _greedy(eng, prompts, cfg.rollout.sampling)
+    assert after == _greedy(reference, prompts, cfg.rollout.sampling)
+    assert after != before, "a differently seeded model should answer differently"
+
+    # Samples carry the version that produced them.
+    torch.manual_seed(6)
+    assert {s.version for g in eng.generate(prompts[:1], cfg.rollout.sampling) for s in g} == {1}
+
+
+def _corruptions(state: dict[str, torch.Tensor]):
+    name = sorted(state)[0]
+    missing = {k: v for k, v in state.items() if k != name}
+    extra = {**state, "model.not_a_layer.weight": torch.zeros(2, 2)}
+    shaped = dict(state)
+    shaped[name] = torch.zeros(*state[name].shape, 2)
+    return [
+        ("missing", name, missing),
+        ("unexpected", "model.not_a_layer.weight", extra),
+        ("wrong shape", name, shaped),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["missing", "unexpected", "wrong shape"])
+def test_bad_full_state_refused(cfg, kind):
+    eng = TransformersEngine(cfg.model)
+    original = {k: v.clone() for k, v in eng.model.state_dict().items()}
+    state = sync_state(build_tiny_model(eng.processor, seed=1))
+    (_, key, bad), = [c for c in _corruptions(state) if c[0] == kind]
+    with pytest.raises(ValueError) as exc:
+        eng.update_weights(bad, version=1)
+    msg = str(exc.value)
+    assert kind in msg and key in msg, msg
+    assert eng.version == 0
+    # Nothing was loaded partially.
+    for k, v in eng.model.state_dict().items():
+        assert torch.equal(v, original[k]), k
+
+
+def test_lora_adapter_sync(lora_cfg, prompts):
+    eng = TransformersEngine(lora_cfg.model)
+    assert isinstance(eng.model, PeftModel)
+    sampling = lora_cfg.rollout.sampling
+    before = _greedy(eng, prompts, sampling)
+
+    # The "trainer": another LoRA policy whose adapter moved away from the zero-initialised lora_B.
+    trainer = TransformersEngine(lora_cfg.model)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+    state = sync_state(trainer.model)
+    assert state and all("lora_" in k for k in state), [k for k in state if "lora_" not in k]
+    base_keys = set(eng.model.get_base_model().state_dict())
+    assert len(state) < len(base_keys)
+
+    frozen = {k: v.clone() for k, v in eng.model.state_dict().items() if "lora_" not in k}
+    assert eng.update_weights(state, version=3) == 3
+    assert eng.version == 3
+    after = _greedy(eng, prompts, sampling)
+    assert after == _greedy(trainer, prompts, sampling)
+    assert after != before, "a perturbed adapter should change the greedy answer"
+    # Only the adapter moved.
+    for k, v in eng.model.state_dict().items():
+        if "lora_" not in k:
+            assert torch.equal(v, frozen[k]), k
+
+    # A full state is not an adapter state.
+    full = sync_state(build_tiny_model(eng.processor, seed=1))
+    with pytest.raises(ValueError, match="missing"):
+        eng.update_weights(full, version=4)
+    assert eng.version == 3
+    bad = copy.copy(state)
+    key = sorted(bad)[0]
+    bad[key] = torch.zeros(bad[key].shape[0] + 1, bad[key].shape[1])
+    with pytest.raises(ValueError, match="wrong shape"):
+        eng.update_weights(bad, version=4)
+    assert eng.version == 3

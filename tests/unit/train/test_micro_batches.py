@@ -1,0 +1,107 @@
+"""Micro-batching (raytrain.models.batching.TrainBatch + the global loss normalisation of raytrain.algos.core):
+a step's gradient is the same whether its sequences go in one pass or in several, on the tiny
+Qwen2.5-VL with video and image prompts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raytrain.algos import core as algos
+from raytrain.config import AlgorithmConfig, ModelConfig
+from raytrain.models.loading import load_policy, load_processor
+from raytrain.models.batching import TrainBatch, collate, collate_ids, masked_logprobs, response_positions, token_logprobs
+
+
+@pytest.fixture(scope="module")
+def model_and_ids(tiny_model_dir):
+    cfg = ModelConfig(path=str(tiny_model_dir), dtype="float32")
+    processor = load_processor(cfg)
+    return load_policy(cfg).train(), collate_ids(processor)
+
+
+@pytest.fixture(scope="module")
+def batch(media_prompts):
+    """Six rows (two responses per prompt, videos and an image), uneven lengths, one row fully
+    masked (an overlong-filtered response) and another partly."""
+    gen = torch.Generator().manual_seed(0)
+    prompts = [p for p in media_prompts for _ in range(2)]
+    responses = [torch.randint(10, 200, (n,), generator=gen).tolist() for n in (5, 9, 3, 7, 4, 8)]
+    mask = response_positions(prompts, responses)
+    loss_mask = mask.clone()
+    loss_mask[1] = 0
+    loss_mask[4, -3:] = 0
+    return TrainBatch(prompts, responses, {
+        "old_logprobs": -torch.rand(mask.shape, generator=gen) * mask - 3.0 * mask,
+        "advantages": torch.randn(mask.shape, generator=gen) * mask,
+        "loss_mask": loss_mask,
+    })
+
+
+def test_response_positions_match_collate(batch, model_and_ids):
+    _, ids = model_and_ids
+    full = collate(batch.prompts, batch.responses, **ids)
+    assert torch.equal(response_positions(batch.prompts, batch.responses), full["response_mask"])
+
+
+def test_one_vision_tower_call_gives_the_models_own_forward(batch, model_and_ids):
+    """`token_logprobs` encodes a batch's videos and image in one vision-tower call (what keeps
+    ZeRO-3 ranks in step); the numbers are those of the model's own forward, which calls it twice."""
+    model, ids = model_and_ids
+    (inputs,) = batch.micro_batches(len(batch), **ids)
+    inputs = {k: v for k, v in inputs.items() if k not in ("old_logprobs", "advantages", "loss_mask")}
+    assert "pixel_values" in inputs and "pixel_values_videos" in inputs
+    calls = []
+    hook = model.model.visual.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            logp = token_logprobs(model, inputs)
+            assert len(calls) == 1
+            logits = model(**{k: v for k, v in inputs.items() if k != "response_mask"}, use_cache=False).logits[:, :-1]
+            assert len(calls) == 3
+    finally:
+        hook.remove()
+    expected = torch.nn.functional.pad(masked_logprobs(logits, inputs["input_ids"][:, 1:], temperature=1.0, suppress_ids=[]), (1, 0))
+    torch.testing.assert_close(logp, expected, rtol=0, atol=1e-5)
+
+
+def _gradient(model, parts: list[dict], algo: AlgorithmConfig, num_tokens: float, num_seqs: float) -> tuple[float, torch.Tensor]:
+    model.zero_grad()
+    total = 0.0
+    for part in parts:
+        inputs = {k: v for k, v in part.items() if k not in ("old_logprobs", "advantages", "loss_mask")}
+        logp = token_logprobs(model, inputs)
+        loss, _ = algos.POLICY_LOSSES[algo.policy_loss](logp, part["old_logprobs"], part["advantages"], part["loss_mask"],
+                                                        algo, num_tokens, num_seqs)
+        loss.backward()
+        total += float(loss.detach())
+    return total, torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("policy_loss, loss_agg", [
+    ("ppo_clip", "token-mean"), ("ppo_clip", "seq-mean-token-mean"), ("ppo_clip", "seq-mean-token-sum"), ("gspo", "token-mean"),
+])
+def test_micro_batches_give_the_whole_batch_gradient(batch, model_and_ids, policy_loss, loss_agg):
+    model, ids = model_and_ids
+    algo = AlgorithmConfig(policy_loss=policy_loss, loss_agg=loss_agg, clip_low=0.2, clip_high=0.28)
+    mask = batch.per_token["loss_mask"]
+    num_tokens, num_seqs = float(mask.sum()), float((mask.sum(-1) > 0).sum())
+    whole = batch.micro_batches(len(batch), **ids)
+    parts = batch.micro_batches(4, **ids)
+    assert len(whole) == 1 and [p["input_ids"].shape[0] for p in parts] == [4, 2]
+    assert parts[1]["input_ids"].shape[1] < whole[0]["input_ids"].shape[1]  # each part padded to its own width
+    assert "pixel_values_videos" in parts[0] and "pixel_values" in parts[1]  # pixels travel with their rows
+
+    loss_whole, grad_whole = _gradient(model, whole, algo, num_tokens, num_seqs)
+    loss_parts, grad_parts = _gradient(model, parts, algo, num_tokens, num_seqs)
+    assert grad_whole.abs().sum() > 0
+    assert loss_parts == pytest.approx(loss_whole, rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(grad_parts, grad_whole, rtol=1e-4, atol=1e-6)
+
+
+def test_seq_count_only_for_seq_mean_modes():
+    with pytest.raises(ValueError, match="num_seqs only applies"):
+        algos.policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1), num_seqs=2.0)
+    loss, _ = algos.policy_loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.tensor([1.0, 1.0]), torch.ones(2, 1),
+                                loss_agg="seq-mean-token-sum", num_seqs=4.0)
+    assert loss.item() == pytest.approx(-0.5)  # (-1 - 1) / 4, not / 2

@@ -19,7 +19,7 @@ from actors.judge import start_judge_actors
 from raytrain.models.clip import ClipEncoder
 from raytrain.config import RewardConfig
 from raytrain.models.thinking_judge import JudgeRequest
-from raytrain.data.media import MediaError, load_frames
+from raytrain.data.media import MediaError, decode_media
 from rewards.answer import parse_answer
 from rewards.outcome import accuracy_reward, score_response
 from rewards.paragraphs import make_keyphrase_extractor, paragraph_rewards, segment_paragraphs, vcr_phrases
@@ -132,7 +132,7 @@ class RewardScorer:
         """The prompt's media embedding; NaN when the file cannot be decoded, which VCR scores 0.5 (its failure value)."""
         para = self.cfg.paragraph
         try:
-            frames = load_frames(ref[0], ref[1], para.num_frames, max_pixels=para.max_pixels, min_pixels=para.min_pixels)
+            frames = decode_media(ref[0], ref[1], para.media)
             return self.encoder.embed_frames(frames)
         except (MediaError, OSError, ValueError) as e:
             print(f"[reward] no media embedding for {ref[0]}: {e}", flush=True)

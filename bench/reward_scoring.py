@@ -48,7 +48,7 @@ def main() -> None:
         media = [(v, "video") for v in videos for _ in range(args.group)]
         outcome = RewardScorer(RewardConfig(), "word")
         paragraph = RewardScorer(RewardConfig(weights={**RewardConfig().weights, "paragraph": 1.0},
-                                              paragraph={"encoder": str(clip), "max_pixels": 3136}), "word")
+                                              paragraph={"encoder": str(clip), "media": {"max_pixels": 3136}}), "word")
         paragraph.score(texts[:1], lengths[:1], labels[:1], media=media[:1])  # warm-up (YAKE, first forward)
         t_outcome = _time(lambda: outcome.score(texts, lengths, labels))
         t_shared = _time(lambda: paragraph.score(texts, lengths, labels, media=media))

@@ -77,7 +77,7 @@ def run_recipe(cfg: Config, tag: str, *, evaluate: bool = True) -> dict:
     from raytrain.train.launch import train
 
     out = Path(cfg.run.output_dir)
-    loss = cfg.train.algorithm == "sft"
+    loss = cfg.algorithm.name == "sft"
     report: dict = {"final": None}
     if evaluate:
         report["start"] = held_out(cfg, cfg.model.path, out / "eval-start", "start", loss=loss)
@@ -95,5 +95,5 @@ def run_recipe(cfg: Config, tag: str, *, evaluate: bool = True) -> dict:
 def train_main(description: str, algorithm: str, argv=None, extra: list[str] = (), tag: str | None = None) -> dict:
     """Entry point of a training job: parse, validate, evaluate, train (or resume), evaluate."""
     args = recipe_parser(description).parse_args(argv)
-    cfg = load(args, [f"train.algorithm={algorithm}", *extra])
+    cfg = load(args, [f"algorithm.name={algorithm}", *extra])
     return run_recipe(cfg, tag or algorithm, evaluate=not args.no_eval)

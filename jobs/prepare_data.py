@@ -95,13 +95,10 @@ def _inspect(entries: list[dict], args: argparse.Namespace) -> tuple[list[dict],
             return [r for r, _ in results if r is not None], [j for _, j in results if j is not None]
         import ray
 
+        from raytrain.cluster import init_ray
         from raytrain.data.pipeline import inspect_entries
 
-        if not ray.is_initialized():
-            if os.environ.get("RAY_ADDRESS"):
-                ray.init(address=os.environ["RAY_ADDRESS"])
-            else:
-                ray.init(address="local", num_cpus=args.workers, include_dashboard=False)
+        init_ray(num_cpus=args.workers)
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts files
         return inspect_entries(entries, probe_media=True, concurrency=args.workers, progress=bar.update)
 

@@ -11,8 +11,7 @@ from jobs.cli import train_main
 
 
 def main(argv=None) -> dict:
-    return train_main(__doc__.splitlines()[0], "dapo", argv, extra=["algorithm.advantage_estimator=prpo"],
-                      tag="prpo")
+    return train_main(__doc__.splitlines()[0], "prpo", argv)
 
 
 if __name__ == "__main__":

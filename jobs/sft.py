@@ -17,7 +17,7 @@ def main(argv=None) -> dict:
     p.add_argument("--num_epochs", type=int, metavar="N",
                    help="passes over the training rows (data.epochs); the run then lasts until they are used up")
     args = p.parse_args(argv)
-    extra = ["train.algorithm=sft"]
+    extra = ["algorithm.name=sft"]
     extra += [f"data.max_rows={args.max_samples}"] if args.max_samples else []
     extra += [f"data.epochs={args.num_epochs}", "train.total_steps=null"] if args.num_epochs else []
     return cli.run_recipe(cli.load(args, extra), "sft", evaluate=not args.no_eval)

@@ -52,11 +52,14 @@ class ModelConfig(_Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
-class DataConfig(_Strict):
-    manifest: Path = Field(..., description="Parquet manifest (see `raytrain.data.manifest`).")
-    train_split: str = Field("train", description="Manifest split used for training.")
-    eval_split: str = Field("test", description="Manifest split used for held-out evaluation.")
-    num_frames: int = Field(16, gt=0, description="Frames sampled uniformly per video (BusterX++: 16) when `sample_fps` is null.")
+class MediaConfig(_Strict):
+    """How a media file becomes frames: the frame sampling policy and the per-frame pixel budget (SPEC section 2).
+
+    The training and evaluation data (`data`), the thinking judge (`reward.judge.media`) and the PRPO
+    encoder (`reward.paragraph.media`) each decode with their own budget of this shape.
+    """
+
+    num_frames: int = Field(16, gt=0, description="Frames sampled uniformly per video (BusterX++: 16) when `sample_fps` is null; an image is one frame.")
     sample_fps: float | None = Field(
         None, gt=0,
         description="Frame sampling policy. null (default): `num_frames` uniform frames per video. A number: that many "
@@ -65,8 +68,30 @@ class DataConfig(_Strict):
     )
     min_frames: int = Field(4, gt=0, description="Fewest frames per video under `sample_fps` (short clips repeat frames).")
     max_frames: int = Field(32, gt=0, description="Most frames per video under `sample_fps`: bounds visual tokens of long clips.")
-    max_pixels: int = Field(448 * 448, gt=0, description="Per-frame pixel cap: bounds visual tokens of a 1080p clip.")
+    max_pixels: int = Field(448 * 448, gt=0, description="Per-frame pixel cap (frames are resized, never cropped): bounds visual tokens of a 1080p clip.")
     min_pixels: int = Field(28 * 28, gt=0, description="Per-frame pixel floor.")
+
+    @model_validator(mode="after")
+    def _frame_range(self):
+        if self.min_frames > self.max_frames:
+            raise ValueError(f"min_frames ({self.min_frames}) exceeds max_frames ({self.max_frames})")
+        return self
+
+
+class JudgeMediaConfig(MediaConfig):
+    num_frames: int = Field(4, gt=0, description="Frames of a video the thinking judge sees (an image is one frame).")
+
+
+class EncoderMediaConfig(MediaConfig):
+    num_frames: int = Field(8, gt=0, description="Frames of a video the PRPO encoder embeds (the mean of their embeddings).")
+
+
+class DataConfig(MediaConfig):
+    """The training and evaluation data: a manifest, its splits, the prompt, and (from `MediaConfig`) how its media are decoded."""
+
+    manifest: Path = Field(..., description="Parquet manifest (see `raytrain.data.manifest`).")
+    train_split: str = Field("train", description="Manifest split used for training.")
+    eval_split: str = Field("test", description="Manifest split used for held-out evaluation.")
     prompt: str = Field(
         "Is this {media} real or fake? Think inside <think></think>, then answer real or fake inside <answer></answer>.",
         description="User prompt; `{media}` becomes `video` or `image`.",
@@ -81,11 +106,6 @@ class DataConfig(_Strict):
     decode_concurrency: int = Field(2, gt=0, description="Parallel Ray Data decode tasks.")
     max_rows: int | None = Field(None, gt=0, description="Use only the first N rows of each split (quick tests).")
 
-    @model_validator(mode="after")
-    def _frame_range(self):
-        if self.min_frames > self.max_frames:
-            raise ValueError(f"min_frames ({self.min_frames}) exceeds max_frames ({self.max_frames})")
-        return self
 
 
 class SamplingConfig(_Strict):
@@ -156,9 +176,7 @@ class JudgeConfig(_Strict):
         description="Judge prompt with `{question}` and `{response}` placeholders (default: the SophiaVL-R1 criteria); "
         "the media go beside it.",
     )
-    num_frames: int = Field(4, gt=0, description="Frames of a video the judge sees (an image is one frame).")
-    max_pixels: int = Field(448 * 448, gt=0, description="Per-frame pixel cap of the judge's media.")
-    min_pixels: int = Field(28 * 28, gt=0, description="Per-frame pixel floor of the judge's media.")
+    media: JudgeMediaConfig = Field(default_factory=JudgeMediaConfig, description="How the judge decodes the prompt's media.")
     max_new_tokens: int = Field(32, gt=0, description="Greedy tokens the judge may write (its answer is `<answer>S</answer>`).")
     batch_size: int = Field(8, gt=0, description="Requests per judge call (and per generate batch).")
     timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for one judge batch; on timeout its responses score 0, counted as judge failures.")
@@ -179,9 +197,8 @@ class ParagraphConfig(_Strict):
     encoder_pretrained: str | None = Field(None, description="OpenCLIP pretrained tag (PRPO: `laion2b_s29b_b131k_ft_soup`); unused for transformers.")
     encoder_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Encoder weight dtype.")
     num_gpus: float = Field(0, ge=0, description="GPUs reserved for the reward actor, which runs the encoder (0: CPU).")
-    num_frames: int = Field(8, gt=0, description="Frames of a video embedded (mean of the frames' embeddings).")
-    max_pixels: int = Field(448 * 448, gt=0, description="Per-frame pixel cap when decoding media for the encoder.")
-    min_pixels: int = Field(28 * 28, gt=0, description="Per-frame pixel floor when decoding media for the encoder.")
+    media: EncoderMediaConfig = Field(default_factory=EncoderMediaConfig,
+                                        description="How media are decoded for the encoder (a video's frame embeddings are averaged).")
     alpha: float = Field(0.5, ge=0, description="Weight of the visual consistency reward VCR (PRPO: 0.5).")
     beta: float = Field(0.5, ge=0, description="Weight of the prediction consistency reward PCR (PRPO: 0.5).")
     max_paragraphs: int = Field(8, gt=0, description="K: paragraphs kept per response (PRPO: 8).")
@@ -221,7 +238,15 @@ class RewardConfig(_Strict):
 
 
 class AlgorithmConfig(_Strict):
-    """DAPO (Yu et al. 2025, arXiv 2503.14476); GRPO and Dr.GRPO are settings of it."""
+    """The training algorithm and its options: DAPO (Yu et al. 2025, arXiv 2503.14476), of which GRPO and
+    Dr.GRPO are settings; PRPO (Nguyen et al. 2025, SPEC section 5); SFT. See `raytrain/train/algorithms.py`."""
+
+    name: Literal["dapo", "prpo", "sft"] = Field(
+        "dapo",
+        description="`dapo`: group-relative RL on rollouts (GRPO/Dr.GRPO/GSPO by the options below); `prpo`: the same with "
+                    "per-paragraph advantages (needs `reward.weights.paragraph`); `sft`: supervised targets, no rollouts "
+                    "(the options below do not apply).",
+    )
 
     clip_low: float = Field(0.2, ge=0, description="epsilon_low of Clip-Higher.")
     clip_high: float = Field(0.28, ge=0, description="epsilon_high of Clip-Higher (decoupled; GRPO uses 0.2).")
@@ -229,10 +254,10 @@ class AlgorithmConfig(_Strict):
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = Field(
         "token-mean", description="token-mean: DAPO token-level loss; seq-mean-token-mean: GRPO; seq-mean-token-sum: Dr.GRPO."
     )
-    advantage_estimator: Literal["grpo", "dr_grpo", "prpo"] = Field(
+    advantage_estimator: Literal["grpo", "dr_grpo"] = Field(
         "grpo",
-        description="`grpo`: group-normalised outcome (GRPO/DAPO); `dr_grpo`: without the std division (Dr.GRPO, arXiv 2503.20783); "
-                    "`prpo`: per-paragraph advantages (PRPO, SPEC section 5; needs `reward.weights.paragraph`). See `raytrain/algos.py`.",
+        description="DAPO's outcome advantage: `grpo`, group-normalised (GRPO/DAPO); `dr_grpo`, without the std division "
+                    "(Dr.GRPO, arXiv 2503.20783). PRPO's paragraph advantages come with `name: prpo`. See `raytrain/algos/advantages.py`.",
     )
     prpo_outcome_weight: float = Field(
         0.0, ge=0, le=1,
@@ -266,7 +291,6 @@ class SFTConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    algorithm: Literal["dapo", "sft"] = Field("dapo", description="Update rule of the Ray Train workers.")
     num_workers: int = Field(2, gt=0, description="Ray Train workers (data-parallel ranks).")
     use_gpu: bool = Field(False, description="One GPU per worker and the NCCL backend; gloo on CPU.")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker.")
@@ -367,10 +391,23 @@ class Config(_Strict):
         """This config with `model.path` set to `path` (another checkpoint of the policy, say)."""
         return self.model_copy(update={"model": self.model.model_copy(update={"path": str(path)})})
 
+    def with_absolute_paths(self) -> "Config":
+        """Workers run elsewhere (another cwd, another node under `ray job submit`): every path pinned now.
+
+        A hub name such as `Qwen/Qwen2.5-VL-7B-Instruct` is left alone; an existing local folder is resolved.
+        """
+        model_path = Path(self.model.path)
+        model = self.model.model_copy(update={"path": str(model_path.resolve())}) if model_path.exists() else self.model
+        return self.model_copy(update={
+            "run": self.run.model_copy(update={"output_dir": self.run.output_dir.resolve()}),
+            "data": self.data.model_copy(update={"manifest": self.data.manifest.resolve()}),
+            "model": model,
+        })
+
     @model_validator(mode="after")
     def _prpo_needs_paragraphs(self):
-        if self.algorithm.advantage_estimator == "prpo" and not self.reward.enabled("paragraph"):
-            raise ValueError("algorithm.advantage_estimator prpo needs paragraph rewards: set reward.weights.paragraph")
+        if self.algorithm.name == "prpo" and not self.reward.enabled("paragraph"):
+            raise ValueError("algorithm.name prpo needs paragraph rewards: set reward.weights.paragraph")
         return self
 
     @model_validator(mode="after")
@@ -442,7 +479,35 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+# Keys that have moved: a config still using one fails with where it went.
+MOVED_KEYS = {
+    "train.algorithm": "algorithm.name (dapo, prpo or sft)",
+    "reward.judge.num_frames": "reward.judge.media.num_frames",
+    "reward.judge.max_pixels": "reward.judge.media.max_pixels",
+    "reward.judge.min_pixels": "reward.judge.media.min_pixels",
+    "reward.paragraph.num_frames": "reward.paragraph.media.num_frames",
+    "reward.paragraph.max_pixels": "reward.paragraph.media.max_pixels",
+    "reward.paragraph.min_pixels": "reward.paragraph.media.min_pixels",
+}
+
+
+def _moved_keys(raw: dict) -> list[str]:
+    found = []
+    for old, new in MOVED_KEYS.items():
+        tree = raw
+        for key in old.split("."):
+            tree = tree.get(key) if isinstance(tree, dict) else None
+        if tree is not None:
+            found.append(f"{old}: moved to {new}")
+    if isinstance(raw.get("algorithm"), dict) and raw["algorithm"].get("advantage_estimator") == "prpo":
+        found.append("algorithm.advantage_estimator: prpo is now its own algorithm: set algorithm.name: prpo")
+    return found
+
+
 def parse_config(raw: dict, source: str = "<config>") -> Config:
+    moved = _moved_keys(raw)
+    if moved:
+        raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(moved))
     try:
         return Config.model_validate(raw)
     except ValidationError as e:

@@ -54,9 +54,8 @@ def config_dict(model_path, manifest, output_dir) -> dict:
             "sampling": {"group_size": 4, "temperature": 1.0, "max_new_tokens": 16},
         },
         "reward": {"weights": {"format": 1.0, "overlong": 1.0, "accuracy": 1.0}, "max_len": 16, "overlong_buffer": 4},
-        "algorithm": {"clip_low": 0.2, "clip_high": 0.28, "dynamic_sampling": True, "max_generation_rounds": 3},
+        "algorithm": {"name": "dapo", "clip_low": 0.2, "clip_high": 0.28, "dynamic_sampling": True, "max_generation_rounds": 3},
         "train": {
-            "algorithm": "dapo",
             "num_workers": 2,
             "total_steps": 2,
             "prompts_per_worker": 2,
@@ -146,7 +145,8 @@ def warm_run(make_config_dict, synthetic_dir, ray_session, tmp_path_factory):
     raw = make_config_dict(root / "run")
     raw["data"].update(manifest=str(manifest), epochs=60)
     raw["sft"] = {"answer": "random", "think": "I look at the frames."}
-    raw["train"].update(algorithm="sft", total_steps=60, prompts_per_worker=8, lr=3e-3, checkpoint_every=60)
+    raw["algorithm"]["name"] = "sft"
+    raw["train"].update(total_steps=60, prompts_per_worker=8, lr=3e-3, checkpoint_every=60)
     cfg = parse_config(raw)
     return cfg, train(cfg), bad_paths
 

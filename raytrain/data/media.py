@@ -215,6 +215,12 @@ def _resize(frames: np.ndarray, max_pixels: int, min_pixels: int) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC)) for f in frames])
 
 
+def decode_media(path: str, media: str, budget) -> np.ndarray:
+    """`load_frames` under a `raytrain.config.MediaConfig` budget (frame policy and pixel caps)."""
+    return load_frames(path, media, budget.num_frames, max_pixels=budget.max_pixels, min_pixels=budget.min_pixels,
+                       sample_fps=budget.sample_fps, min_frames=budget.min_frames, max_frames=budget.max_frames)
+
+
 def load_frames(
     path: str, media: str, num_frames: int, *, max_pixels: int, min_pixels: int,
     sample_fps: float | None = None, min_frames: int = 1, max_frames: int | None = None,

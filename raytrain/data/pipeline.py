@@ -18,7 +18,7 @@ import ray
 
 from raytrain.config import Config, DataConfig, ModelConfig
 from raytrain.data.manifest import inspect_entry, read_manifest
-from raytrain.data.media import MediaError, load_frames
+from raytrain.data.media import MediaError, decode_media
 from raytrain.models.batching import Prompt
 
 # Rows per Ray Data block before decoding: small blocks let decode tasks run in parallel.
@@ -76,10 +76,7 @@ def split_rows(data: DataConfig, split: str, *, epochs: int = 1, seed: int = 0, 
 
 def decode_row(row: dict, data: DataConfig) -> np.ndarray:
     """A manifest row's frames under the config's sampling policy and per-frame pixel budget."""
-    return load_frames(
-        row["path"], row["media"], data.num_frames, max_pixels=data.max_pixels, min_pixels=data.min_pixels,
-        sample_fps=data.sample_fps, min_frames=data.min_frames, max_frames=data.max_frames,
-    )
+    return decode_media(row["path"], row["media"], data)
 
 
 def _draw_weights(table: pa.Table) -> np.ndarray | None:

@@ -160,10 +160,10 @@ class VLLMEngine(BucketReceiver):
             return {"prompt_token_ids": [int(t) for t in prompt.input_ids]}
         if self.data is None:
             raise ValueError(f"{prompt.path}: a multimodal prompt needs the data config (frame count, pixel budget)")
-        from raytrain.data.media import load_frames
+        from raytrain.data.media import decode_media
 
         media = "video" if prompt.is_video else "image"
-        frames = load_frames(prompt.path, media, self.data.num_frames, max_pixels=self.data.max_pixels, min_pixels=self.data.min_pixels)
+        frames = decode_media(prompt.path, media, self.data)
         # The chat-template text the prompt was built from: its expanded placeholder run collapsed to one.
         pad = self.tokenizer.convert_tokens_to_ids("<|video_pad|>" if prompt.is_video else "<|image_pad|>")
         ids = [int(t) for i, t in enumerate(prompt.input_ids) if t != pad or i == 0 or prompt.input_ids[i - 1] != pad]

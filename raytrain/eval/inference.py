@@ -29,7 +29,7 @@ from tqdm import tqdm
 from raytrain.config import Config
 from raytrain.data.pipeline import build_dataset, prompts_from_batch, split_rows
 from raytrain.engines.base import make_engine
-from raytrain.train.launch import absolute_paths, init_ray
+from raytrain.cluster import init_ray
 from raytrain.models.loading import load_policy, load_processor
 from raytrain.data.layouts import scan_source
 from raytrain.data.manifest import inspect_entry, rows_to_table, write_manifest
@@ -151,8 +151,8 @@ class LossScorer:
 def heldout_loss(cfg: Config, *, split: str | None = None) -> float:
     """Mean per-token negative log-likelihood of the SFT targets of `split` (default `data.eval_split`)
     under `cfg.model.path` (a LoRA export is served on its base)."""
-    cfg = absolute_paths(cfg)
-    init_ray(cfg)
+    cfg = cfg.with_absolute_paths()
+    init_ray(cfg.cluster)
     served, adapter = split_adapter(cfg)
     rows = split_rows(cfg.data, split or cfg.data.eval_split, seed=cfg.run.seed)
     scored = build_dataset(served, rows).map_batches(
@@ -294,7 +294,7 @@ def evaluate(cfg: Config, out: Path, *, split: str | None = None, folder: Path |
     the summary written to `metrics.json`: {name, model, data, split, mode, overall, groups}.
     """
     out = Path(out).resolve()
-    cfg = absolute_paths(cfg)
+    cfg = cfg.with_absolute_paths()
     if folder is not None:
         rows, unreadable = folder_rows(folder)
         out.mkdir(parents=True, exist_ok=True)
@@ -314,7 +314,7 @@ def evaluate(cfg: Config, out: Path, *, split: str | None = None, folder: Path |
         "max_new_tokens": cfg.rollout.sampling.max_new_tokens, "max_rows": cfg.data.max_rows,
     }
     _claim(out, identity)
-    init_ray(cfg)
+    init_ray(cfg.cluster)
     served, adapter = split_adapter(cfg)
     records = run_inference(served, rows, out, unreadable, weights=adapter)
     report = evaluation_report(records, confidence=cfg.evaluation.confidence,

@@ -2,7 +2,7 @@
 
 Any image-text-to-text model with a chat template works (reference:
 SophiaVL-R1-Thinking-Reward-Model-3B). The judge sees the question, the media
-(a video as `judge.num_frames` uniformly sampled frames, an image as one frame,
+(a video as `judge.media.num_frames` uniformly sampled frames, an image as one frame,
 decoded from the prompt's file with the trainer's own loader) and the response;
 `rewards.judge_prompt` builds the prompt and parses the score.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from raytrain.config import JudgeConfig
-from raytrain.data.media import load_frames
+from raytrain.data.media import decode_media
 from raytrain.models.loading import load_policy, load_processor
 from raytrain.models.batching import token_type_ids
 from rewards.judge_prompt import build_judge_prompt, parse_judge_score
@@ -40,13 +40,12 @@ class JudgeModel:
         self.processor.tokenizer.padding_side = "left"
         frozen = cfg.model.model_copy(update={"lora": cfg.model.lora.model_copy(update={"enabled": False})})
         self.model = load_policy(frozen).to(self.device).eval()
-        self._size = {"longest_edge": cfg.max_pixels, "shortest_edge": cfg.min_pixels}
+        self._size = {"longest_edge": cfg.media.max_pixels, "shortest_edge": cfg.media.min_pixels}
 
     def _frames(self, request: JudgeRequest) -> np.ndarray | None:
         if request.path is None:
             return None
-        return load_frames(request.path, request.media, self.cfg.num_frames,
-                           max_pixels=self.cfg.max_pixels, min_pixels=self.cfg.min_pixels)
+        return decode_media(request.path, request.media, self.cfg.media)
 
     @torch.no_grad()
     def grade(self, requests: list[JudgeRequest]) -> list[float]:

@@ -18,9 +18,9 @@ from rewards.modes import think_content
 STAGES = (1, 2, 3)
 # What makes each stage that stage; the config's `busterx.stageN` overrides come after these.
 _STAGE_SETTINGS = {
-    1: {"train.algorithm": "dapo", "data.mode": "think"},
-    2: {"train.algorithm": "sft", "sft.answer": "label", "data.mode": None, "data.max_rows": None, "data.train_split": "train"},
-    3: {"train.algorithm": "dapo", "data.mode": "random"},
+    1: {"algorithm.name": "dapo", "data.mode": "think"},
+    2: {"algorithm.name": "sft", "sft.answer": "label", "data.mode": None, "data.max_rows": None, "data.train_split": "train"},
+    3: {"algorithm.name": "dapo", "data.mode": "random"},
 }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from actors.reward import RewardActor
 from actors.rollout import start_rollout_actors
+from raytrain.cluster import init_ray
 from raytrain.train.checkpoint import MODEL_DIR, TrainerState, latest_checkpoint
 from raytrain.config import Config
 from raytrain.data.pipeline import build_dataset, split_rows
@@ -23,36 +23,6 @@ FINAL_DIR = "final"  # under run.output_dir: the last checkpoint's Hugging Face 
 MERGED_DIR = "final-merged"  # under run.output_dir: with `model.lora.export_merged`, base + adapter in one model
 
 
-def absolute_paths(cfg: Config) -> Config:
-    """Workers run elsewhere (another cwd, another node under `ray job submit`): pin every path now.
-
-    A hub name such as `Qwen/Qwen2.5-VL-7B-Instruct` is left alone; an existing local folder is resolved.
-    """
-    model_path = Path(cfg.model.path)
-    model = cfg.model.model_copy(update={"path": str(model_path.resolve())}) if model_path.exists() else cfg.model
-    return cfg.model_copy(update={
-        "run": cfg.run.model_copy(update={"output_dir": cfg.run.output_dir.resolve()}),
-        "data": cfg.data.model_copy(update={"manifest": cfg.data.manifest.resolve()}),
-        "model": model,
-    })
-
-
-def init_ray(cfg: Config) -> None:
-    """Join the cluster named by RAY_ADDRESS (`ray job submit` sets it), else start an embedded local Ray."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        return
-    # Logical CPUs above the physical count let actors, workers and decode tasks share a small machine.
-    ray.init(
-        address="local",  # never silently join some other Ray left running on this machine
-        num_cpus=cfg.cluster.num_cpus or max(8, os.cpu_count() or 1),
-        include_dashboard=cfg.cluster.dashboard,
-        dashboard_host="127.0.0.1",
-    )
-
-
 def _worker_gpu_share(cfg: Config) -> float:
     """A whole GPU per worker, or what a colocated rollout engine leaves of it (Ray packs the
     fractional requests of workers and engines onto shared GPUs)."""
@@ -61,8 +31,8 @@ def _worker_gpu_share(cfg: Config) -> float:
 
 def train(cfg: Config) -> Path:
     """Run (or resume) training; returns the final Hugging Face export folder."""
-    cfg = absolute_paths(cfg)
-    init_ray(cfg)
+    cfg = cfg.with_absolute_paths()
+    init_ray(cfg.cluster)
     out = cfg.run.output_dir
     storage = out / STORAGE_DIR
     previous = latest_checkpoint(storage)
@@ -73,9 +43,9 @@ def train(cfg: Config) -> Path:
     rows = split_rows(cfg.data, cfg.data.train_split, epochs=cfg.data.epochs, seed=cfg.run.seed, exclude=consumed,
                       multiple_of=cfg.train.num_workers)
     restarts = cfg.train.actor_restarts
-    rollouts = start_rollout_actors(cfg.model, cfg.rollout, data=cfg.data, max_restarts=restarts) if cfg.train.algorithm == "dapo" else []
+    rollouts = start_rollout_actors(cfg.model, cfg.rollout, data=cfg.data, max_restarts=restarts) if cfg.algorithm.name != "sft" else []
     reward = None
-    if cfg.train.algorithm == "dapo":
+    if cfg.algorithm.name != "sft":
         encoder_gpus = cfg.reward.paragraph.num_gpus if cfg.reward.enabled("paragraph") else 0
         reward = RewardActor.options(num_gpus=encoder_gpus, max_restarts=restarts).remote(cfg.reward, cfg.data.answer_format)
     trainer = TorchTrainer(

@@ -215,9 +215,9 @@ def _dapo_batch(cfg: Config, groups: list[Group], tokenizer) -> TrainBatch | Non
             mask[i] = 0
     scores = [sc for grp in groups for sc in grp.scores]
     inputs = algos.AdvantageInputs(torch.tensor([sc["total"] for sc in scores]), cfg.rollout.sampling.group_size, response_mask)
-    if cfg.algorithm.advantage_estimator == "prpo":
+    if cfg.algorithm.name == "prpo":
         inputs.paragraph_rewards, inputs.paragraph_token_masks = _paragraph_tensors(samples, scores, response_mask, tokenizer)
-    advantages = algos.ADVANTAGE_ESTIMATORS[cfg.algorithm.advantage_estimator](inputs, cfg.algorithm)
+    advantages = algos.ADVANTAGE_ESTIMATORS["prpo" if cfg.algorithm.name == "prpo" else cfg.algorithm.advantage_estimator](inputs, cfg.algorithm)
     return TrainBatch(prompts, responses, {"old_logprobs": old, "advantages": advantages, "loss_mask": mask})
 
 
@@ -245,12 +245,12 @@ def _loss(cfg: Config, engine, ref_model, batch: dict, num_tokens: float, num_se
     the loss of the whole global batch (DAPO's token-level mean, or the seq-mean modes)."""
     batch = {k: v.to(engine.device) for k, v in batch.items()}
     model_inputs = {k: v for k, v in batch.items() if k not in ("old_logprobs", "advantages", "loss_mask")}
-    temperature = cfg.rollout.sampling.temperature if cfg.train.algorithm == "dapo" else 1.0
+    temperature = cfg.rollout.sampling.temperature if cfg.algorithm.name != "sft" else 1.0
     # Through the engine, not its module: DeepSpeed counts micro-batches in its forward, and ZeRO-3
     # accumulates a step's gradients only across the passes it counted.
     logp = token_logprobs(engine, model_inputs, temperature=temperature, suppress_ids=suppress)
     mask = batch["loss_mask"]
-    if cfg.train.algorithm == "sft":
+    if cfg.algorithm.name == "sft":
         loss = -(logp * mask).sum() / num_tokens
         return loss, {"sft_nll_sum": float(-(logp.detach() * mask).sum())}
     algo = cfg.algorithm
@@ -330,7 +330,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=_deepspeed_config(cfg))
     ref_model = None
-    if cfg.train.algorithm == "dapo" and cfg.algorithm.kl_coef > 0:
+    if cfg.algorithm.name != "sft" and cfg.algorithm.kl_coef > 0:
         # The initial policy, frozen: only loaded when a KL term is on.
         frozen = cfg.model.model_copy(update={"lora": cfg.model.lora.model_copy(update={"enabled": False})})
         ref_model = load_policy(frozen).to(engine.device).eval().requires_grad_(False)
@@ -360,7 +360,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     total_steps = cfg.train.total_steps or math.inf  # null: until the data runs out
     while state.step < total_steps:
         t0 = time.perf_counter()
-        if cfg.train.algorithm == "dapo":
+        if cfg.algorithm.name != "sft":
             groups, stats = _collect_dapo(cfg, feed, rollout, reward_actor, state.version)
             batch = _dapo_batch(cfg, groups, tokenizer)
         else:
@@ -387,7 +387,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         stats.update(_train_step(cfg, engine, ref_model, batch, tokenizer_ids, global_tokens, global_seqs, world, suppress, padding))
         state.step += 1
         state.version += 1
-        sync = cfg.train.algorithm == "dapo"
+        sync = cfg.algorithm.name != "sft"
         checkpoint_now = state.step % cfg.train.checkpoint_every == 0 or state.step >= total_steps
         # Under ZeRO-3 the weight gather is a collective over the whole model: once for the sync and the export.
         t2 = time.perf_counter()
@@ -432,7 +432,7 @@ def _gather_data_position(state: TrainerState, feed: PromptFeed) -> None:
 
 def _metric_keys(cfg: Config) -> list[str]:
     """Per-rank sums every rank reduces, in one fixed order (a rank with no data sends zeros)."""
-    if cfg.train.algorithm == "sft":
+    if cfg.algorithm.name == "sft":
         return ["prompts", "sft_nll_sum"]
     scored = [c for c in cfg.reward.weights if c != "paragraph" or cfg.reward.enabled("paragraph")]
     judge = ["judge_asked", "judge_failed"] if cfg.reward.enabled("thinking") else []
@@ -463,7 +463,7 @@ def _step_metrics(cfg: Config, state: TrainerState, stats: dict, global_tokens: 
             m[k] = int(v)
     if "sft_nll_sum" in totals:
         m["sft_nll"] = totals["sft_nll_sum"] / max(global_tokens, 1.0)
-    if cfg.train.algorithm == "dapo":
+    if cfg.algorithm.name != "sft":
         m.update(_accuracy_by_category(stats.get("accuracy_by_category", {})))
     return m
 

@@ -38,7 +38,7 @@ def _dapo_config(base: dict, warm_model_dir, **train) -> dict:
     return {**base, "model": {**base["model"], "path": str(warm_model_dir)},
             "rollout": {**base["rollout"], "weight_transport": "broadcast", "weight_group_timeout_s": 60.0,
                         "prompts_per_call": 2},
-            "train": {**base["train"], "algorithm": "dapo", "micro_batch_size": 3, "zero_stage": 3,
+            "train": {**base["train"], "micro_batch_size": 3, "zero_stage": 3,
                       "zero3_param_persistence_threshold": 0, **train}}
 
 

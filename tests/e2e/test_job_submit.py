@@ -34,7 +34,7 @@ def test_prpo_job_under_ray_job_submit(base_config_dict, warm_model_dir, tmp_pat
            "model": {**base_config_dict["model"], "path": str(warm_model_dir), "lora": {"enabled": True, "r": 8, "alpha": 16}},
            "reward": {**base_config_dict["reward"], "weights": {**base_config_dict["reward"]["weights"], "paragraph": 1.0}},
            "algorithm": {**base_config_dict["algorithm"], "kl_coef": 0.01, "prpo_outcome_weight": 0.5, "dynamic_sampling": False},
-           "train": {**base_config_dict["train"], "algorithm": "dapo", "total_steps": 1}}
+           "train": {**base_config_dict["train"], "total_steps": 1}}
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(json.loads(json.dumps(raw, default=str))))
 

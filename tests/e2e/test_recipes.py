@@ -52,7 +52,8 @@ def test_sft_job_with_lora_lowers_heldout_loss_raises_accuracy_and_merges(base_c
     raw["data"]["num_frames"] = 2
     raw["model"]["lora"] = {"enabled": True, "r": 16, "alpha": 32, "dropout": 0.0, "export_merged": True}
     raw["sft"] = {"answer": "label", "think": "I look at the frames."}
-    raw["train"].update(algorithm="sft", prompts_per_worker=8, lr=1e-2, checkpoint_every=100)
+    raw["algorithm"]["name"] = "sft"
+    raw["train"].update(prompts_per_worker=8, lr=1e-2, checkpoint_every=100)
     report = sft.main(["--config", str(_config_file(tmp_path, raw)), "--num_epochs", "20"])
 
     table = printed_table(capsys.readouterr().out, "sft")
@@ -76,7 +77,7 @@ def _rl_config(base: dict, model_dir, **train) -> dict:
     raw = copy.deepcopy(base)
     raw["model"]["path"] = str(model_dir)
     raw["data"]["num_frames"] = 2
-    raw["train"].update(algorithm="dapo", checkpoint_every=100, **train)
+    raw["train"].update(checkpoint_every=100, **train)
     return raw
 
 
@@ -89,7 +90,7 @@ def test_busterx_pipeline_ends_mode_compliant_without_losing_accuracy(
     raw = _rl_config(base_config_dict, warm_model_dir, prompts_per_worker=8, lr=1e-3)
     raw["data"]["epochs"] = 100
     # The tiny random model stands in for the thinking judge: its answers do not parse, so they score 0.
-    raw["reward"]["judge"] = {"model": {"path": str(tiny_model_dir), "dtype": "float32"}, "max_new_tokens": 4, "num_frames": 1}
+    raw["reward"]["judge"] = {"model": {"path": str(tiny_model_dir), "dtype": "float32"}, "max_new_tokens": 4, "media": {"num_frames": 1}}
     raw["busterx"] = {
         "total_steps": BUSTERX_STEPS, "shares": BUSTERX_SHARES, "fusion_samples": 8,
         "stage2": {"train.lr": 3e-3},

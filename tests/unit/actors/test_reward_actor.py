@@ -25,8 +25,7 @@ JUDGE_SCORE = "0.7"
 
 
 def _judge_config(path, **overrides) -> JudgeConfig:
-    return JudgeConfig(model=ModelConfig(path=str(path), dtype="float32"), num_frames=2, max_pixels=3136,
-                       min_pixels=784, max_new_tokens=8, num_cpus=0.5, prompt="Grade: {question} {response}",
+    return JudgeConfig(model=ModelConfig(path=str(path), dtype="float32"), media={"num_frames": 2, "max_pixels": 3136, "min_pixels": 784}, max_new_tokens=8, num_cpus=0.5, prompt="Grade: {question} {response}",
                        **overrides)
 
 
@@ -81,7 +80,7 @@ def _reward_config(judge_dir, clip_dir, **judge) -> RewardConfig:
     return RewardConfig(
         weights={"format": 1.0, "overlong": 1.0, "accuracy": 1.0, "hybrid": 1.0, "thinking": 1.0, "paragraph": 1.0},
         max_len=64, overlong_buffer=16, judge=_judge_config(judge_dir, **judge),
-        paragraph={"encoder": str(clip_dir), "num_frames": 4, "max_pixels": 3136, "min_pixels": 784},
+        paragraph={"encoder": str(clip_dir), "media": {"num_frames": 4, "max_pixels": 3136, "min_pixels": 784}},
     )
 
 

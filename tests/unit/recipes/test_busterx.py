@@ -33,13 +33,13 @@ def test_stage_configs_apply_settings_then_overrides_then_steps(base_config_dict
     raw = _pipeline(base_config_dict, stage1={"train.lr": 0.5}, stage3={"reward.weights.hybrid": 2.0})
     cfg = parse_config(raw)
     one = stage_config(cfg, 1, "/models/start")
-    assert (one.train.algorithm, one.data.mode, one.train.lr, one.train.total_steps) == ("dapo", "think", 0.5, 14)
+    assert (one.algorithm.name, one.data.mode, one.train.lr, one.train.total_steps) == ("dapo", "think", 0.5, 14)
     assert one.model.path == "/models/start" and one.run.output_dir == Path(raw["run"]["output_dir"]) / "stage1"
     three = stage_config(cfg, 3, "/models/two")
     assert (three.data.mode, three.reward.weights["hybrid"], three.train.lr) == ("random", 2.0, cfg.train.lr)
     # Stage 2 is SFT on the fusion manifest, with enough passes for its steps: 1 step x 2 workers x 2 prompts over 3 rows.
     two = stage_config(cfg, 2, "/models/one", fusion_manifest=tmp_path / "fusion.parquet", fusion_rows=3)
-    assert (two.train.algorithm, two.sft.answer, two.data.mode, two.data.epochs) == ("sft", "label", None, 2)
+    assert (two.algorithm.name, two.sft.answer, two.data.mode, two.data.epochs) == ("sft", "label", None, 2)
     assert two.data.manifest == tmp_path / "fusion.parquet"
     with pytest.raises(ValueError, match="fusion manifest"):
         stage_config(cfg, 2, "/models/one")
@@ -55,7 +55,7 @@ def test_lora_pipelines_chain_through_merged_weights(base_config_dict):
 def test_shipped_pipeline_stages_validate(name):
     cfg = load_config(CONFIGS / name)
     for stage in (1, 3):
-        assert stage_config(cfg, stage, cfg.model.path).train.algorithm == "dapo"
+        assert stage_config(cfg, stage, cfg.model.path).algorithm.name == "dapo"
     assert {"hybrid", "thinking"} <= set(stage_config(cfg, 3, cfg.model.path).reward.weights)
 
 

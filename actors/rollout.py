@@ -9,7 +9,7 @@ import torch
 
 from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.engines.base import make_engine
-from raytrain.models.batching import Prompt, Sample
+from raytrain.data.batch import Prompt, Sample
 from raytrain.weight_sync.protocol import BucketMeta, GroupAddress, Shape, WeightGroup, bucket_meta, buckets, tensor_spec
 
 

@@ -30,7 +30,6 @@ import torch  # noqa: E402
 
 from raytrain.config import ModelConfig, RolloutConfig  # noqa: E402
 from raytrain.models.loading import sync_state  # noqa: E402
-from raytrain.models.batching import text_prompt  # noqa: E402
 from raytrain.models.tiny import _CORPUS, build_tiny_text_model, save_tiny_text_model  # noqa: E402
 from raytrain.weight_sync.protocol import broadcast_update, open_local_group  # noqa: E402
 
@@ -57,9 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from transformers import AutoTokenizer
-
-    from raytrain.engines.base import TransformersEngine
+    from raytrain.engines.transformers_engine import TransformersEngine
     from raytrain.engines.vllm_engine import VLLMEngine
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,9 +69,8 @@ def main() -> None:
             vllm={"max_model_len": 1024, "enforce_eager": True},
         )
         sampling = rollout.sampling
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        prompts = [text_prompt(tokenizer, _CORPUS[i % len(_CORPUS)] + f" ({i})") for i in range(args.prompts)]
         hf = TransformersEngine(cfg)
+        prompts = [hf.family.text_prompt(_CORPUS[i % len(_CORPUS)] + f" ({i})") for i in range(args.prompts)]
         params = sum(p.numel() for p in hf.model.parameters())
         print(f"model: text-only Qwen2, hidden {args.hidden_size}, {args.layers} layers, {params / 1e6:.1f} M parameters (float32)")
         print(f"work: {len(prompts)} prompts x G={sampling.group_size}, max_new_tokens {sampling.max_new_tokens}, "

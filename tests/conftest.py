@@ -160,7 +160,8 @@ def warm_model_dir(warm_run) -> Path:
 def media_prompts(make_config_dict, tmp_path_factory):
     """Two videos and one image of the synthetic train split, as prompts for the tiny model."""
     from raytrain.config import parse_config
-    from raytrain.data.pipeline import PromptBuilder, prompts_from_batch, split_rows
+    from raytrain.data.pipeline import prompts_from_batch, split_rows
+    from raytrain.models.prompts import PromptBuilder
 
     cfg = parse_config(make_config_dict(tmp_path_factory.mktemp("prompts-run")))
     rows = split_rows(cfg.data, "train").to_pylist()

@@ -14,7 +14,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from raytrain.models.batching import Prompt, text_prompt  # noqa: E402
+from raytrain.data.batch import Prompt  # noqa: E402
+from raytrain.models.qwen2_5_vl import Qwen2Text  # noqa: E402
 
 TEXTS = [
     "Is this video real or fake?",
@@ -39,7 +40,7 @@ def tokenizer(text_model_dir):
 
 @pytest.fixture(scope="session")
 def prompts(tokenizer):
-    return [text_prompt(tokenizer, t) for t in TEXTS]
+    return [Qwen2Text(tokenizer).text_prompt(t) for t in TEXTS]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from raytrain.config import ModelConfig, RolloutConfig
 from raytrain.models.loading import sync_state
-from raytrain.models.batching import masked_logprobs
+from raytrain.models.logprobs import masked_logprobs
 from raytrain.models.tiny import build_tiny_text_model
 from raytrain.weight_sync.protocol import broadcast_update, buckets, open_local_group
 from tests.helpers.engine_checks import check_groups, check_unannounced_bucket_refused_without_stalling
@@ -103,7 +103,7 @@ def test_greedy_matches_transformers(engine, reference, prompts, rollout_cfg):
 def test_transformers_engine_beside_vllm(engine, model_cfg, prompts, rollout_cfg):
     """The project's TransformersEngine serves the same text-only model (`bench.rollout` puts the two
     side by side): the same sample contract, and the same greedy tokens as vLLM."""
-    from raytrain.engines.base import TransformersEngine
+    from raytrain.engines.transformers_engine import TransformersEngine
 
     hf = TransformersEngine(model_cfg)
     sampling = rollout_cfg.sampling

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from raytrain.config import Config
-from raytrain.models.batching import Prompt, TrainBatch, response_positions
+from raytrain.data.batch import Prompt, TrainBatch, response_positions
 
 
 def sft_target(prompt: Prompt, cfg: Config) -> str:
@@ -21,10 +21,10 @@ def sft_target(prompt: Prompt, cfg: Config) -> str:
     return f"<think>{think}</think><answer>{answer}</answer>"
 
 
-def sft_batch(cfg: Config, prompts: list[Prompt], tokenizer) -> TrainBatch | None:
-    """Prompts with their `sft_target` tokens (and the end-of-turn token); the loss covers the targets."""
+def sft_batch(cfg: Config, prompts: list[Prompt], tokenizer, end_id: int) -> TrainBatch | None:
+    """Prompts with their `sft_target` tokens and the end-of-turn token `end_id` (the model family's);
+    the loss covers the targets."""
     if not prompts:
         return None
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    targets = [tokenizer(sft_target(p, cfg), add_special_tokens=False)["input_ids"] + [end] for p in prompts]
+    targets = [tokenizer(sft_target(p, cfg), add_special_tokens=False)["input_ids"] + [end_id] for p in prompts]
     return TrainBatch(prompts, targets, {"loss_mask": response_positions(prompts, targets)})

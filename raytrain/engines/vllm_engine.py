@@ -18,7 +18,7 @@ Weights arrive as versioned buckets (`raytrain.weight_sync.BucketReceiver`):
 
 Log-probabilities are vLLM's "processed" ones: after the vision special tokens
 are masked out and the temperature applied, as the trainer recomputes them
-(`raytrain.models.batching.masked_logprobs`). With `top_p < 1` they are those of the
+(`raytrain.models.logprobs.masked_logprobs`). With `top_p < 1` they are those of the
 nucleus-truncated distribution actually sampled from, which the trainer does not
 truncate; the transformers engine reports untruncated ones.
 """
@@ -37,8 +37,9 @@ import torch
 from safetensors.torch import save_file
 
 from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
-from raytrain.models.loading import sync_spec
-from raytrain.models.batching import Prompt, Sample, vision_special_ids
+from raytrain.data.batch import Prompt, Sample
+from raytrain.data.media import decode_media
+from raytrain.models.loading import load_family, sync_spec
 from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, GroupAddress, Shape, WeightGroup, pack_bucket, unpack_bucket
 
 INSTALL_HINT = "rollout.engine 'vllm' needs vLLM: `pip install -e .[vllm]` (CUDA), or see `make test-vllm` for the CPU build"
@@ -123,8 +124,8 @@ class VLLMEngine(BucketReceiver):
             worker_extension_cls=f"{__name__}.WeightSyncWorker",
         )
         self.tokenizer = self.llm.get_tokenizer()
-        self.eos_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self.suppress_ids = vision_special_ids(self.tokenizer)
+        self.family = load_family(cfg)
+        self.eos_id, self.suppress_ids = self.family.end_id, self.family.suppress_ids
         vocab = self.llm.llm_engine.model_config.get_vocab_size()
         self._allowed = sorted(set(range(vocab)) - set(self.suppress_ids))
         self._spec = sync_spec(cfg)
@@ -156,21 +157,12 @@ class VLLMEngine(BucketReceiver):
         )
 
     def _vllm_input(self, prompt: Prompt) -> dict:
+        """The prompt's tokens, or with media its text and frames re-decoded from `prompt.path` (vLLM runs the processor)."""
         if prompt.pixel_values.size == 0:
-            return {"prompt_token_ids": [int(t) for t in prompt.input_ids]}
+            return self.family.vllm_input(prompt, None)
         if self.data is None:
             raise ValueError(f"{prompt.path}: a multimodal prompt needs the data config (frame count, pixel budget)")
-        from raytrain.data.media import decode_media
-
-        media = "video" if prompt.is_video else "image"
-        frames = decode_media(prompt.path, media, self.data)
-        # The chat-template text the prompt was built from: its expanded placeholder run collapsed to one.
-        pad = self.tokenizer.convert_tokens_to_ids("<|video_pad|>" if prompt.is_video else "<|image_pad|>")
-        ids = [int(t) for i, t in enumerate(prompt.input_ids) if t != pad or i == 0 or prompt.input_ids[i - 1] != pad]
-        return {
-            "prompt": self.tokenizer.decode(ids, skip_special_tokens=False),
-            "multi_modal_data": {media: frames if prompt.is_video else frames[0]},
-        }
+        return self.family.vllm_input(prompt, decode_media(prompt.path, "video" if prompt.is_video else "image", self.data))
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample]]:
         self.check_serving()

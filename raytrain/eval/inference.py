@@ -27,15 +27,17 @@ import torch
 from tqdm import tqdm
 
 from raytrain.config import Config
-from raytrain.data.pipeline import build_dataset, prompts_from_batch, split_rows
+from raytrain.data.pipeline import prompts_from_batch, split_rows
 from raytrain.engines.base import make_engine
 from raytrain.cluster import init_ray
-from raytrain.models.loading import load_policy, load_processor
+from raytrain.models.loading import load_family, load_policy, without_lora
+from raytrain.models.logprobs import token_logprobs
+from raytrain.models.prompts import build_dataset
 from raytrain.data.layouts import scan_source
 from raytrain.data.manifest import inspect_entry, rows_to_table, write_manifest
 from raytrain.data.splits import assign_groups
 from raytrain.eval.metrics import UNREADABLE, evaluation_report
-from raytrain.models.batching import Prompt, Sample, collate_ids, token_logprobs, vision_special_ids
+from raytrain.data.batch import Prompt, Sample
 from raytrain.data.sft_targets import sft_batch
 from raytrain.eval.report import FULL_SCHEMA, METRICS, PREDICTION_SCHEMA, PREDICTIONS, REPORT, run_markdown
 from rewards.answer import parse_answer
@@ -131,20 +133,18 @@ class LossScorer:
     def __init__(self, cfg: Config, weights: str | None = None):
         torch.set_num_threads(cfg.rollout.torch_threads)
         self.cfg = cfg
-        self.processor = load_processor(cfg.model)
-        frozen = cfg.model.model_copy(update={"lora": cfg.model.lora.model_copy(update={"enabled": False})})
-        self.model = load_policy(frozen, weights=weights).eval()
-        self.suppress = vision_special_ids(self.processor)
+        self.family = load_family(cfg.model)
+        self.model = load_policy(without_lora(cfg.model), weights=weights).eval()
 
     def __call__(self, batch: dict) -> dict:
         prompts, _ = prompts_from_batch(batch)  # an unreadable file has no target to score
-        targets = sft_batch(self.cfg, prompts, self.processor.tokenizer)
+        targets = sft_batch(self.cfg, prompts, self.family.tokenizer, self.family.end_id)
         if targets is None:
             return {"nll": [0.0], "tokens": [0.0]}
-        (tensors,) = targets.micro_batches(len(targets), **collate_ids(self.processor))
+        (tensors,) = targets.micro_batches(len(targets), self.family.collate)
         mask = tensors.pop("loss_mask")
         with torch.no_grad():
-            logp = token_logprobs(self.model, tensors, suppress_ids=self.suppress)
+            logp = token_logprobs(self.family, self.model, tensors)
         return {"nll": [float(-(logp * mask).sum())], "tokens": [float(mask.sum())]}
 
 

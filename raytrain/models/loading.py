@@ -1,4 +1,5 @@
-"""Loading policies by name or path, LoRA wrapping, and the weights that travel to rollout engines."""
+"""Loading a checkpoint by name or path: its model family, processor and policy (with LoRA), and the
+weights that travel to rollout engines or into an export."""
 
 from __future__ import annotations
 
@@ -7,21 +8,39 @@ from pathlib import Path
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoProcessor
 
 from raytrain.config import LoraConfig, ModelConfig
+from raytrain.models.family import ModelFamily
+from raytrain.models.qwen2_5_vl import Qwen2_5_VL, Qwen2Text
 from raytrain.weight_sync.protocol import Shape, tensor_spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Every model family, by the `model_type` of the checkpoints it serves.
+FAMILIES: dict[str, type[ModelFamily]] = {t: family for family in (Qwen2_5_VL, Qwen2Text) for t in family.model_types}
+
+
+def family_class(config) -> type[ModelFamily]:
+    """The family of a transformers model config, by its `model_type`."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise ValueError(f"model type {model_type!r} has no model family here (known: {', '.join(sorted(FAMILIES))})")
+    return FAMILIES[model_type]
 
 
 def load_processor(cfg: ModelConfig):
     return AutoProcessor.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
 
 
-def model_class(config):
-    """The auto class of a model config: vision-language (the detectors) or text-only (vLLM's CPU tests)."""
-    return AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+def load_family(cfg: ModelConfig) -> ModelFamily:
+    """The model family of the checkpoint at `cfg.path`, holding its processor."""
+    config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+    return family_class(config)(load_processor(cfg))
+
+
+def without_lora(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with LoRA off: the base model alone (a frozen reference, a judge, a merge's base)."""
+    return cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": False})})
 
 
 def load_policy(cfg: ModelConfig, *, weights: str | Path | None = None):
@@ -34,7 +53,7 @@ def load_policy(cfg: ModelConfig, *, weights: str | Path | None = None):
     if weights is not None and not (Path(weights) / "adapter_config.json").exists():
         source = str(weights)
     config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
-    model = model_class(config).from_pretrained(
+    model = family_class(config).auto_class.from_pretrained(
         source, config=config, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code, use_safetensors=True
     )
     if weights is not None and (Path(weights) / "adapter_config.json").exists():
@@ -43,10 +62,9 @@ def load_policy(cfg: ModelConfig, *, weights: str | Path | None = None):
 
 
 def wrap_lora(model, lora: LoraConfig):
-    """A fresh adapter on the language model's `lora.target_modules`; a vision tower stays frozen."""
-    modules = "|".join(lora.target_modules)
-    has_language_model = any(".language_model." in f".{name}." for name, _ in model.named_modules())
-    target = rf".*language_model.*\.({modules})$" if has_language_model else rf".*\.({modules})$"
+    """A fresh adapter on `lora.target_modules` where the model's family puts adapters (Qwen2.5-VL: the
+    language model; its vision tower stays frozen)."""
+    target = family_class(model.config).lora_target(model, lora.target_modules)
     return get_peft_model(
         model, PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target)
     )
@@ -69,7 +87,7 @@ def sync_spec(cfg: ModelConfig) -> dict[str, Shape]:
     (built on the meta device): what an engine that does not hold a transformers model accepts."""
     config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
     with torch.device("meta"):
-        model = model_class(config).from_config(config, trust_remote_code=cfg.trust_remote_code)
+        model = family_class(config).auto_class.from_config(config, trust_remote_code=cfg.trust_remote_code)
         if cfg.lora.enabled:
             model = wrap_lora(model, cfg.lora)
     state = get_peft_model_state_dict(model) if isinstance(model, PeftModel) else model.state_dict()
@@ -87,7 +105,7 @@ def apply_sync_state(model, state: dict[str, torch.Tensor]) -> None:
 
 def merge_adapter(adapter: str | Path, out: str | Path, cfg: ModelConfig) -> Path:
     """The LoRA export `adapter` merged into its base model `cfg.path`, saved as a full Hugging Face folder."""
-    merged = load_policy(cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": False})}), weights=adapter)
+    merged = load_policy(without_lora(cfg), weights=adapter)
     return export_weights(merged.merge_and_unload(), load_processor(cfg), out)
 
 

@@ -14,8 +14,9 @@ from actors.rollout import start_rollout_actors
 from raytrain.cluster import init_ray
 from raytrain.train.checkpoint import MODEL_DIR, TrainerState, latest_checkpoint
 from raytrain.config import Config
-from raytrain.data.pipeline import build_dataset, split_rows
+from raytrain.data.pipeline import split_rows
 from raytrain.models.loading import merge_adapter
+from raytrain.models.prompts import build_dataset
 from raytrain.train.loop import train_loop_per_worker
 
 STORAGE_DIR = "ray"  # under run.output_dir: Ray Train's checkpoints and run state

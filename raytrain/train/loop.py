@@ -30,10 +30,10 @@ from raytrain.algos import core as algos
 from raytrain.train.checkpoint import DEEPSPEED_TAG, MODEL_DIR, TrainerState
 from raytrain.config import Config, parse_config
 from raytrain.data.pipeline import prompts_from_batch
-from raytrain.models.loading import export_weights, load_policy, load_processor, sync_state
+from raytrain.models.loading import export_weights, load_family, load_policy, sync_state, without_lora
+from raytrain.models.logprobs import token_logprobs
 from raytrain.algos.paragraph_tokens import paragraph_token_masks, token_char_spans
-from raytrain.models.batching import (Prompt, Sample, TrainBatch, collate_ids, padding_batch, response_positions, token_logprobs,
-                             vision_special_ids)
+from raytrain.data.batch import Prompt, Sample, TrainBatch, response_positions
 from raytrain.data.sft_targets import sft_batch
 from raytrain.weight_sync.protocol import WeightGroup
 
@@ -238,8 +238,7 @@ def _paragraph_tensors(samples: list[Sample], scores: list[dict], response_mask:
     return rewards, masks
 
 
-def _loss(cfg: Config, engine, ref_model, batch: dict, num_tokens: float, num_seqs: float,
-          suppress: list[int]) -> tuple[torch.Tensor, dict]:
+def _loss(cfg: Config, family, engine, ref_model, batch: dict, num_tokens: float, num_seqs: float) -> tuple[torch.Tensor, dict]:
     """One micro-batch's loss, normalised by the step's global counts per rank (`num_tokens`, `num_seqs`:
     global / world, as DeepSpeed averages gradients over ranks): the step's micro-batch losses sum to
     the loss of the whole global batch (DAPO's token-level mean, or the seq-mean modes)."""
@@ -248,7 +247,7 @@ def _loss(cfg: Config, engine, ref_model, batch: dict, num_tokens: float, num_se
     temperature = cfg.rollout.sampling.temperature if cfg.algorithm.name != "sft" else 1.0
     # Through the engine, not its module: DeepSpeed counts micro-batches in its forward, and ZeRO-3
     # accumulates a step's gradients only across the passes it counted.
-    logp = token_logprobs(engine, model_inputs, temperature=temperature, suppress_ids=suppress)
+    logp = token_logprobs(family, engine, model_inputs, temperature=temperature)
     mask = batch["loss_mask"]
     if cfg.algorithm.name == "sft":
         loss = -(logp * mask).sum() / num_tokens
@@ -258,7 +257,7 @@ def _loss(cfg: Config, engine, ref_model, batch: dict, num_tokens: float, num_se
                                                         num_tokens, num_seqs)
     if algo.kl_coef > 0:
         with torch.no_grad():
-            ref_logp = token_logprobs(ref_model, model_inputs, temperature=temperature, suppress_ids=suppress)
+            ref_logp = token_logprobs(family, ref_model, model_inputs, temperature=temperature)
         kl = algos.kl_penalty(logp, ref_logp, algo.kl_kind)
         kl_term = (kl * mask).sum() / num_tokens
         loss = loss + algo.kl_coef * kl_term
@@ -266,22 +265,22 @@ def _loss(cfg: Config, engine, ref_model, batch: dict, num_tokens: float, num_se
     return loss, stats
 
 
-def _train_step(cfg: Config, engine, ref_model, batch: TrainBatch | None, tokenizer_ids: dict, global_tokens: float,
-                global_seqs: float, world: int, suppress: list[int], padding: dict) -> dict:
+def _train_step(cfg: Config, family, engine, ref_model, batch: TrainBatch | None, global_tokens: float,
+                global_seqs: float, world: int, padding: dict) -> dict:
     """Forward and backward in micro-batches of `train.micro_batch_size` rows, one optimizer step.
 
     ZeRO reduces gradients in every backward (and ZeRO-3 gathers parameters in every forward), so every
     rank runs as many passes as the rank with the most micro-batches: the others add passes over
-    `padding` (`raytrain.models.batching.padding_batch`) whose loss is zero."""
+    `padding` (`ModelFamily.padding_batch`) whose loss is zero."""
     size = cfg.train.micro_batch_size or (len(batch) if batch else 1)
-    micro = batch.micro_batches(size, **tokenizer_ids) if batch else []
+    micro = batch.micro_batches(size, family.collate) if batch else []
     count = torch.tensor(float(len(micro)))
     dist.all_reduce(count, op=dist.ReduceOp.MAX)
     num_tokens, num_seqs = max(global_tokens, 1.0) / world, max(global_seqs, 1.0) / world
     loss_sum, sums, weighted, weights = 0.0, {}, {}, 0.0
     for i in range(int(count)):
         real = i < len(micro)
-        loss, stats = _loss(cfg, engine, ref_model, micro[i] if real else padding, num_tokens, num_seqs, suppress)
+        loss, stats = _loss(cfg, family, engine, ref_model, micro[i] if real else padding, num_tokens, num_seqs)
         if not real:
             loss, stats = loss * 0.0, {}
         engine.backward(loss)
@@ -314,12 +313,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(cfg.run.seed + rank)
 
     rollouts, reward_actor = loop_config["rollout_actors"], loop_config["reward_actor"]
-    processor = load_processor(cfg.model)
-    tokenizer = processor.tokenizer
-    tokenizer_ids = collate_ids(processor)
-
-    suppress = vision_special_ids(processor)
-    (padding,) = padding_batch(processor).micro_batches(1, **tokenizer_ids)
+    family = load_family(cfg.model)
+    processor, tokenizer = family.processor, family.tokenizer
+    (padding,) = family.padding_batch().micro_batches(1, family.collate)
     model = load_policy(cfg.model)
     if rank == 0:
         trainable, total = sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
@@ -332,8 +328,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ref_model = None
     if cfg.algorithm.name != "sft" and cfg.algorithm.kl_coef > 0:
         # The initial policy, frozen: only loaded when a KL term is on.
-        frozen = cfg.model.model_copy(update={"lora": cfg.model.lora.model_copy(update={"enabled": False})})
-        ref_model = load_policy(frozen).to(engine.device).eval().requires_grad_(False)
+        ref_model = load_policy(without_lora(cfg.model)).to(engine.device).eval().requires_grad_(False)
 
     group = _weight_group(cfg, rollouts) if rank == 0 else None
     state = TrainerState()
@@ -365,7 +360,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             batch = _dapo_batch(cfg, groups, tokenizer)
         else:
             prompts = feed.take(cfg.train.prompts_per_worker)
-            batch, stats = sft_batch(cfg, prompts, tokenizer), {"prompts": len(prompts)}
+            batch, stats = sft_batch(cfg, prompts, tokenizer, family.end_id), {"prompts": len(prompts)}
         t_rollout = time.perf_counter() - t0
         mask = batch.per_token["loss_mask"] if batch is not None else torch.zeros(0, 0)
         global_tokens, global_rows, global_seqs, ranks_with_data = _sum_across_ranks(
@@ -384,7 +379,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             continue
 
         t1 = time.perf_counter()
-        stats.update(_train_step(cfg, engine, ref_model, batch, tokenizer_ids, global_tokens, global_seqs, world, suppress, padding))
+        stats.update(_train_step(cfg, family, engine, ref_model, batch, global_tokens, global_seqs, world, padding))
         state.step += 1
         state.version += 1
         sync = cfg.algorithm.name != "sft"

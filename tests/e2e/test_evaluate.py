@@ -18,7 +18,8 @@ import yaml
 
 from jobs import evaluate as evaluate_job
 from raytrain.config import parse_config
-from raytrain.data.pipeline import PromptBuilder, prompt_mode
+from raytrain.data.pipeline import prompt_mode
+from raytrain.models.prompts import PromptBuilder
 from raytrain.eval.inference import IDENTITY, PARTS_DIR, inference_actors, split_adapter
 from raytrain.data.layouts import scan_dataset
 from raytrain.data.manifest import read_manifest, write_manifest
@@ -79,7 +80,7 @@ def test_evaluate_manifest_with_unreadable_media(base_config_dict, synthetic_dir
 
     # The mode flag reached the prompt; another mode into the same folder is refused, not mixed in.
     cfg = parse_config({**base_config_dict, "data": {**base_config_dict["data"], "mode": "no_think"}})
-    assert "real or fake? /no_think" in PromptBuilder(cfg.model, cfg.data)._prompt_text("video", prompt_mode({"key": "0:x"}, cfg.data))
+    assert "real or fake? /no_think" in PromptBuilder(cfg.model, cfg.data).prompt_text("video", prompt_mode({"key": "0:x"}, cfg.data))
     with pytest.raises(ValueError, match="mode"):
         evaluate_job.main(["--config", str(config), "--data", str(manifest), "--output", str(out), "--think", *_sets(*TINY)])
 

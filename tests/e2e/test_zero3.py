@@ -19,7 +19,7 @@ import torch
 import torch.multiprocessing as mp
 
 from raytrain.config import parse_config
-from raytrain.models.batching import TrainBatch, response_positions
+from raytrain.data.batch import TrainBatch, response_positions
 
 RUNS = [("full", 2), ("full", 3), ("lora", 2), ("lora", 3)]  # (fine-tuning, ZeRO stage)
 DEADLOCK_S = 300
@@ -48,8 +48,7 @@ def _worker(rank: int, world: int, port: int, raw: dict, prompts, out: Path, res
     import torch.distributed as dist
 
     from raytrain.train import loop as worker
-    from raytrain.models.loading import export_weights, load_policy, load_processor, sync_state
-    from raytrain.models.batching import collate_ids, padding_batch, vision_special_ids
+    from raytrain.models.loading import export_weights, load_family, load_policy, sync_state
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
@@ -57,9 +56,8 @@ def _worker(rank: int, world: int, port: int, raw: dict, prompts, out: Path, res
     deepspeed.init_distributed(dist_backend="gloo")
     for tuning, stage in RUNS:
         cfg = _config(raw, tuning, stage)
-        processor = load_processor(cfg.model)
-        ids = collate_ids(processor)
-        (padding,) = padding_batch(processor).micro_batches(1, **ids)
+        family = load_family(cfg.model)
+        (padding,) = family.padding_batch().micro_batches(1, family.collate)
         torch.manual_seed(0)  # the same fresh adapter in every LoRA run
         model = load_policy(cfg.model)
         # SGD: the update is the (clipped) gradient itself, comparable between runs; a first Adam step
@@ -69,10 +67,10 @@ def _worker(rank: int, world: int, port: int, raw: dict, prompts, out: Path, res
         batch = _rank_batch(prompts, rank, seed=1)
         mask = batch.per_token["loss_mask"]
         tokens, seqs = worker._sum_across_ranks([float(mask.sum()), float((mask.sum(-1) > 0).sum())])
-        stats = worker._train_step(cfg, engine, None, batch, ids, tokens, seqs, world, vision_special_ids(processor), padding)
+        stats = worker._train_step(cfg, family, engine, None, batch, tokens, seqs, world, padding)
         gathered = worker._gathered_weights(engine, cfg)
         if rank == 0:
-            export_weights(engine.module, processor, out / f"{tuning}-{stage}", gathered)
+            export_weights(engine.module, family.processor, out / f"{tuning}-{stage}", gathered)
             # As numpy: torch's queue would share tensor memory that dies with this process.
             results.put((tuning, stage, stats["loss"], {k: v.numpy() for k, v in sync_state(engine.module, gathered).items()}))
         dist.barrier()
@@ -120,18 +118,18 @@ def _single_process_step(cfg, media_prompts) -> dict[str, torch.Tensor]:
     """The same step in one process without DeepSpeed: every rank's micro-batches, the loss
     normalised by the global token count, one SGD step."""
     from raytrain.algos import core as algos
-    from raytrain.models.loading import load_policy, load_processor, sync_state
-    from raytrain.models.batching import collate_ids, token_logprobs, vision_special_ids
+    from raytrain.models.loading import load_family, load_policy, sync_state
+    from raytrain.models.logprobs import token_logprobs
 
-    processor = load_processor(cfg.model)
+    family = load_family(cfg.model)
     torch.manual_seed(0)
     model = load_policy(cfg.model)
     batches = [_rank_batch(media_prompts, rank, seed=1) for rank in range(2)]
     tokens = sum(float(b.per_token["loss_mask"].sum()) for b in batches)
     for batch in batches:
-        for part in batch.micro_batches(cfg.train.micro_batch_size, **collate_ids(processor)):
+        for part in batch.micro_batches(cfg.train.micro_batch_size, family.collate):
             inputs = {k: v for k, v in part.items() if k not in ("old_logprobs", "advantages", "loss_mask")}
-            logp = token_logprobs(model, inputs, suppress_ids=vision_special_ids(processor))
+            logp = token_logprobs(family, model, inputs)
             loss, _ = algos.POLICY_LOSSES[cfg.algorithm.policy_loss](logp, part["old_logprobs"], part["advantages"],
                                                                      part["loss_mask"], cfg.algorithm, tokens, 1.0)
             loss.backward()

@@ -41,7 +41,7 @@ def judge_dir(tiny_model_dir, synthetic_dir, tmp_path_factory) -> Path:
     videos = _videos(synthetic_dir)
     requests = [JudgeRequest("Is this video real or fake?", f"<think>look {i}</think><answer>fake</answer>", v)
                 for i, v in enumerate(videos[:2])] + [JudgeRequest("Is it real?", "<think>x</think>", None)]
-    tok = judge.processor.tokenizer
+    tok = judge.family.tokenizer
     target = torch.tensor(tok(f"<answer>{JUDGE_SCORE}</answer><|im_end|>", add_special_tokens=False)["input_ids"])
     inputs = judge.encode(requests)
     target = target.expand(inputs["input_ids"].shape[0], -1)
@@ -59,7 +59,7 @@ def judge_dir(tiny_model_dir, synthetic_dir, tmp_path_factory) -> Path:
         optimizer.zero_grad()
     out = tmp_path_factory.mktemp("tiny-judge")
     model.save_pretrained(out)
-    judge.processor.save_pretrained(out)
+    judge.family.processor.save_pretrained(out)
     return out
 
 

@@ -192,7 +192,7 @@ def test_paragraph_masks_select_exactly_each_paragraphs_tokens(tokenizer, tokeni
 def test_trainer_paragraph_tensors_place_masks_at_the_response_positions(tokenizer):
     """What the worker hands the `prpo` estimator: reward actor spans -> token masks at the batch's
     response positions (after the prompt), rewards padded to the largest paragraph count."""
-    from raytrain.models.batching import Sample
+    from raytrain.data.batch import Sample
     from raytrain.train.loop import _paragraph_tensors
 
     ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]

@@ -10,9 +10,10 @@ import pyarrow.compute as pc
 import pytest
 
 from raytrain.config import parse_config
-from raytrain.data.pipeline import build_dataset, prompts_from_batch, split_rows
+from raytrain.data.pipeline import prompts_from_batch, split_rows
 from raytrain.data.manifest import read_manifest, stable_id, write_manifest
 from raytrain.models.loading import load_processor
+from raytrain.models.prompts import build_dataset
 
 # ---------------------------------------------------------------- split_rows (no Ray)
 

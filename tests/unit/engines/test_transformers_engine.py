@@ -10,9 +10,9 @@ import torch
 from peft import PeftModel
 
 from raytrain.config import parse_config
-from raytrain.engines.base import TransformersEngine
+from raytrain.engines.transformers_engine import TransformersEngine
 from raytrain.models.loading import sync_state
-from raytrain.models.batching import collate, token_logprobs
+from raytrain.models.logprobs import token_logprobs
 from raytrain.models.tiny import build_tiny_model
 from tests.helpers.engine_checks import check_groups
 
@@ -59,7 +59,7 @@ def test_group_samples(engine, prompts, cfg):
     sampling = cfg.rollout.sampling
     torch.manual_seed(1)
     groups = engine.generate(prompts, sampling)
-    assert {engine.image_token_id, engine.video_token_id} <= set(engine.suppress_ids)
+    assert {engine.family.image_token_id, engine.family.video_token_id} <= set(engine.suppress_ids)
     assert engine.version == 0  # the samples carry it (check_groups)
     check_groups(engine, groups, len(prompts), sampling.group_size, sampling.max_new_tokens)
 
@@ -89,12 +89,9 @@ def test_sampled_logprobs_match_trainer(engine, prompts, cfg, temperature):
     torch.manual_seed(3)
     groups = engine.generate(prompts, sampling)
     for prompt, group in zip(prompts, groups):
-        batch = collate(
-            [prompt] * len(group), [s.token_ids for s in group],
-            pad_id=engine.pad_id, image_token_id=engine.image_token_id, video_token_id=engine.video_token_id,
-        )
+        batch = engine.family.collate([prompt] * len(group), [s.token_ids for s in group])
         with torch.no_grad():
-            logp = token_logprobs(engine.model, batch, temperature=temperature, suppress_ids=engine.suppress_ids)
+            logp = token_logprobs(engine.family, engine.model, batch, temperature=temperature)
         start = len(prompt.input_ids)
         for i, s in enumerate(group):
             n = len(s.token_ids)
@@ -104,7 +101,7 @@ def test_sampled_logprobs_match_trainer(engine, prompts, cfg, temperature):
         if temperature != 1.0:
             # The temperature really enters the numbers: untempered log-probs differ.
             with torch.no_grad():
-                plain = token_logprobs(engine.model, batch, temperature=1.0, suppress_ids=engine.suppress_ids)
+                plain = token_logprobs(engine.family, engine.model, batch, temperature=1.0)
             s = group[0]
             assert not np.allclose(s.logprobs, plain[0, start:start + len(s.token_ids)].numpy(), atol=1e-3)
 
@@ -131,12 +128,9 @@ def test_logprobs_match_with_early_stops(cfg, prompts):
         else:
             assert s.token_ids.index(eng.eos_id) == len(s.token_ids) - 1
     for prompt, group in zip(prompts, groups):
-        batch = collate(
-            [prompt] * len(group), [s.token_ids for s in group],
-            pad_id=eng.pad_id, image_token_id=eng.image_token_id, video_token_id=eng.video_token_id,
-        )
+        batch = eng.family.collate([prompt] * len(group), [s.token_ids for s in group])
         with torch.no_grad():
-            logp = token_logprobs(eng.model, batch, temperature=0.7, suppress_ids=eng.suppress_ids)
+            logp = token_logprobs(eng.family, eng.model, batch, temperature=0.7)
         start = len(prompt.input_ids)
         for i, s in enumerate(group):
             expected = logp[i, start:start + len(s.token_ids)].numpy()
@@ -157,7 +151,7 @@ def test_greedy_is_deterministic(engine, prompts, cfg):
 
 def test_full_weight_sync(cfg, engine, prompts, tmp_path):
     eng = TransformersEngine(cfg.model)
-    other = build_tiny_model(eng.processor, seed=1).eval()
+    other = build_tiny_model(eng.family.processor, seed=1).eval()
     before = _greedy(eng, prompts, cfg.rollout.sampling)
 
     assert eng.update_weights(sync_state(other), version=1) == 1
@@ -166,7 +160,7 @@ def test_full_weight_sync(cfg, engine, prompts, tmp_path):
         assert torch.equal(eng.model.state_dict()[k], v), k
 
     other.save_pretrained(tmp_path / "other")
-    eng.processor.save_pretrained(tmp_path / "other")
+    eng.family.processor.save_pretrained(tmp_path / "other")
     reference = TransformersEngine(cfg.model.model_copy(update={"path": str(tmp_path / "other")}))
     after = _greedy(eng, prompts, cfg.rollout.sampling)
     assert after == _greedy(reference, prompts, cfg.rollout.sampling)
@@ -194,7 +188,7 @@ def _corruptions(state: dict[str, torch.Tensor]):
 def test_bad_full_state_refused(cfg, kind):
     eng = TransformersEngine(cfg.model)
     original = {k: v.clone() for k, v in eng.model.state_dict().items()}
-    state = sync_state(build_tiny_model(eng.processor, seed=1))
+    state = sync_state(build_tiny_model(eng.family.processor, seed=1))
     (_, key, bad), = [c for c in _corruptions(state) if c[0] == kind]
     with pytest.raises(ValueError) as exc:
         eng.update_weights(bad, version=1)
@@ -236,7 +230,7 @@ def test_lora_adapter_sync(lora_cfg, prompts):
             assert torch.equal(v, frozen[k]), k
 
     # A full state is not an adapter state.
-    full = sync_state(build_tiny_model(eng.processor, seed=1))
+    full = sync_state(build_tiny_model(eng.family.processor, seed=1))
     with pytest.raises(ValueError, match="missing"):
         eng.update_weights(full, version=4)
     assert eng.version == 3

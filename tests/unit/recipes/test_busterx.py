@@ -10,7 +10,7 @@ import pytest
 from raytrain.recipes.busterx import fusion_rows, stage_config, stage_steps
 from raytrain.config import load_config, parse_config
 from raytrain.data.pipeline import prompt_mode
-from raytrain.models.batching import Prompt
+from raytrain.data.batch import Prompt
 from raytrain.data.sft_targets import sft_target
 
 CONFIGS = Path(__file__).resolve().parents[3] / "jobs" / "configs"

@@ -1,4 +1,4 @@
-"""Micro-batching (raytrain.models.batching.TrainBatch + the global loss normalisation of raytrain.algos.core):
+"""Micro-batching (raytrain.data.batch.TrainBatch + the global loss normalisation of raytrain.algos.core):
 a step's gradient is the same whether its sequences go in one pass or in several, on the tiny
 Qwen2.5-VL with video and image prompts."""
 
@@ -9,15 +9,15 @@ import torch
 
 from raytrain.algos import core as algos
 from raytrain.config import AlgorithmConfig, ModelConfig
-from raytrain.models.loading import load_policy, load_processor
-from raytrain.models.batching import TrainBatch, collate, collate_ids, masked_logprobs, response_positions, token_logprobs
+from raytrain.data.batch import TrainBatch, response_positions
+from raytrain.models.loading import load_family, load_policy
+from raytrain.models.logprobs import masked_logprobs, token_logprobs
 
 
 @pytest.fixture(scope="module")
-def model_and_ids(tiny_model_dir):
+def model_and_family(tiny_model_dir):
     cfg = ModelConfig(path=str(tiny_model_dir), dtype="float32")
-    processor = load_processor(cfg)
-    return load_policy(cfg).train(), collate_ids(processor)
+    return load_policy(cfg).train(), load_family(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -38,39 +38,39 @@ def batch(media_prompts):
     })
 
 
-def test_response_positions_match_collate(batch, model_and_ids):
-    _, ids = model_and_ids
-    full = collate(batch.prompts, batch.responses, **ids)
+def test_response_positions_match_collate(batch, model_and_family):
+    _, family = model_and_family
+    full = family.collate(batch.prompts, batch.responses)
     assert torch.equal(response_positions(batch.prompts, batch.responses), full["response_mask"])
 
 
-def test_one_vision_tower_call_gives_the_models_own_forward(batch, model_and_ids):
+def test_one_vision_tower_call_gives_the_models_own_forward(batch, model_and_family):
     """`token_logprobs` encodes a batch's videos and image in one vision-tower call (what keeps
     ZeRO-3 ranks in step); the numbers are those of the model's own forward, which calls it twice."""
-    model, ids = model_and_ids
-    (inputs,) = batch.micro_batches(len(batch), **ids)
+    model, family = model_and_family
+    (inputs,) = batch.micro_batches(len(batch), family.collate)
     inputs = {k: v for k, v in inputs.items() if k not in ("old_logprobs", "advantages", "loss_mask")}
     assert "pixel_values" in inputs and "pixel_values_videos" in inputs
     calls = []
     hook = model.model.visual.register_forward_hook(lambda *_: calls.append(1))
     try:
         with torch.no_grad():
-            logp = token_logprobs(model, inputs)
+            logp = token_logprobs(family, model, inputs)
             assert len(calls) == 1
             logits = model(**{k: v for k, v in inputs.items() if k != "response_mask"}, use_cache=False).logits[:, :-1]
             assert len(calls) == 3
     finally:
         hook.remove()
-    expected = torch.nn.functional.pad(masked_logprobs(logits, inputs["input_ids"][:, 1:], temperature=1.0, suppress_ids=[]), (1, 0))
+    expected = torch.nn.functional.pad(masked_logprobs(logits, inputs["input_ids"][:, 1:], temperature=1.0, suppress_ids=family.suppress_ids), (1, 0))
     torch.testing.assert_close(logp, expected, rtol=0, atol=1e-5)
 
 
-def _gradient(model, parts: list[dict], algo: AlgorithmConfig, num_tokens: float, num_seqs: float) -> tuple[float, torch.Tensor]:
+def _gradient(model, family, parts: list[dict], algo: AlgorithmConfig, num_tokens: float, num_seqs: float) -> tuple[float, torch.Tensor]:
     model.zero_grad()
     total = 0.0
     for part in parts:
         inputs = {k: v for k, v in part.items() if k not in ("old_logprobs", "advantages", "loss_mask")}
-        logp = token_logprobs(model, inputs)
+        logp = token_logprobs(family, model, inputs)
         loss, _ = algos.POLICY_LOSSES[algo.policy_loss](logp, part["old_logprobs"], part["advantages"], part["loss_mask"],
                                                         algo, num_tokens, num_seqs)
         loss.backward()
@@ -81,19 +81,19 @@ def _gradient(model, parts: list[dict], algo: AlgorithmConfig, num_tokens: float
 @pytest.mark.parametrize("policy_loss, loss_agg", [
     ("ppo_clip", "token-mean"), ("ppo_clip", "seq-mean-token-mean"), ("ppo_clip", "seq-mean-token-sum"), ("gspo", "token-mean"),
 ])
-def test_micro_batches_give_the_whole_batch_gradient(batch, model_and_ids, policy_loss, loss_agg):
-    model, ids = model_and_ids
+def test_micro_batches_give_the_whole_batch_gradient(batch, model_and_family, policy_loss, loss_agg):
+    model, family = model_and_family
     algo = AlgorithmConfig(policy_loss=policy_loss, loss_agg=loss_agg, clip_low=0.2, clip_high=0.28)
     mask = batch.per_token["loss_mask"]
     num_tokens, num_seqs = float(mask.sum()), float((mask.sum(-1) > 0).sum())
-    whole = batch.micro_batches(len(batch), **ids)
-    parts = batch.micro_batches(4, **ids)
+    whole = batch.micro_batches(len(batch), family.collate)
+    parts = batch.micro_batches(4, family.collate)
     assert len(whole) == 1 and [p["input_ids"].shape[0] for p in parts] == [4, 2]
     assert parts[1]["input_ids"].shape[1] < whole[0]["input_ids"].shape[1]  # each part padded to its own width
     assert "pixel_values_videos" in parts[0] and "pixel_values" in parts[1]  # pixels travel with their rows
 
-    loss_whole, grad_whole = _gradient(model, whole, algo, num_tokens, num_seqs)
-    loss_parts, grad_parts = _gradient(model, parts, algo, num_tokens, num_seqs)
+    loss_whole, grad_whole = _gradient(model, family, whole, algo, num_tokens, num_seqs)
+    loss_parts, grad_parts = _gradient(model, family, parts, algo, num_tokens, num_seqs)
     assert grad_whole.abs().sum() > 0
     assert loss_parts == pytest.approx(loss_whole, rel=1e-5, abs=1e-7)
     torch.testing.assert_close(grad_parts, grad_whole, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,87 @@
+"""What travels between the data pipeline, the rollout engines and the trainer: prompts, samples, training rows.
+
+A `Prompt` is one processed prompt (its model family's chat-template tokens and pixels), a `Sample`
+one sampled response, and a `TrainBatch` one rank's training rows. Collating rows into model inputs
+is the model family's business (`raytrain.models.family.ModelFamily.collate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Prompt:
+    """One processed prompt: chat-template tokens with vision placeholders expanded, plus its pixels."""
+
+    key: str  # unique per (epoch, row): the unit of data-position bookkeeping
+    id: str
+    path: str
+    label: str
+    category: str
+    input_ids: np.ndarray  # int64 [L]
+    pixel_values: np.ndarray  # float32, the family's layout (Qwen2.5-VL: [patches, C*T*P*P]); empty without media
+    grid_thw: np.ndarray  # int64 [3]: the family's patch grid of the media (Qwen2.5-VL), zeros where it has none
+    is_video: bool
+    second_per_grid_t: float = 1.0
+    mode: str = "think"  # BusterX++ stage-3 mode flag (think / no_think), scored by the hybrid and thinking rewards
+    explanation: str = ""  # reasoning an SFT target teaches (manifest `explanation`); empty: the config's template
+
+
+@dataclass
+class Sample:
+    """One sampled response and what produced it."""
+
+    token_ids: list[int]
+    logprobs: list[float]  # under the sampling policy (temperature-scaled raw logits)
+    text: str
+    truncated: bool  # hit max_new_tokens without an end-of-sequence token
+    version: int  # policy weight version that generated it
+    extra: dict = field(default_factory=dict)
+
+
+def response_positions(prompts: list[Prompt], responses: list[list[int]]) -> torch.Tensor:
+    """[B, L] with 1 where a response token sits in the right-padded prompt+response rows (`prompts[i]`
+    is the prompt of `responses[i]`: a group repeats its prompt G times)."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
+    width = max(len(p.input_ids) + len(r) for p, r in zip(prompts, responses))
+    mask = torch.zeros(len(prompts), width)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        mask[i, len(p.input_ids): len(p.input_ids) + len(r)] = 1
+    return mask
+
+
+Collate = Callable[[list[Prompt], list[list[int]]], dict[str, torch.Tensor]]
+
+
+@dataclass
+class TrainBatch:
+    """One rank's training sequences: prompt + response rows and per-token tensors [B, L] laid out as
+    `response_positions` lays the rows out (`loss_mask`, and for RL `old_logprobs` and `advantages`).
+
+    `micro_batches` collates at most `size` rows at a time, so a step's forward and backward
+    need only a micro-batch's activations and pixels; per-token tensors are cut to each
+    micro-batch's rows and padded width (rows are right-padded, so positions do not move).
+    """
+
+    prompts: list[Prompt]
+    responses: list[list[int]]
+    per_token: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def micro_batches(self, size: int, collate: Collate) -> list[dict[str, torch.Tensor]]:
+        """`collate`: the model family's (`ModelFamily.collate`)."""
+        out = []
+        for i in range(0, len(self), size):
+            batch = collate(self.prompts[i:i + size], self.responses[i:i + size])
+            width = batch["input_ids"].shape[1]
+            batch.update({k: v[i:i + size, :width] for k, v in self.per_token.items()})
+            out.append(batch)
+        return out

@@ -1,0 +1,106 @@
+"""The model-family interface: everything the trainer, the engines and the data pipeline need to know
+about one kind of detector, behind one object.
+
+A family is chosen from a checkpoint's `model_type` (`raytrain.models.loading.FAMILIES`). Its class
+says how the weights load (`auto_class`) and where LoRA adapters go; an instance wraps the
+checkpoint's processor and turns rows into prompts, prompts and responses into model inputs, and
+model inputs into logits. Qwen2.5-VL (BusterX++) is `raytrain.models.qwen2_5_vl`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from raytrain.data.batch import Prompt, TrainBatch
+
+
+class ModelFamily:
+    model_types: ClassVar[tuple[str, ...]]  # the `model_type`s of the checkpoints this family serves
+    auto_class: ClassVar[type]  # the transformers Auto class that loads them
+    end_token: ClassVar[str]  # ends an assistant turn: generation stops at it, SFT targets end with it
+    vision_tokens: ClassVar[tuple[str, ...]] = ()  # special tokens of the prompt's media, never sampled
+
+    def __init__(self, processor):
+        self.processor = processor  # a bare tokenizer for a text-only model
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.end_id = self.tokenizer.convert_tokens_to_ids(self.end_token)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
+        self.suppress_ids = self.special_ids(self.tokenizer)
+
+    @classmethod
+    def special_ids(cls, tokenizer) -> list[int]:
+        """Ids of `vision_tokens` in `tokenizer`: a response must never contain them (a sampled
+        `<|video_pad|>` would make the trainer's forward expect pixels that do not exist), so
+        generation and training both mask them out."""
+        ids = set()
+        for name in cls.vision_tokens:
+            token_id = tokenizer.convert_tokens_to_ids(name)
+            if token_id is not None and token_id != tokenizer.unk_token_id:
+                ids.add(token_id)
+        return sorted(ids)
+
+    @classmethod
+    def lora_target(cls, model, modules: list[str]) -> str:
+        """The regex of module names that receive LoRA adapters: `modules` wherever they are."""
+        return rf".*\.({'|'.join(modules)})$"
+
+    # -- prompts ----------------------------------------------------------------------------------
+
+    def chat_text(self, text: str, media: str | None) -> str:
+        """The chat-template text of a user turn asking `text` about one `media` (video, image, or None
+        for text alone), with the generation prompt after it."""
+        content = [{"type": "text", "text": text}] if media is None else [{"type": media}, {"type": "text", "text": text}]
+        return self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def encode_prompt(self, text: str, frames: np.ndarray, is_video: bool, budget, duration_s: float | None) -> dict:
+        """A chat prompt with its media as the columns of a `Prompt` (`input_ids`, `pixel_values`,
+        `grid_thw`, `second_per_grid_t`). `budget`: the per-frame pixel caps (`MediaConfig`);
+        `duration_s`: the clip's length when known."""
+        raise NotImplementedError(f"{type(self).__name__} takes no media")
+
+    def text_prompt(self, text: str) -> Prompt:
+        """A prompt without media (text-only models, e.g. vLLM on CPU): the chat template's tokens, no pixels."""
+        ids = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+        if not isinstance(ids, list):  # transformers 5 returns a BatchEncoding
+            ids = ids["input_ids"]
+        return Prompt(key=text, id=text, path="", label="", category="text", input_ids=np.asarray(ids, dtype=np.int64),
+                      pixel_values=np.zeros((0, 0), np.float32), grid_thw=np.zeros(3, np.int64), is_video=False)
+
+    def padding_batch(self) -> TrainBatch:
+        """One row standing in for a micro-batch a rank does not have (the ranks of a step must run as many
+        passes, since ZeRO's collectives are per pass): the smallest prompt that runs every module a
+        real one runs, and an empty loss mask."""
+        raise NotImplementedError
+
+    # -- model inputs -----------------------------------------------------------------------------
+
+    def collate(self, prompts: list[Prompt], responses: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Right-padded prompt+response rows as model inputs, with `response_mask` marking response tokens."""
+        raise NotImplementedError
+
+    def generation_inputs(self, prompt: Prompt) -> dict[str, torch.Tensor]:
+        """One prompt as `generate` inputs (a batch of one)."""
+        input_ids = torch.tensor(prompt.input_ids, dtype=torch.long).unsqueeze(0)
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+    def logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, L, V] logits of a `collate` batch."""
+        inputs = {k: v for k, v in batch.items() if k != "response_mask"}
+        return model(**inputs, use_cache=False).logits
+
+    def processor_inputs(self, texts: list[str], images: list, videos: list, budget):
+        """A padded batch of chat texts with their media through the processor, as `generate` inputs (the
+        thinking judge's batches); `budget`: the per-frame pixel caps (`MediaConfig`)."""
+        size = {"longest_edge": budget.max_pixels, "shortest_edge": budget.min_pixels}
+        return self.processor(text=texts, images=images or None, videos=videos or None, padding=True, return_tensors="pt",
+                              images_kwargs={"size": size}, videos_kwargs={"do_sample_frames": False, "size": size})
+
+    def vllm_input(self, prompt: Prompt, frames: np.ndarray | None) -> dict:
+        """The prompt as vLLM takes it: token ids, or (with media) its text and the decoded frames."""
+        if frames is None:
+            return {"prompt_token_ids": [int(t) for t in prompt.input_ids]}
+        raise NotImplementedError(f"{type(self).__name__} takes no media")

@@ -1,0 +1,27 @@
+"""Log-probabilities of sampled tokens, computed the same way by the rollout engines and the trainer."""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_logprobs(logits: torch.Tensor, tokens: torch.Tensor, *, temperature: float, suppress_ids: list[int]) -> torch.Tensor:
+    """log-probabilities of `tokens` under softmax(logits / temperature) with `suppress_ids` removed:
+    the distribution the rollout samples from, so trainer and engine compute the same numbers."""
+    logits = logits.float() / temperature
+    if not suppress_ids:
+        return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    logits[..., suppress_ids] = float("-inf")
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    # Suppressed tokens occur only inside prompts (vision placeholders), never in a response:
+    # 0 there keeps -inf out of masked sums (0 * -inf is nan).
+    return logp.masked_fill(torch.isin(tokens, torch.tensor(suppress_ids, device=tokens.device)), 0.0)
+
+
+def token_logprobs(family, model, batch: dict[str, torch.Tensor], *, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(token_t | tokens_<t) for every position t >= 1 (position 0 gets 0), shape [B, L], with the
+    family's vision special tokens suppressed. `family` (`raytrain.models.family.ModelFamily`) runs the
+    forward: for Qwen2.5-VL, media through the vision tower in one call."""
+    logits = family.logits(model, batch)[:, :-1]
+    logp = masked_logprobs(logits, batch["input_ids"][:, 1:], temperature=temperature, suppress_ids=family.suppress_ids)
+    return torch.nn.functional.pad(logp, (1, 0))

@@ -1,0 +1,85 @@
+"""The Ray Data stage that turns decoded rows into a model family's prompts, and the streaming dataset of them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from raytrain.config import Config, DataConfig, ModelConfig
+from raytrain.data.media import MediaError
+from raytrain.data.pipeline import PAD_MEDIA, ROWS_PER_BLOCK, decode_row, prompt_mode, ragged, row_blocks
+from raytrain.models.loading import load_family
+
+
+def _error_row(reason: str) -> dict:
+    return {
+        "input_ids": np.zeros(0, np.int64),
+        "pixel_values": np.zeros((0, 0), np.float32),
+        "grid_thw": np.zeros(3, np.int64),
+        "second_per_grid_t": 1.0,
+        "error": reason,
+    }
+
+
+def _duration_s(row: dict) -> float | None:
+    fps, total = row.get("fps"), row.get("num_frames")
+    if fps and total and np.isfinite(fps) and fps > 0 and total > 0:  # unknown fps arrives as NaN
+        return total / fps
+    return None
+
+
+class PromptBuilder:
+    """Ray Data callable class: decode frames and run the model family's processor, once per row."""
+
+    def __init__(self, model: ModelConfig, data: DataConfig):
+        self.family = load_family(model)
+        self.data = data
+
+    def prompt_text(self, media: str, mode: str | None) -> str:
+        """The chat-template text of a row's prompt: `data.prompt` about its media, with the mode flag."""
+        text = self.data.prompt.format(media=media)
+        return self.family.chat_text(f"{text} /{mode}" if mode else text, media)
+
+    def _process(self, row: dict, mode: str | None) -> dict:
+        frames = decode_row(row, self.data)
+        is_video = row["media"] == "video"
+        encoded = self.family.encode_prompt(self.prompt_text(row["media"], mode), frames, is_video, self.data,
+                                            _duration_s(row) if is_video else None)
+        return {**encoded, "error": ""}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        meta_cols = ["key", "id", "path", "media", "label", "category"]
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        # Strings, never None: Ray Data batches of mixed None and str do not convert to numpy.
+        modes = [prompt_mode(row, self.data) or "" for row in rows]
+        explanations = [row.get("explanation") or "" for row in rows]
+        processed = []
+        for row, mode in zip(rows, modes):
+            if row["media"] == PAD_MEDIA:
+                processed.append(_error_row(PAD_MEDIA))
+                continue
+            try:
+                processed.append(self._process(row, mode or None))
+            except MediaError as e:
+                processed.append(_error_row(e.reason))
+            except Exception as e:  # the processor on a pathological frame: still one counted skip, not a crash
+                processed.append(_error_row(f"cannot process: {type(e).__name__}: {e}"))
+        out = {c: np.asarray([r[c] for r in rows]) for c in meta_cols}
+        for col in ("input_ids", "pixel_values", "grid_thw"):
+            out[col] = ragged([p[col] for p in processed])
+        out["second_per_grid_t"] = np.asarray([p["second_per_grid_t"] for p in processed], dtype=np.float64)
+        out["error"] = np.asarray([p["error"] for p in processed])
+        out["mode"], out["explanation"] = np.asarray(modes, dtype=object), np.asarray(explanations, dtype=object)
+        return out
+
+
+def build_dataset(cfg: Config, rows: pa.Table) -> ray.data.Dataset:
+    """A lazy, streaming dataset of processed prompts (decoding starts when someone iterates)."""
+    return row_blocks(rows).map_batches(
+        PromptBuilder,
+        fn_constructor_kwargs={"model": cfg.model, "data": cfg.data},
+        batch_size=ROWS_PER_BLOCK,
+        compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_concurrency),
+        num_cpus=0.5,
+    )

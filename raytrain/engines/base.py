@@ -16,7 +16,8 @@ from peft import PeftModel, get_peft_model_state_dict
 from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.models.loading import apply_sync_state, load_policy, load_processor
 from raytrain.models.batching import Prompt, Sample, masked_logprobs, token_type_ids, vision_inputs, vision_special_ids
-from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, GroupAddress, Shape, WeightGroup, tensor_spec
+from raytrain.weight_sync.group import GroupAddress, WeightGroup
+from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, Shape, tensor_spec
 
 
 class RolloutEngine(Protocol):
@@ -40,9 +41,6 @@ class RolloutEngine(Protocol):
 
     def finish_update(self) -> int:
         """Serve the new weights from now on; returns the version now served (fails if a tensor is missing)."""
-
-    def update_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
-        """The three steps above for a whole state in one call."""
 
 
 def make_engine(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None,

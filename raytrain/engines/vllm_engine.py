@@ -39,7 +39,8 @@ from safetensors.torch import save_file
 from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.models.loading import sync_spec
 from raytrain.models.batching import Prompt, Sample, vision_special_ids
-from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, GroupAddress, Shape, WeightGroup, pack_bucket, unpack_bucket
+from raytrain.weight_sync.group import GroupAddress, WeightGroup
+from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, Shape, pack_bucket, unpack_bucket
 
 INSTALL_HINT = "rollout.engine 'vllm' needs vLLM: `pip install -e .[vllm]` (CUDA), or see `make test-vllm` for the CPU build"
 

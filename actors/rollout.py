@@ -1,8 +1,10 @@
-"""Rollout actor: holds one engine and serves generation and weight updates."""
+"""Rollout actor: holds one engine and serves generation and weight updates; `RolloutActors` lets the
+weight-sync sender (`raytrain.weight_sync.sender`) reach a list of them."""
 
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import ray
 import torch
@@ -10,7 +12,8 @@ import torch
 from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.engines.base import make_engine
 from raytrain.data.batch import Prompt, Sample
-from raytrain.weight_sync.protocol import BucketMeta, GroupAddress, Shape, WeightGroup, bucket_meta, buckets, tensor_spec
+from raytrain.weight_sync.group import GroupAddress
+from raytrain.weight_sync.protocol import BucketMeta, Shape
 
 
 @ray.remote
@@ -47,43 +50,28 @@ class RolloutActor:
         return os.getpid()
 
 
-def open_weight_group(actors: list, backend: str, timeout_s: float, ranks_per_actor: int = 1) -> WeightGroup:
-    """A weight group with this process as rank 0 (the sender) and every actor's engine processes
-    after it: `ranks_per_actor` each (a vLLM engine's tensor-parallel workers; checked)."""
-    world = 1 + ranks_per_actor * len(actors)
-    address, store = WeightGroup.host_store(ray.util.get_node_ip_address(), world, backend, timeout_s)
-    joined = [a.join_weight_group.remote(address, 1 + i * ranks_per_actor) for i, a in enumerate(actors)]
-    try:
-        group = WeightGroup(address, 0, store)  # returns once every member joined
-    except Exception:
-        ray.get(joined)  # an actor's own error (a refused join) says more than the rendezvous timeout
-        raise
-    taken = ray.get(joined)
-    if any(n != ranks_per_actor for n in taken):
-        raise RuntimeError(f"rollout engines take {taken} weight-group ranks each, {ranks_per_actor} were planned")
-    return group
+class RolloutActors:
+    """Rollout actors as the weight-sync sender reaches them (`raytrain.weight_sync.sender.Engines`): calls
+    are actor tasks, a bucket goes into the object store once for all of them, rank 0's store binds to this node."""
 
+    def __init__(self, actors: list):
+        self.actors = actors
 
-def push_weights(actors: list, state: dict[str, torch.Tensor], version: int, bucket_bytes: int,
-                 group: WeightGroup | None = None) -> None:
-    """Send `state` to every actor as size-bounded buckets, never one call per tensor: through the
-    object store (one `ray.put` and one call per actor per bucket), or as one broadcast per bucket
-    over `group` (`open_weight_group`). Raises unless every actor serves `version`."""
-    address = group.address if group is not None else None
-    ray.get([a.begin_update.remote(version, tensor_spec(state), address) for a in actors])
-    for bucket in buckets(state, bucket_bytes):
-        if group is None:
-            ref = ray.put(bucket)
-            # One bucket in flight: the object store holds at most `bucket_bytes` of this sync at a time.
-            ray.get([a.load_bucket.remote(ref) for a in actors])
-            del ref
-        else:
-            received = [a.receive_bucket.remote(bucket_meta(bucket)) for a in actors]
-            group.send(bucket)
-            ray.get(received)
-    served = ray.get([a.finish_update.remote() for a in actors])
-    if any(v != version for v in served):
-        raise RuntimeError(f"weight sync to version {version} did not take effect: actors serve {served}")
+    @property
+    def host(self) -> str:
+        return ray.util.get_node_ip_address()
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def call(self, method: str, args: Sequence[tuple]) -> list[ray.ObjectRef]:
+        return [getattr(actor, method).remote(*actor_args) for actor, actor_args in zip(self.actors, args, strict=True)]
+
+    def wait(self, pending: list[ray.ObjectRef]) -> list:
+        return ray.get(pending)
+
+    def share(self, bucket: dict[str, torch.Tensor]) -> ray.ObjectRef:
+        return ray.put(bucket)
 
 
 def start_rollout_actors(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None, name_prefix: str | None = None,

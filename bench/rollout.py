@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from raytrain.config import ModelConfig, RolloutConfig  # noqa: E402
 from raytrain.models.loading import sync_state  # noqa: E402
 from raytrain.models.tiny import _CORPUS, build_tiny_text_model, save_tiny_text_model  # noqa: E402
-from raytrain.weight_sync.protocol import broadcast_update, open_local_group  # noqa: E402
+from raytrain.weight_sync.sender import LocalEngines, open_weight_group, push_weights  # noqa: E402
 
 
 def _timed(engine, prompts, sampling) -> tuple[int, float]:
@@ -104,9 +104,10 @@ def main() -> None:
                 times.append(time.perf_counter() - t0)
             return min(times)
 
-        sync_s = best_of_3(lambda v: engine.update_weights(state, v, bucket_bytes=bucket_bytes))
-        group = open_local_group(engine)
-        broadcast_s = best_of_3(lambda v: broadcast_update(engine, group, state, v, bucket_bytes))
+        engines = LocalEngines([engine])
+        sync_s = best_of_3(lambda v: push_weights(engines, state, v, bucket_bytes))
+        group = open_weight_group(engines, "gloo", timeout_s=60.0)
+        broadcast_s = best_of_3(lambda v: push_weights(engines, state, v, bucket_bytes, group))
         targets = {k: torch.empty_like(v) for k, v in state.items()}
         copies = []
         for _ in range(3):

@@ -15,7 +15,8 @@ from raytrain.config import ModelConfig, RolloutConfig
 from raytrain.models.loading import sync_state
 from raytrain.models.logprobs import masked_logprobs
 from raytrain.models.tiny import build_tiny_text_model
-from raytrain.weight_sync.protocol import broadcast_update, buckets, open_local_group
+from raytrain.weight_sync.protocol import buckets
+from raytrain.weight_sync.sender import LocalEngines, open_weight_group, push_weights
 from tests.helpers.engine_checks import check_groups, check_unannounced_bucket_refused_without_stalling
 from tests_vllm.conftest import hf_greedy
 
@@ -125,7 +126,7 @@ def test_mismatched_sync_refused(engine, reference, prompts, rollout_cfg, kind):
     before = _greedy(engine, prompts, rollout_cfg.sampling)
     key, bad = _corruptions(sync_state(build_tiny_text_model(engine.tokenizer, seed=1)))[kind]
     with pytest.raises(ValueError) as exc:
-        engine.update_weights(bad, version=1, bucket_bytes=BUCKET_BYTES)
+        push_weights(LocalEngines([engine]), bad, version=1, bucket_bytes=BUCKET_BYTES)
     assert kind in str(exc.value) and key in str(exc.value), str(exc.value)
     assert engine.version == 0
     # Refused before any tensor was loaded: the engine still serves the original weights.
@@ -139,7 +140,7 @@ def test_full_weight_sync(engine, reference, prompts, rollout_cfg):
     state = sync_state(trained)
     assert len(list(buckets(state, BUCKET_BYTES))) > 2
 
-    assert engine.update_weights(state, version=1, bucket_bytes=BUCKET_BYTES) == 1
+    push_weights(LocalEngines([engine]), state, version=1, bucket_bytes=BUCKET_BYTES)
     assert engine.version == 1
     after = _greedy(engine, prompts, sampling)
     assert after == _hf_greedy_all(trained, engine, prompts, sampling)
@@ -148,7 +149,8 @@ def test_full_weight_sync(engine, reference, prompts, rollout_cfg):
 
     # Back to the first weights as version 2: the reload is complete, nothing of version 1 lingers
     # (layer post-processing and the prefix cache included).
-    assert engine.update_weights(sync_state(reference), version=2, bucket_bytes=BUCKET_BYTES) == 2
+    push_weights(LocalEngines([engine]), sync_state(reference), version=2, bucket_bytes=BUCKET_BYTES)
+    assert engine.version == 2
     assert _greedy(engine, prompts, sampling) == before
 
 
@@ -165,7 +167,8 @@ def test_incomplete_sync_does_not_advance(engine, reference, prompts, rollout_cf
     with pytest.raises(RuntimeError, match="serves no single weight version"):
         engine.generate(prompts, rollout_cfg.sampling, greedy=True)
     # A complete sync heals it.
-    assert engine.update_weights(state, version=served + 2, bucket_bytes=BUCKET_BYTES) == served + 2
+    push_weights(LocalEngines([engine]), state, version=served + 2, bucket_bytes=BUCKET_BYTES)
+    assert engine.version == served + 2
     assert _greedy(engine, prompts, rollout_cfg.sampling) == _hf_greedy_all(reference, engine, prompts, rollout_cfg.sampling)
 
 
@@ -187,10 +190,12 @@ def test_full_weight_sync_by_broadcast(engine, reference, prompts, rollout_cfg, 
     """The GPU path's code over gloo: this thread is rank 0 of a weight group, vLLM's worker receives
     each bucket straight from the broadcast and loads it."""
     sampling = rollout_cfg.sampling
-    group = open_local_group(engine, timeout_s=60.0)
+    engines = LocalEngines([engine])
+    group = open_weight_group(engines, "gloo", timeout_s=60.0)
     trained = build_tiny_text_model(engine.tokenizer, seed=2).eval()
     served = engine.version
-    assert broadcast_update(engine, group, sync_state(trained), served + 1, BUCKET_BYTES) == served + 1
+    push_weights(engines, sync_state(trained), served + 1, BUCKET_BYTES, group)
+    assert engine.version == served + 1
     assert _greedy(engine, prompts, sampling) == _hf_greedy_all(trained, engine, prompts, sampling)
 
     state = sync_state(reference)
@@ -199,8 +204,9 @@ def test_full_weight_sync_by_broadcast(engine, reference, prompts, rollout_cfg, 
 
     # A restarted sender opens a new group; the engine joins it in place of the old one, and a sync
     # announced for the old group is refused before anything is broadcast.
-    old, group = group.address, open_local_group(engine, timeout_s=60.0)
+    old, group = group.address, open_weight_group(engines, "gloo", timeout_s=60.0)
     with pytest.raises(RuntimeError, match="not in the sender's weight group"):
         engine.begin_update(served + 3, {k: tuple(v.shape) for k, v in state.items()}, old)
-    assert broadcast_update(engine, group, state, served + 3, BUCKET_BYTES) == served + 3
+    push_weights(engines, state, served + 3, BUCKET_BYTES, group)
+    assert engine.version == served + 3
     assert _greedy(engine, prompts, sampling) == _hf_greedy_all(reference, engine, prompts, sampling)

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from raytrain.config import ModelConfig, RolloutConfig
 from raytrain.models.loading import sync_state, wrap_lora
 from raytrain.models.tiny import build_tiny_text_model
-from raytrain.weight_sync.protocol import open_local_group
+from raytrain.weight_sync.sender import LocalEngines, open_weight_group, push_weights
 from tests_vllm.conftest import hf_greedy
 
 
@@ -66,7 +66,7 @@ def test_adapter_sync_changes_output_to_the_adapted_model(engine, lora_cfg, text
         state = sync_state(trainer)
         assert state and all("lora_" in k for k in state)
         assert sum(v.numel() for v in state.values()) < sum(p.numel() for p in base.parameters()) / 4
-        assert engine.update_weights(state, version=version) == version
+        push_weights(LocalEngines([engine]), state, version=version)
         assert engine.version == version
         after = _greedy(engine, prompts, sampling)
         assert after == _hf(trainer, engine, prompts, sampling), f"adapter version {version}"
@@ -81,12 +81,12 @@ def test_full_state_or_bad_adapter_refused(engine, lora_cfg, text_model_dir, pro
     served = engine.version
     before = _greedy(engine, prompts, rollout_cfg.sampling)
     with pytest.raises(ValueError, match="missing"):
-        engine.update_weights(sync_state(build_tiny_text_model(engine.tokenizer, seed=1)), version=served + 1)
+        push_weights(LocalEngines([engine]), sync_state(build_tiny_text_model(engine.tokenizer, seed=1)), version=served + 1)
     bad = sync_state(_trainer(lora_cfg, text_model_dir, 9))
     key = sorted(bad)[0]
     bad[key] = torch.zeros(bad[key].shape[0] + 1, bad[key].shape[1])
     with pytest.raises(ValueError, match="wrong shape") as exc:
-        engine.update_weights(bad, version=served + 1)
+        push_weights(LocalEngines([engine]), bad, version=served + 1)
     assert key in str(exc.value)
     assert engine.version == served
     assert _greedy(engine, prompts, rollout_cfg.sampling) == before
@@ -95,4 +95,4 @@ def test_full_state_or_bad_adapter_refused(engine, lora_cfg, text_model_dir, pro
 def test_lora_engine_refuses_a_weight_group(engine):
     """Adapters travel through the object store; a LoRA engine says so instead of joining a group."""
     with pytest.raises(ValueError, match="object store"):
-        open_local_group(engine, timeout_s=5.0)
+        open_weight_group(LocalEngines([engine]), "gloo", timeout_s=5.0)

@@ -14,7 +14,8 @@ import torch
 
 from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.data.batch import Prompt, Sample
-from raytrain.weight_sync.protocol import BucketMeta, GroupAddress, Shape
+from raytrain.weight_sync.group import GroupAddress
+from raytrain.weight_sync.protocol import BucketMeta, Shape
 
 
 class RolloutEngine(Protocol):
@@ -38,9 +39,6 @@ class RolloutEngine(Protocol):
 
     def finish_update(self) -> int:
         """Serve the new weights from now on; returns the version now served (fails if a tensor is missing)."""
-
-    def update_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
-        """The three steps above for a whole state in one call."""
 
 
 def make_engine(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None,

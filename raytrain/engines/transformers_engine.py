@@ -9,7 +9,8 @@ from raytrain.config import ModelConfig, SamplingConfig
 from raytrain.data.batch import Prompt, Sample
 from raytrain.models.loading import apply_sync_state, load_family, load_policy
 from raytrain.models.logprobs import masked_logprobs
-from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, GroupAddress, Shape, WeightGroup, tensor_spec
+from raytrain.weight_sync.group import GroupAddress, WeightGroup
+from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, Shape, tensor_spec
 
 
 class TransformersEngine(BucketReceiver):

@@ -40,7 +40,8 @@ from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConf
 from raytrain.data.batch import Prompt, Sample
 from raytrain.data.media import decode_media
 from raytrain.models.loading import load_family, sync_spec
-from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, GroupAddress, Shape, WeightGroup, pack_bucket, unpack_bucket
+from raytrain.weight_sync.group import GroupAddress, WeightGroup
+from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, Shape, pack_bucket, unpack_bucket
 
 INSTALL_HINT = "rollout.engine 'vllm' needs vLLM: `pip install -e .[vllm]` (CUDA), or see `make test-vllm` for the CPU build"
 

@@ -25,7 +25,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from actors.rollout import open_weight_group, push_weights
+from actors.rollout import RolloutActors
 from raytrain.algos import core as algos
 from raytrain.train.checkpoint import DEEPSPEED_TAG, MODEL_DIR, TrainerState
 from raytrain.config import Config, parse_config
@@ -35,7 +35,8 @@ from raytrain.models.logprobs import token_logprobs
 from raytrain.algos.paragraph_tokens import paragraph_token_masks, token_char_spans
 from raytrain.data.batch import Prompt, Sample, TrainBatch, response_positions
 from raytrain.data.sft_targets import sft_batch
-from raytrain.weight_sync.protocol import WeightGroup
+from raytrain.weight_sync.group import WeightGroup
+from raytrain.weight_sync.sender import open_weight_group, push_weights
 
 
 @dataclass
@@ -95,7 +96,7 @@ def _weight_group(cfg: Config, rollouts: list) -> WeightGroup | None:
         return None
     backend = "nccl" if cfg.train.use_gpu else "gloo"
     ranks = cfg.rollout.vllm.tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
-    group = open_weight_group(rollouts, backend, cfg.rollout.weight_group_timeout_s, ranks)
+    group = open_weight_group(RolloutActors(rollouts), backend, cfg.rollout.weight_group_timeout_s, ranks)
     print(f"[train] weight sync: {backend} broadcast to {len(rollouts)} rollout actor(s), {group.address.world_size} ranks", flush=True)
     return group
 
@@ -116,7 +117,7 @@ def _push_weights(engine, cfg: Config, rollouts: list, version: int, rank: int, 
     if rank == 0:
         # A broadcast flattens each bucket from the live weights (on the GPU under NCCL: no host round trip).
         state = sync_state(engine.module, gathered, cpu_copy=group is None)
-        push_weights(rollouts, state, version, cfg.rollout.weight_bucket_mb << 20, group)
+        push_weights(RolloutActors(rollouts), state, version, cfg.rollout.weight_bucket_mb << 20, group)
     dist.barrier()
 
 

@@ -1,27 +1,21 @@
-"""Versioned weight sync between the trainer and rollout engines, as pure code (no Ray).
+"""A weight sync's plan, buckets and receiving side, as pure code (no Ray, no process group).
 
 The sender splits a state dict into size-bounded buckets (`buckets`) and announces
 the names and shapes it will send (`tensor_spec`). The receiver checks that plan
 against what its model serves before applying anything, accepts each bucket once,
 and only then moves to the new version (`WeightUpdate`). Engines get the receiving
-steps from `BucketReceiver`.
-
-A bucket reaches an engine either as tensors (the caller moved them: the Ray object
-store) or over a `WeightGroup`: a process group of its own between the sending rank
-(rank 0) and the engines' processes, where each bucket is one flat broadcast (NCCL on
-GPUs, gloo on CPU). The group is separate from the trainer's default process group,
-so joining or leaving it never touches the training collective.
+steps from `BucketReceiver`. A bucket travels as tensors or flat (`flatten_bucket`:
+one broadcast over a `raytrain.weight_sync.group.WeightGroup`, or one byte string).
 """
 
 from __future__ import annotations
 
-import datetime
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import TYPE_CHECKING, Iterator
 
 import torch
-import torch.distributed as dist
+
+if TYPE_CHECKING:  # annotations only: the group module builds on this one
+    from raytrain.weight_sync.group import GroupAddress
 
 Shape = tuple[int, ...]
 
@@ -89,6 +83,11 @@ def _layout(meta: BucketMeta) -> tuple[list[tuple[int, int]], int]:
     return spans, offset
 
 
+def flat_size(meta: BucketMeta) -> int:
+    """Bytes of the flat bucket `meta` describes: what a receiver allocates for it."""
+    return _layout(meta)[1]
+
+
 def meta_shapes(meta: BucketMeta) -> dict[str, Shape]:
     return {name: tuple(shape) for name, _, shape in meta}
 
@@ -121,67 +120,6 @@ def pack_bucket(bucket: dict[str, torch.Tensor]) -> tuple[BucketMeta, bytes]:
 def unpack_bucket(meta: BucketMeta, data: bytes) -> dict[str, torch.Tensor]:
     flat = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
     return unflatten_bucket(meta, flat)
-
-
-@dataclass(frozen=True)
-class GroupAddress:
-    """Where a weight group meets: rank 0's rendezvous store. Sent to every member."""
-
-    host: str
-    port: int
-    world_size: int
-    backend: Literal["gloo", "nccl"]
-    timeout_s: float
-
-
-class WeightGroup:
-    """A process group of its own between the sender (rank 0) and the engines' processes.
-
-    Built from torch's process-group classes over a TCP store, not `init_process_group`:
-    the trainer's default group (Ray Train's) and vLLM's own groups stay untouched, and a
-    restarted sender simply opens a new group that the engines join in place of the old.
-    Every member must call `send` (rank 0) or `receive` (the others) for every bucket, in
-    the same order: a member that leaves out a bucket stalls the others until the timeout.
-    """
-
-    def __init__(self, address: GroupAddress, rank: int, store: dist.Store):
-        if not 0 <= rank < address.world_size:
-            raise ValueError(f"weight group rank {rank} outside a group of {address.world_size}")
-        self.address, self.rank, self._store = address, rank, store
-        timeout = datetime.timedelta(seconds=address.timeout_s)
-        group_cls = dist.ProcessGroupNCCL if address.backend == "nccl" else dist.ProcessGroupGloo
-        # gloo connects every pair here (blocks until all joined); NCCL creates its communicator at the first broadcast.
-        self._group = group_cls(dist.PrefixStore("weights", store), rank, address.world_size, timeout)
-
-    @staticmethod
-    def host_store(host: str, world_size: int, backend: Literal["gloo", "nccl"], timeout_s: float) -> tuple[GroupAddress, dist.Store]:
-        """Rank 0's rendezvous store on a free port of `host`; open the group with `WeightGroup(address, 0, store)`
-        once the other members were told the address (opening blocks until they join)."""
-        store = dist.TCPStore(host, 0, None, True, timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
-        return GroupAddress(host, store.port, world_size, backend, timeout_s), store
-
-    @classmethod
-    def join(cls, address: GroupAddress, rank: int) -> "WeightGroup":
-        store = dist.TCPStore(address.host, address.port, None, False, timeout=datetime.timedelta(seconds=address.timeout_s))
-        return cls(address, rank, store)
-
-    @property
-    def device(self) -> torch.device:
-        """Where the broadcasts' buffers live: this process's GPU for NCCL (it takes CUDA tensors only),
-        the CPU for gloo."""
-        return torch.device("cuda", torch.cuda.current_device()) if self.address.backend == "nccl" else torch.device("cpu")
-
-    def send(self, bucket: dict[str, torch.Tensor]) -> None:
-        """Broadcast one bucket from rank 0 as a single flat tensor, moved to `device` unless it is there."""
-        if self.rank != 0:
-            raise RuntimeError("only rank 0 of a weight group sends")
-        self._group.broadcast(flatten_bucket(bucket).to(self.device), 0).wait()
-
-    def receive(self, meta: BucketMeta, device: torch.device | str) -> dict[str, torch.Tensor]:
-        """The bucket rank 0 sends with this `meta`, as tensors on `device`."""
-        flat = torch.empty(_layout(meta)[1], dtype=torch.uint8, device=self.device)
-        self._group.broadcast(flat, 0).wait()
-        return unflatten_bucket(meta, flat.to(device))
 
 
 class WeightUpdate:
@@ -329,41 +267,3 @@ class BucketReceiver:
         self._update, self._broken = None, None
         self.version = version
         return self.version
-
-    def update_weights(self, state: dict[str, torch.Tensor], version: int, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> int:
-        """The whole sync in one process (tests, single-process use)."""
-        self.begin_update(version, tensor_spec(state))
-        for bucket in buckets(state, bucket_bytes):
-            self.load_bucket(bucket)
-        return self.finish_update()
-
-
-
-def open_local_group(receiver: BucketReceiver, ranks: int = 1, backend: Literal["gloo", "nccl"] = "gloo",
-                     timeout_s: float = 60.0) -> WeightGroup:
-    """A weight group between this thread (rank 0) and an engine in this process that takes `ranks`
-    ranks (tests, benchmarks; the trainer uses `actors.rollout.open_weight_group`)."""
-    address, store = WeightGroup.host_store("127.0.0.1", 1 + ranks, backend, timeout_s)
-    with ThreadPoolExecutor(1) as pool:
-        joined = pool.submit(receiver.join_weight_group, address, 1)
-        try:
-            group = WeightGroup(address, 0, store)
-        except Exception:
-            joined.result()  # the engine's own error (a refused join) says more than the rendezvous timeout
-            raise
-        if joined.result() != ranks:
-            raise RuntimeError(f"the engine took {joined.result()} weight-group ranks, {ranks} were planned")
-    return group
-
-
-def broadcast_update(receiver: BucketReceiver, group: WeightGroup, state: dict[str, torch.Tensor], version: int,
-                     bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> int:
-    """`update_weights` over `group` to an engine in this process: it receives on a second thread
-    while this one sends each bucket."""
-    receiver.begin_update(version, tensor_spec(state), group.address)
-    with ThreadPoolExecutor(1) as pool:
-        for bucket in buckets(state, bucket_bytes):
-            received = pool.submit(receiver.receive_bucket, bucket_meta(bucket))
-            group.send(bucket)
-            received.result()
-    return receiver.finish_update()

@@ -1,14 +1,48 @@
-"""Engine checks shared by the main suite and the vLLM suite (imports in both environments)."""
+"""Engine checks, and a plain-dict engine, shared by the main suite and the vLLM suite (imports in both environments)."""
 
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 
-from raytrain.weight_sync.protocol import BucketReceiver, WeightGroup, bucket_meta, buckets, tensor_spec
+from raytrain.weight_sync.group import GroupAddress, WeightGroup
+from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, bucket_meta, buckets, tensor_spec
+from raytrain.weight_sync.sender import LocalEngines
+
+
+class DictEngine(BucketReceiver):
+    """A receiver over a plain dict shaped like `state` (zeros at first): records what it applied and
+    committed, and receives by gloo broadcast once it joined a weight group."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        self.weights = {k: torch.zeros_like(v) for k, v in state.items()}
+        self.applied: list[list[str]] = []
+        self.committed: list[int] = []
+        self._group: WeightGroup | None = None
+        self._received: dict[str, torch.Tensor] | None = None
+
+    def sync_spec(self):
+        return tensor_spec(self.weights)
+
+    def _apply_bucket(self, bucket):
+        self.applied.append(sorted(bucket))
+        self.weights.update(bucket)
+
+    def _commit(self, version):
+        self.committed.append(version)
+
+    def join_weight_group(self, address: GroupAddress, first_rank: int) -> int:
+        self._group = WeightGroup.join(address, first_rank)
+        self.weight_group = address
+        return 1
+
+    def _receive(self, meta: BucketMeta) -> None:
+        self._received = self._group.receive(meta, "cpu")
+
+    def _apply_received(self) -> None:
+        bucket, self._received = self._received, None
+        self._apply_bucket(bucket)
 
 
 def check_groups(engine, groups, n_prompts: int, group_size: int, max_new_tokens: int) -> None:
@@ -40,9 +74,9 @@ def check_unannounced_bucket_refused_without_stalling(engine: BucketReceiver, gr
     bucket = next(iter(buckets(state, bucket_bytes)))
     first = next(iter(bucket))
     renamed = {("not_a." + k if k == first else k): v for k, v in bucket.items()}
-    with ThreadPoolExecutor(1) as pool:
-        refused = pool.submit(engine.receive_bucket, bucket_meta(renamed))
-        group.send(bucket)
-        with pytest.raises(ValueError, match="not announced"):
-            refused.result()
+    engines = LocalEngines([engine])
+    refused = engines.call("receive_bucket", [(bucket_meta(renamed),)])
+    group.send(bucket)
+    with pytest.raises(ValueError, match="not announced"):
+        engines.wait(refused)
     assert engine.version == served

@@ -14,6 +14,7 @@ from raytrain.engines.transformers_engine import TransformersEngine
 from raytrain.models.loading import sync_state
 from raytrain.models.logprobs import token_logprobs
 from raytrain.models.tiny import build_tiny_model
+from raytrain.weight_sync.sender import LocalEngines, push_weights
 from tests.helpers.engine_checks import check_groups
 
 
@@ -154,7 +155,7 @@ def test_full_weight_sync(cfg, engine, prompts, tmp_path):
     other = build_tiny_model(eng.family.processor, seed=1).eval()
     before = _greedy(eng, prompts, cfg.rollout.sampling)
 
-    assert eng.update_weights(sync_state(other), version=1) == 1
+    push_weights(LocalEngines([eng]), sync_state(other), version=1)
     assert eng.version == 1
     for k, v in other.state_dict().items():
         assert torch.equal(eng.model.state_dict()[k], v), k
@@ -191,7 +192,7 @@ def test_bad_full_state_refused(cfg, kind):
     state = sync_state(build_tiny_model(eng.family.processor, seed=1))
     (_, key, bad), = [c for c in _corruptions(state) if c[0] == kind]
     with pytest.raises(ValueError) as exc:
-        eng.update_weights(bad, version=1)
+        push_weights(LocalEngines([eng]), bad, version=1)
     msg = str(exc.value)
     assert kind in msg and key in msg, msg
     assert eng.version == 0
@@ -219,7 +220,7 @@ def test_lora_adapter_sync(lora_cfg, prompts):
     assert len(state) < len(base_keys)
 
     frozen = {k: v.clone() for k, v in eng.model.state_dict().items() if "lora_" not in k}
-    assert eng.update_weights(state, version=3) == 3
+    push_weights(LocalEngines([eng]), state, version=3)
     assert eng.version == 3
     after = _greedy(eng, prompts, sampling)
     assert after == _greedy(trainer, prompts, sampling)
@@ -232,11 +233,11 @@ def test_lora_adapter_sync(lora_cfg, prompts):
     # A full state is not an adapter state.
     full = sync_state(build_tiny_model(eng.family.processor, seed=1))
     with pytest.raises(ValueError, match="missing"):
-        eng.update_weights(full, version=4)
+        push_weights(LocalEngines([eng]), full, version=4)
     assert eng.version == 3
     bad = copy.copy(state)
     key = sorted(bad)[0]
     bad[key] = torch.zeros(bad[key].shape[0] + 1, bad[key].shape[1])
     with pytest.raises(ValueError, match="wrong shape"):
-        eng.update_weights(bad, version=4)
+        push_weights(LocalEngines([eng]), bad, version=4)
     assert eng.version == 3

@@ -1,4 +1,4 @@
-"""Bucketed, versioned weight sync (raytrain.weight_sync.protocol) on hand-made state dicts, without Ray or a model."""
+"""Bucketed, versioned weight sync (raytrain.weight_sync.protocol, .group) on hand-made state dicts, without Ray or a model."""
 
 from __future__ import annotations
 
@@ -10,20 +10,10 @@ import torch
 
 from raytrain.config import ModelConfig, RolloutConfig
 from raytrain.engines.base import make_engine
-from raytrain.weight_sync.protocol import (
-    BucketReceiver,
-    WeightGroup,
-    WeightUpdate,
-    broadcast_update,
-    bucket_meta,
-    buckets,
-    check_spec,
-    open_local_group,
-    pack_bucket,
-    tensor_spec,
-    unpack_bucket,
-)
-from tests.helpers.engine_checks import check_unannounced_bucket_refused_without_stalling
+from raytrain.weight_sync.group import WeightGroup
+from raytrain.weight_sync.protocol import WeightUpdate, bucket_meta, buckets, check_spec, pack_bucket, tensor_spec, unpack_bucket
+from raytrain.weight_sync.sender import LocalEngines, open_weight_group, push_weights
+from tests.helpers.engine_checks import DictEngine, check_unannounced_bucket_refused_without_stalling
 
 
 def _state() -> dict[str, torch.Tensor]:
@@ -77,28 +67,9 @@ def test_weight_update_refuses_unannounced_duplicate_and_incomplete():
     assert update.finish() == 5
 
 
-class _DictEngine(BucketReceiver):
-    """A receiver over a plain dict: records what it applied and committed."""
-
-    def __init__(self):
-        self.weights = {k: torch.zeros_like(v) for k, v in _state().items()}
-        self.applied: list[list[str]] = []
-        self.committed: list[int] = []
-
-    def sync_spec(self):
-        return tensor_spec(self.weights)
-
-    def _apply_bucket(self, bucket):
-        self.applied.append(sorted(bucket))
-        self.weights.update(bucket)
-
-    def _commit(self, version):
-        self.committed.append(version)
-
-
 def test_receiver_versions_advance_only_on_complete_syncs():
-    eng = _DictEngine()
-    assert eng.update_weights(_state(), 1, bucket_bytes=64) == 1
+    eng = DictEngine(_state())
+    push_weights(LocalEngines([eng]), _state(), 1, bucket_bytes=64)
     assert eng.applied == [["a", "b"], ["c"], ["d"]] and eng.committed == [1] and eng.version == 1
     assert torch.equal(eng.weights["c"], torch.arange(100, dtype=torch.float32))
 
@@ -106,7 +77,7 @@ def test_receiver_versions_advance_only_on_complete_syncs():
     bad = _state()
     bad["zz"] = torch.ones(1)
     with pytest.raises(ValueError, match="unexpected \\['zz'\\]"):
-        eng.update_weights(bad, 2)
+        push_weights(LocalEngines([eng]), bad, 2)
     assert eng.version == 1 and len(eng.applied) == 3
 
     eng.check_serving()
@@ -122,7 +93,8 @@ def test_receiver_versions_advance_only_on_complete_syncs():
         eng.check_serving()
     with pytest.raises(RuntimeError, match="without begin_update"):
         eng.load_bucket({"a": torch.ones(10)})
-    assert eng.update_weights(_state(), 3) == 3 and eng.committed == [1, 3]
+    push_weights(LocalEngines([eng]), _state(), 3)
+    assert eng.version == 3 and eng.committed == [1, 3]
     eng.check_serving()
 
     # A sender that vanished mid-sync: part of version 4 is loaded, so the engine serves no single
@@ -190,8 +162,10 @@ def test_transformers_engine_receives_full_weights_by_broadcast(tiny_model_dir):
     with pytest.raises(RuntimeError, match="before this engine joined a weight group"):
         engine.receive_bucket(bucket_meta(next(buckets(trained, bucket_bytes))))
 
-    group = open_local_group(engine, timeout_s=30.0)
-    assert broadcast_update(engine, group, trained, 1, bucket_bytes) == 1
+    engines = LocalEngines([engine])
+    group = open_weight_group(engines, "gloo", timeout_s=30.0)
+    push_weights(engines, trained, 1, bucket_bytes, group)
+    assert engine.version == 1
     served = engine.model.state_dict()
     assert all(torch.equal(served[k], v) for k, v in trained.items())
 
@@ -201,7 +175,8 @@ def test_transformers_engine_receives_full_weights_by_broadcast(tiny_model_dir):
     with pytest.raises(RuntimeError, match="not in the sender's weight group"):
         engine.begin_update(3, tensor_spec(trained), elsewhere)
     initial = sync_state(build_tiny_model(load_processor(cfg), seed=0))
-    assert broadcast_update(engine, group, initial, 3, bucket_bytes) == 3
+    push_weights(engines, initial, 3, bucket_bytes, group)
+    assert engine.version == 3
     served = engine.model.state_dict()
     assert all(torch.equal(served[k], v) for k, v in initial.items())
 

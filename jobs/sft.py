@@ -20,7 +20,9 @@ def main(argv=None) -> dict:
     extra = ["algorithm.name=sft"]
     extra += [f"data.max_rows={args.max_samples}"] if args.max_samples else []
     extra += [f"data.epochs={args.num_epochs}", "train.total_steps=null"] if args.num_epochs else []
-    return cli.run_recipe(cli.load(args, extra), "sft", evaluate=not args.no_eval)
+    from raytrain.recipes.runner import run_recipe  # after parsing: --help and config errors need no Ray
+
+    return run_recipe(cli.load(args, extra), "sft", evaluate=not args.no_eval)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def _config_file(tmp_path: Path, raw: dict) -> Path:
 
 
 def printed_table(out: str, tag: str) -> dict[str, dict[str, float | None]]:
-    """The last held-out table a job printed: {metric: {column: value}} (see `jobs.cli.print_table`)."""
+    """The last held-out table a job printed: {metric: {column: value}} (see `raytrain.recipes.runner.print_table`)."""
     lines = [line for line in out.splitlines() if line.startswith(f"[{tag}] ")]
     header = max(i for i, line in enumerate(lines) if "held-out" in line)
     columns = re.split(r"\s{2,}", lines[header].strip())[1:]
@@ -111,8 +111,9 @@ def test_busterx_pipeline_ends_mode_compliant_without_losing_accuracy(
     assert report["finished"] == [1, 2, 3]
     # Stage 2 trained on stage 1's correct responses in both modes.
     from raytrain.data.manifest import read_manifest
+    from raytrain.recipes.busterx import FUSION_MANIFEST
 
-    fusion = read_manifest(tmp_path / "run" / "stage2" / busterx.FUSION_MANIFEST).to_pylist()
+    fusion = read_manifest(tmp_path / "run" / "stage2" / FUSION_MANIFEST).to_pylist()
     assert fusion and {r["mode"] for r in fusion} == {"think", "no_think"}
     stage3 = [yaml.safe_load(line) for line in (tmp_path / "run" / "stage3" / "metrics.jsonl").read_text().splitlines()]
     assert stage3 and all("reward/hybrid" in m and "reward/thinking" in m for m in stage3)

@@ -10,7 +10,8 @@ set so that splits never separate them. ``official_split`` is the dataset's
 own split, or None where it has none. Rejects are ``{"path", "source",
 "reason"}`` for files the layout can already tell are unusable (unsupported
 type, no label, listed but missing); decoding problems are found later by
-`raytrain.data.manifest.inspect_entry`.
+`raytrain.data.manifest.inspect_entry`. `raytrain.data.ingest` turns a scan
+into manifest rows.
 
 The layouts live in `labelled` (label folders or a labels file) and `faces`
 (the face-manipulation datasets), on the helpers of `scan`.
@@ -21,12 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import pyarrow as pa
-
 from raytrain.data.layouts.faces import (
     detect_celebdf, detect_dfdc, detect_fakeavceleb, detect_ffpp, scan_celebdf, scan_dfdc, scan_fakeavceleb, scan_ffpp)
 from raytrain.data.layouts.labelled import detect_clips, detect_dfr5, detect_genbuster, scan_clips, scan_dfr5, scan_genbuster
-from raytrain.data.manifest import inspect_entry, rows_to_table
 
 Scanner = Callable[[Path, str], tuple[list[dict], list[dict]]]
 # Detection order matters: the specific layouts first, the generic label folders last.
@@ -61,25 +59,3 @@ def scan_source(root: Path, layout: str | None = None, source: str | None = None
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
     return LAYOUTS[layout][1](root, source or layout)
-
-
-def scan_dataset(root: Path, layout: str | None = None, source: str | None = None, *,
-                 seed: int = 0) -> tuple[pa.Table, list[dict]]:
-    """One folder straight to a manifest table, in this process (small datasets, tests, `jobs.make_synthetic`).
-
-    Same steps as `jobs.prepare_data` without Ray and without training
-    weights: scan, group, inspect each file, drop duplicates, split. Returns
-    the table and the rejects.
-    """
-    from raytrain.data.splits import assign_groups, assign_splits, drop_duplicates
-
-    entries, rejects = scan_source(root, layout, source)
-    rows = []
-    for entry in assign_groups(entries):
-        row, reject = inspect_entry(entry)
-        if row is not None:
-            rows.append(row)
-        else:
-            rejects.append(reject)
-    rows, duplicates = drop_duplicates(sorted(rows, key=lambda r: r["path"]))
-    return rows_to_table(assign_splits(rows, seed=seed)), sorted(rejects + duplicates, key=lambda r: r["path"])

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 
 from raytrain.config import DataConfig  # noqa: E402
-from raytrain.data.pipeline import build_frame_dataset, decode_row, split_rows  # noqa: E402
-from raytrain.data.layouts import scan_dataset  # noqa: E402
+from raytrain.data.ingest import Source, ingest, scan_sources  # noqa: E402
 from raytrain.data.manifest import write_manifest  # noqa: E402
+from raytrain.data.pipeline import build_frame_dataset, decode_row, split_rows  # noqa: E402
 from raytrain.data.synthetic import make_synthetic_dataset  # noqa: E402
 
 
@@ -58,8 +58,9 @@ def _manifest(folder: Path, args: argparse.Namespace) -> Path:
         start = time.perf_counter()
         make_synthetic_dataset(folder, num_train=args.videos, num_test=0, size=args.size,
                                num_frames=round(args.seconds * args.fps), fps=args.fps, image_share=0.0)
-        table, rejects = scan_dataset(folder, "genbuster", source="bench")
-        assert not rejects, rejects
+        ingested = ingest(scan_sources([Source(folder, "genbuster", "bench")]))
+        assert not ingested.rejects, ingested.rejects
+        table = ingested.table
         write_manifest(table, manifest)
         print(f"generated {table.num_rows} clips of {args.size}x{args.size}, {args.seconds:g} s at {args.fps} fps "
               f"in {time.perf_counter() - start:.0f} s")

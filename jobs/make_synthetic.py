@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from raytrain.data.layouts import scan_dataset
+from raytrain.data.ingest import Source, ingest, scan_sources
 from raytrain.data.manifest import write_manifest
 from raytrain.data.synthetic import make_synthetic_dataset
 
@@ -55,13 +55,14 @@ def main(argv: list[str] | None = None) -> int:
             bar.close()
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    table, rejects = scan_dataset(args.out, "genbuster", source="synthetic")
+    ingested = ingest(scan_sources([Source(args.out, "genbuster", "synthetic")]))
+    table = ingested.table
     write_manifest(table, manifest_path)
     print(f"wrote {manifest_path}: {table.num_rows} rows in {time.perf_counter() - start:.1f} s")
     counts = Counter(zip(*(table.column(c).to_pylist() for c in ("split", "label", "category"))))
     for (split, label, category), n in sorted(counts.items()):
         print(f"  {split:<6} {label:<5} {category:<14} {n}")
-    for rej in rejects:
+    for rej in ingested.rejects:
         print(f"  rejected {rej['path']}: {rej['reason']}")
     return 0
 

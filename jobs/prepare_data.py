@@ -19,17 +19,16 @@ import argparse
 import json
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from raytrain.data.layouts import LAYOUTS, detect_layout, scan_source
-from raytrain.data.manifest import inspect_entry, rows_to_table, write_manifest
-from raytrain.data.splits import (
-    assign_groups, assign_splits, balance_weights, drop_duplicates, format_table, stable_sample, summarise)
+from raytrain.data.ingest import Inspection, Source, ingest, scan_sources
+from raytrain.data.layouts import LAYOUTS
+from raytrain.data.manifest import write_manifest
+from raytrain.data.splits import format_table, summarise
 
 _SHOW_REJECTS = 50
 REJECTS_SCHEMA = pa.schema([("path", pa.string()), ("source", pa.string()), ("reason", pa.string())])
@@ -66,47 +65,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _scan_all(args: argparse.Namespace) -> tuple[list[dict], list[dict], list[str]]:
-    layouts = args.layout * len(args.source) if len(args.layout) == 1 else args.layout or [None] * len(args.source)
-    entries, rejects, names = [], [], []
-    for root, layout in zip(args.source, layouts):
-        layout = layout or detect_layout(root)
-        name = layout if layout not in names else f"{layout}-{root.resolve().name}"
-        found, bad = scan_source(root, layout, name)
-        if args.max_videos is not None:
-            found = stable_sample(found, args.max_videos, seed=args.seed)
-        print(f"{root}: layout {layout}, source {name!r}: {len(found)} files, {len(bad)} rejected while scanning")
-        names.append(name)
-        entries += found
-        rejects += bad
-    return entries, rejects, names
+def _print_source(source: Source, entries: list[dict], rejects: list[dict]) -> None:
+    print(f"{source.root}: layout {source.layout}, source {source.name!r}: {len(entries)} files, "
+          f"{len(rejects)} rejected while scanning")
 
 
-def _inspect(entries: list[dict], args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
-    desc = "hashing" if args.skip_processing else "probing"
-    with tqdm(total=len(entries), desc=desc, unit="file") as bar:
-        if args.skip_processing:
-            # Hashing only: threads (hashlib releases the GIL), no Ray to start.
-            with ThreadPoolExecutor(args.workers) as pool:
-                results = []
-                for result in pool.map(lambda e: inspect_entry(e, probe_media=False), entries):
-                    results.append(result)
-                    bar.update()
-            return [r for r, _ in results if r is not None], [j for _, j in results if j is not None]
-        import ray
+def _inspection(args: argparse.Namespace) -> Inspection:
+    """Hashing alone needs no Ray; probing runs in Ray Data tasks, on a Ray of --workers CPUs unless one is running."""
+    if args.skip_processing:
+        return Inspection.HASH_ONLY
+    import ray
 
-        from raytrain.cluster import init_ray
-        from raytrain.data.pipeline import inspect_entries
+    from raytrain.cluster import init_ray
 
-        init_ray(num_cpus=args.workers)
-        ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts files
-        return inspect_entries(entries, probe_media=True, concurrency=args.workers, progress=bar.update)
+    init_ray(num_cpus=args.workers)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts files
+    return Inspection.RAY
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    layouts = args.layout * len(args.source) if len(args.layout) == 1 else args.layout or [None] * len(args.source)
     try:
-        entries, rejects, names = _scan_all(args)
+        scanned = scan_sources([Source(root, layout) for root, layout in zip(args.source, layouts)],
+                               max_files=args.max_videos, seed=args.seed, on_source=_print_source)
+        names = [source.name for source in scanned.sources]
         mix = dict(args.mix)
         unknown = sorted(set(mix) - set(names))
         if unknown:
@@ -114,19 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rows, bad = _inspect(assign_groups(entries), args)
-    rejects += bad
-    order = {name: i for i, name in enumerate(names)}
-    rows.sort(key=lambda r: (order[r["source"]], r["path"]))
-    rows, duplicates = drop_duplicates(rows)
-    rejects = sorted(rejects + duplicates, key=lambda r: r["path"])
-    rows = balance_weights(assign_splits(rows, seed=args.seed), mix)
+    with tqdm(total=len(scanned.entries), desc="hashing" if args.skip_processing else "probing", unit="file") as bar:
+        inspection = _inspection(args)
+        ingested = ingest(scanned, inspection=inspection, workers=args.workers, progress=bar.update, seed=args.seed,
+                          mix=mix)
+    rows, rejects = ingested.rows, ingested.rejects
 
     args.output.mkdir(parents=True, exist_ok=True)
-    write_manifest(rows_to_table(rows), args.output / "manifest.parquet")
+    write_manifest(ingested.table, args.output / "manifest.parquet")
     pq.write_table(pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA), args.output / "rejects.parquet")
     summary = summarise(rows, rejects, mix=mix, seed=args.seed)
-    summary["sources"] = {name: str(root.resolve()) for name, root in zip(names, args.source)}
+    summary["sources"] = {source.name: str(source.root.resolve()) for source in scanned.sources}
     summary["skip_processing"] = args.skip_processing
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_table(summary))

@@ -25,15 +25,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     """16 train + 8 test synthetic items with `manifest.parquet` next to them."""
-    from raytrain.data.layouts import scan_dataset
+    from raytrain.data.ingest import Source, ingest, scan_sources
     from raytrain.data.manifest import write_manifest
     from raytrain.data.synthetic import make_synthetic_dataset
 
     out = tmp_path_factory.mktemp("synthetic")
     make_synthetic_dataset(out, num_train=16, num_test=8, seed=0)
-    table, rejects = scan_dataset(out, "genbuster", source="synthetic")
-    assert not rejects, rejects
-    write_manifest(table, out / "manifest.parquet")
+    ingested = ingest(scan_sources([Source(out, "genbuster", "synthetic")]))
+    assert not ingested.rejects, ingested.rejects
+    write_manifest(ingested.table, out / "manifest.parquet")
     return out
 
 

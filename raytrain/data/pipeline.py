@@ -10,7 +10,6 @@ disappears silently.
 from __future__ import annotations
 
 import hashlib
-import json
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +17,7 @@ import pyarrow.compute as pc
 import ray
 
 from raytrain.config import DataConfig
-from raytrain.data.manifest import inspect_entry, read_manifest
+from raytrain.data.manifest import read_manifest
 from raytrain.data.media import MediaError, decode_media
 from raytrain.data.batch import Prompt
 
@@ -157,39 +156,3 @@ def prompts_from_batch(batch: dict[str, np.ndarray]) -> tuple[list[Prompt], list
             explanation=str(batch["explanation"][i]),
         ))
     return prompts, skipped
-
-
-def _inspect_batch(batch: dict[str, np.ndarray], probe_media: bool) -> dict[str, np.ndarray]:
-    results = []
-    for text in batch["entry"]:
-        row, reject = inspect_entry(json.loads(text), probe_media=probe_media)
-        results.append(json.dumps({"row": row, "reject": reject}))
-    return {"result": np.asarray(results, dtype=object)}
-
-
-def inspect_entries(entries: list[dict], *, probe_media: bool, concurrency: int,
-                    progress=None) -> tuple[list[dict], list[dict]]:
-    """`manifest.inspect_entry` over all entries in parallel Ray Data tasks: (rows, rejects).
-
-    Entries travel as JSON (their optional keys mix None and values, which
-    Arrow would refuse to infer). ``progress(n)`` is called as results arrive.
-    """
-    if not entries:
-        return [], []
-    # Small blocks keep every task busy to the end; a few hundred keep the scheduler cheap.
-    per_block = max(1, min(32, len(entries) // (4 * concurrency) or 1))
-    items = [{"entry": json.dumps(e)} for e in entries]
-    ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_block)).map_batches(
-        _inspect_batch, fn_kwargs={"probe_media": probe_media}, batch_size=per_block, concurrency=concurrency,
-        num_cpus=1)
-    rows, rejects = [], []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for text in batch["result"]:
-            result = json.loads(text)
-            if result["row"] is not None:
-                rows.append(result["row"])
-            else:
-                rejects.append(result["reject"])
-        if progress is not None:
-            progress(len(batch["result"]))
-    return rows, rejects

@@ -2,7 +2,7 @@
 
 Pure functions over manifest row dicts (see `raytrain.data.layouts` for the keys
 they read: ``clips``, ``official_split``, ``group``, ``label``, ``source``,
-``content_hash``). No Ray here: `jobs.prepare_data` composes them.
+``content_hash``). No Ray here: `raytrain.data.ingest` composes them.
 """
 
 from __future__ import annotations

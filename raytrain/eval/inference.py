@@ -33,9 +33,8 @@ from raytrain.cluster import init_ray
 from raytrain.models.loading import load_family, load_policy, without_lora
 from raytrain.models.logprobs import token_logprobs
 from raytrain.models.prompts import build_dataset
-from raytrain.data.layouts import scan_source
-from raytrain.data.manifest import inspect_entry, rows_to_table, write_manifest
-from raytrain.data.splits import assign_groups
+from raytrain.data.ingest import Source, ingest, scan_sources
+from raytrain.data.manifest import write_manifest
 from raytrain.eval.metrics import UNREADABLE, evaluation_report
 from raytrain.data.batch import Prompt, Sample
 from raytrain.data.sft_targets import sft_batch
@@ -78,21 +77,16 @@ def folder_rows(folder: Path) -> tuple[pa.Table, list[dict]]:
     """Manifest rows of a folder of clips (SPEC section 8: `real/`/`fake/` subfolders or a
     `path,label[,category]` CSV), all in the test split, and unreadable records for the labelled
     files that cannot be decoded. Files with no label or of an unsupported type are no test items:
-    they are printed and left out."""
-    entries, ignored = scan_source(Path(folder), layout="clips", source=FOLDER_SOURCE)
-    for reject in ignored:
+    they are printed and left out. Copies of the same content stay: each is its own test item."""
+    scanned = scan_sources([Source(Path(folder), layout="clips", name=FOLDER_SOURCE)])
+    for reject in scanned.rejects:
         print(f"[evaluate] ignored {reject['path']}: {reject['reason']}", flush=True)
-    rows, unreadable = [], []
-    for entry in assign_groups(entries):
-        row, reject = inspect_entry(entry)
-        if row is not None:
-            rows.append({**row, "split": "test"})
-        else:
-            unreadable.append(unreadable_record(
-                id=entry["id"], path=entry["path"], label=entry["label"], category=entry["category"],
-                media=entry["media"], reason=reject["reason"],
-            ) | {"source": FOLDER_SOURCE, "domain": entry["domain"]})
-    return rows_to_table(rows), unreadable
+    ingested = ingest(scanned, split="test", deduplicate=False)
+    unreadable = [unreadable_record(
+        id=entry["id"], path=entry["path"], label=entry["label"], category=entry["category"], media=entry["media"],
+        reason=entry["reason"],
+    ) | {"source": FOLDER_SOURCE, "domain": entry["domain"]} for entry in ingested.unreadable]
+    return ingested.table, unreadable
 
 
 class Predictor:

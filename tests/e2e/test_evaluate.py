@@ -21,7 +21,7 @@ from raytrain.config import parse_config
 from raytrain.data.pipeline import prompt_mode
 from raytrain.models.prompts import PromptBuilder
 from raytrain.eval.inference import IDENTITY, PARTS_DIR, inference_actors, split_adapter
-from raytrain.data.layouts import scan_dataset
+from raytrain.data.ingest import Source, ingest, scan_sources
 from raytrain.data.manifest import read_manifest, write_manifest
 from raytrain.eval.report import METRICS, PREDICTIONS, REPORT
 
@@ -97,7 +97,8 @@ def test_killed_evaluation_resumes_without_redoing_or_losing(tiny_model_dir, syn
     folder = tmp_path / "clips"
     shutil.copytree(synthetic_dir / "train", folder)
     (folder / "fake" / "lip-sync" / "broken.mp4").write_bytes(b"not a video")
-    expected, rejects = scan_dataset(folder, "clips", source="folder")
+    ingested = ingest(scan_sources([Source(folder, "clips", "folder")]))
+    expected, rejects = ingested.table, ingested.rejects
     assert len(rejects) == 1
     out = tmp_path / "eval"
     args = ["--model", str(tiny_model_dir), "--folder", str(folder), "--output", str(out), "--name", "clips",

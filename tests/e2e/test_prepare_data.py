@@ -16,8 +16,9 @@ import pytest
 
 from jobs import prepare_data
 from raytrain.config import DataConfig
-from raytrain.data.pipeline import build_frame_dataset, split_rows
+from raytrain.data.ingest import Inspection, Source, ingest, scan_sources
 from raytrain.data.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
+from raytrain.data.pipeline import build_frame_dataset, split_rows
 from raytrain.data.splits import leaking_groups
 from tests.helpers import layout_trees
 
@@ -100,6 +101,17 @@ def test_printed_table(ray_local, sources, tmp_path, capsys):
     for line in lines[header + 1:header + 1 + len(json.loads((tmp_path / "summary.json").read_text())["counts"])]:
         source, category, split, label, count = line.split()
         assert int(count) == sum((r["category"], r["split"], r["label"]) == (category, split, label) for r in table)
+
+
+def test_ray_tasks_inspect_as_this_process_does(ray_local, sources):
+    """Results come back from the Ray Data tasks in any order; each still lands on its own entry."""
+    roots, _ = sources
+    scanned = scan_sources([Source(roots[-1]), Source(roots[TREES.index("dfdc")])])  # the bad input zoo, DFDC
+    counts = []
+    parallel = ingest(scanned, inspection=Inspection.RAY, workers=2, progress=counts.append)
+    serial = ingest(scanned)
+    assert parallel == serial and serial.unreadable and serial.rows
+    assert sum(counts) == len(scanned.entries)
 
 
 def test_same_seed_same_manifest(sources, tmp_path):

@@ -1,4 +1,5 @@
-"""Layout detection and scanning of every dataset shape in SPEC section 8 (raytrain.data.layouts), no Ray."""
+"""Layout detection and scanning of every dataset shape in SPEC section 8 (raytrain.data.layouts), ingested
+serially (raytrain.data.ingest), no Ray."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from raytrain.data.layouts import LAYOUTS, detect_layout, scan_dataset, scan_source
+from raytrain.data.ingest import Source, ingest, scan_sources
+from raytrain.data.layouts import LAYOUTS, detect_layout, scan_source
 from raytrain.data.manifest import MANIFEST_SCHEMA
 from raytrain.data.splits import leaking_groups
 from tests.helpers import layout_trees
@@ -26,7 +28,8 @@ def scanned(trees) -> dict[str, tuple[dict[str, dict], dict[str, str]]]:
     """layout tree -> ({path relative to its root: row}, {relative path: reject reason})."""
     out = {}
     for name, root in trees.items():
-        table, rejects = scan_dataset(root)
+        ingested = ingest(scan_sources([Source(root)]))
+        table, rejects = ingested.table, ingested.rejects
         assert table.schema.equals(MANIFEST_SCHEMA)
         rows = {str(Path(r["path"]).relative_to(root)): r for r in table.to_pylist()}
         out[name] = rows, {str(Path(r["path"]).relative_to(root)): r["reason"] for r in rejects}
@@ -110,7 +113,7 @@ def test_ffpp_official_split_files_win(trees, tmp_path):
     (root / "splits" / "test.json").write_text('[["000", "003"]]')
     (root / "splits" / "val.json").write_text('[["004", "005"]]')
     (root / "splits" / "train.json").write_text('[["001", "002"]]')
-    rows = scan_dataset(root)[0].to_pylist()
+    rows = ingest(scan_sources([Source(root)])).rows
     expected = {"000": "test", "003": "test", "004": "val", "005": "val", "001": "train", "002": "train"}
     for row in rows:
         assert row["split"] == expected[Path(row["path"]).stem.split("_")[0]], row["path"]
@@ -203,7 +206,8 @@ def test_layout_can_be_forced_and_errors_name_the_folder(trees, tmp_path):
 def test_bad_input_zoo_is_rejected_with_reasons(tmp_path):
     root = tmp_path / "zoo"
     expected = layout_trees.bad_input_zoo(root)
-    table, rejects = scan_dataset(root)
+    ingested = ingest(scan_sources([Source(root)]))
+    table, rejects = ingested.table, ingested.rejects
     reasons = {os.path.basename(r["path"]): r["reason"] for r in rejects}
     assert set(reasons) == set(expected)
     for name, words in expected.items():

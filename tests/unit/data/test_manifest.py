@@ -12,13 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from raytrain.data.layouts import scan_dataset
+from raytrain.data.ingest import Source, ingest, scan_sources
 from raytrain.data.manifest import MANIFEST_SCHEMA, normalise_category, read_manifest, stable_id, write_manifest
 from raytrain.data.synthetic import make_synthetic_dataset
 
 
-def scan_genbuster(root, source=None):
-    return scan_dataset(root, "genbuster", source)
+def scan_genbuster(root, source=None) -> tuple[pa.Table, list[dict]]:
+    ingested = ingest(scan_sources([Source(root, "genbuster", source)]))
+    return ingested.table, ingested.rejects
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: env env-vllm demo test test-vllm test-recipes
+.PHONY: env env-vllm demo lint test test-vllm test-recipes
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,7 +36,12 @@ env-vllm: $(VLLM_STAMP)
 demo: $(STAMP)
 	$(PY) -m jobs.demo
 
-test: $(STAMP) $(VLLM_STAMP)
+# ruff, and the import-linter contracts of pyproject.toml (one dependency direction; no Ray in the math).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test: lint $(VLLM_STAMP)
 	$(PY) -m pytest -q
 	$(VLLM_PY) -m pytest -q tests_vllm
 

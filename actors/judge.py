@@ -5,7 +5,7 @@ from __future__ import annotations
 import ray
 import torch
 
-from raytrain.config import JudgeConfig
+from raytrain.config.sections import JudgeConfig
 from raytrain.models.thinking_judge import JudgeModel, JudgeRequest
 
 

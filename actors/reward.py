@@ -17,7 +17,7 @@ import torch
 
 from actors.judge import start_judge_actors
 from raytrain.models.clip import ClipEncoder
-from raytrain.config import RewardConfig
+from raytrain.config.sections import RewardConfig
 from raytrain.models.thinking_judge import JudgeRequest
 from raytrain.data.media import MediaError, decode_media
 from rewards.answer import parse_answer

@@ -9,7 +9,7 @@ from typing import Sequence
 import ray
 import torch
 
-from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
+from raytrain.config.sections import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.engines.base import make_engine
 from raytrain.data.batch import Prompt, Sample
 from raytrain.weight_sync.group import GroupAddress

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray  # noqa: E402
 
-from raytrain.config import DataConfig  # noqa: E402
+from raytrain.config.sections import DataConfig  # noqa: E402
 from raytrain.data.ingest import Source, ingest, scan_sources  # noqa: E402
 from raytrain.data.manifest import write_manifest  # noqa: E402
 from raytrain.data.pipeline import build_frame_dataset, decode_row, split_rows  # noqa: E402

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from actors.reward import RewardScorer  # noqa: E402
-from raytrain.config import RewardConfig  # noqa: E402
+from raytrain.config.sections import RewardConfig  # noqa: E402
 from raytrain.data.synthetic import make_synthetic_dataset  # noqa: E402
 from raytrain.models.tiny import save_tiny_clip  # noqa: E402
 

@@ -28,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from raytrain.config import ModelConfig, RolloutConfig  # noqa: E402
+from raytrain.config.sections import ModelConfig, RolloutConfig  # noqa: E402
 from raytrain.models.loading import sync_state  # noqa: E402
 from raytrain.models.tiny import _CORPUS, build_tiny_text_model, save_tiny_text_model  # noqa: E402
 from raytrain.weight_sync.sender import LocalEngines, open_weight_group, push_weights  # noqa: E402

@@ -6,7 +6,7 @@ import os
 
 import ray
 
-from raytrain.config import ClusterConfig
+from raytrain.config.sections import ClusterConfig
 
 
 def init_ray(cluster: ClusterConfig | None = None, *, num_cpus: int | None = None) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from raytrain.config import ModelConfig, RolloutConfig
+from raytrain.config.sections import ModelConfig, RolloutConfig
 from raytrain.models.loading import sync_state
 from raytrain.models.logprobs import masked_logprobs
 from raytrain.models.tiny import build_tiny_text_model

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from raytrain.config import ModelConfig, RolloutConfig
+from raytrain.config.sections import ModelConfig, RolloutConfig
 from raytrain.models.loading import sync_state, wrap_lora
 from raytrain.models.tiny import build_tiny_text_model
 from raytrain.weight_sync.sender import LocalEngines, open_weight_group, push_weights

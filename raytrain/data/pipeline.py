@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from raytrain.config import DataConfig
+from raytrain.config.sections import DataConfig
 from raytrain.data.manifest import read_manifest
 from raytrain.data.media import MediaError, decode_media
 from raytrain.data.batch import Prompt

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import torch
 
-from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
+from raytrain.config.sections import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.data.batch import Prompt, Sample
 from raytrain.weight_sync.group import GroupAddress
 from raytrain.weight_sync.protocol import BucketMeta, Shape

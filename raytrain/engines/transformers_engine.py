@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from peft import PeftModel, get_peft_model_state_dict
 
-from raytrain.config import ModelConfig, SamplingConfig
+from raytrain.config.sections import ModelConfig, SamplingConfig
 from raytrain.data.batch import Prompt, Sample
 from raytrain.models.loading import apply_sync_state, load_family, load_policy
 from raytrain.models.logprobs import masked_logprobs

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from raytrain.config import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
+from raytrain.config.sections import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.data.batch import Prompt, Sample
 from raytrain.data.media import decode_media
 from raytrain.models.loading import load_family, sync_spec

@@ -10,7 +10,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoConfig, AutoProcessor
 
-from raytrain.config import LoraConfig, ModelConfig
+from raytrain.config.sections import LoraConfig, ModelConfig
 from raytrain.models.family import ModelFamily
 from raytrain.models.qwen2_5_vl import Qwen2_5_VL, Qwen2Text
 from raytrain.weight_sync.protocol import Shape, tensor_spec

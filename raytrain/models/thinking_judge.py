@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from raytrain.config import JudgeConfig
+from raytrain.config.sections import JudgeConfig
 from raytrain.data.media import decode_media
 from raytrain.models.loading import load_family, load_policy, without_lora
 from rewards.judge_prompt import build_judge_prompt, parse_judge_score

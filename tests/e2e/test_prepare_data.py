@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import prepare_data
-from raytrain.config import DataConfig
+from raytrain.config.sections import DataConfig
 from raytrain.data.ingest import Inspection, Source, ingest, scan_sources
 from raytrain.data.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
 from raytrain.data.pipeline import build_frame_dataset, split_rows

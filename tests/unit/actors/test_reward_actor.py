@@ -15,7 +15,7 @@ import torch
 from actors.judge import start_judge_actors
 from actors.reward import RewardScorer
 from raytrain.models.clip import ClipEncoder
-from raytrain.config import JudgeConfig, ModelConfig, RewardConfig
+from raytrain.config.sections import JudgeConfig, ModelConfig, RewardConfig
 from raytrain.models.thinking_judge import JudgeModel, JudgeRequest
 from raytrain.data.media import load_frames
 from raytrain.models.tiny import save_tiny_clip

@@ -8,7 +8,8 @@ import ray
 import torch
 
 from actors.rollout import RolloutActors, start_rollout_actors
-from raytrain.config import SamplingConfig, parse_config
+from raytrain.config import parse_config
+from raytrain.config.sections import SamplingConfig
 from raytrain.engines.base import make_engine
 from raytrain.models.loading import load_processor, sync_state
 from raytrain.models.tiny import build_tiny_model

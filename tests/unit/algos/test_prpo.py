@@ -10,7 +10,7 @@ import torch
 
 from raytrain.algos import core as algos
 from raytrain.algos.core import AdvantageInputs, group_advantages, paragraph_advantages
-from raytrain.config import AlgorithmConfig
+from raytrain.config.sections import AlgorithmConfig
 from raytrain.algos.paragraph_tokens import paragraph_token_masks, token_char_spans
 from raytrain.models.tiny import build_tiny_processor
 from rewards.paragraphs import segment_paragraphs

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from raytrain.algos import core as algos
-from raytrain.config import AlgorithmConfig, ModelConfig
+from raytrain.config.sections import AlgorithmConfig, ModelConfig
 from raytrain.data.batch import TrainBatch, response_positions
 from raytrain.models.loading import load_family, load_policy
 from raytrain.models.logprobs import masked_logprobs, token_logprobs

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from raytrain.config import ModelConfig, RolloutConfig
+from raytrain.config.sections import ModelConfig, RolloutConfig
 from raytrain.engines.base import make_engine
 from raytrain.weight_sync.group import WeightGroup
 from raytrain.weight_sync.protocol import WeightUpdate, bucket_meta, buckets, check_spec, pack_bucket, tensor_spec, unpack_bucket

@@ -1,8 +1,6 @@
-"""The one configuration system: typed, documented, strict.
+"""The config sections: one typed, documented model per part of a run (`raytrain.config.Config` holds them).
 
-Every option is declared once here with its default and, where it comes from a
-paper, the citation. YAML files under `jobs/configs/` fill these models;
-an unknown key or a wrong type fails at start with the key's dotted path.
+Every option is declared once here with its default and, where it comes from a paper, the citation.
 """
 
 from __future__ import annotations
@@ -10,24 +8,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rewards.judge_prompt import JUDGE_PROMPT
 from rewards.outcome import COMPONENTS as REWARD_COMPONENTS
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Unknown keys and wrong types fail, also on assignment."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class RunConfig(_Strict):
+class RunConfig(Strict):
     name: str = Field("run", description="Run name; checkpoints and metrics go to `output_dir`.")
     output_dir: Path = Field(Path("runs/run"), description="Where checkpoints, metrics and reports are written. Re-running with the same directory resumes.")
     seed: int = Field(0, description="Seed for data order, sampling and initialisation.")
 
 
-class LoraConfig(_Strict):
+class LoraConfig(Strict):
     """LoRA (Hu et al. 2021, arXiv 2106.09685). BusterX++ trains r=16, alpha=32."""
 
     enabled: bool = Field(False, description="Train a LoRA adapter instead of all weights.")
@@ -44,7 +43,7 @@ class LoraConfig(_Strict):
     )
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     path: str = Field(..., description="Hugging Face folder or hub name, e.g. `Qwen/Qwen2.5-VL-7B-Instruct`.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="Weight dtype; use float32 on CPU.")
     trust_remote_code: bool = Field(False, description="Run model code shipped with a checkpoint. Off unless you trust it.")
@@ -52,7 +51,7 @@ class ModelConfig(_Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
-class MediaConfig(_Strict):
+class MediaConfig(Strict):
     """How a media file becomes frames: the frame sampling policy and the per-frame pixel budget (SPEC section 2).
 
     The training and evaluation data (`data`), the thinking judge (`reward.judge.media`) and the PRPO
@@ -108,14 +107,14 @@ class DataConfig(MediaConfig):
 
 
 
-class SamplingConfig(_Strict):
+class SamplingConfig(Strict):
     group_size: int = Field(8, gt=0, description="G: responses sampled per prompt (DAPO: 8; 4 fits one 40 GB GPU).")
     temperature: float = Field(1.0, gt=0, description="Rollout temperature (DAPO: 1.0).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (PRPO: 0.7).")
     max_new_tokens: int = Field(768, gt=0, description="Response length limit; a response hitting it is truncated.")
 
 
-class VLLMConfig(_Strict):
+class VLLMConfig(Strict):
     """The vLLM rollout engine (`rollout.engine: vllm`; `pip install -e .[vllm]`)."""
 
     mode: Literal["separate", "colocated"] = Field(
@@ -134,7 +133,7 @@ class VLLMConfig(_Strict):
     seed: int = Field(0, description="Seed of the engine's sampler.")
 
 
-class RolloutConfig(_Strict):
+class RolloutConfig(Strict):
     engine: Literal["transformers", "vllm"] = Field("transformers", description="Generation backend: transformers `generate`, or vLLM (see `rollout.vllm`).")
     num_actors: int = Field(1, gt=0, description="Rollout actors; training workers are spread over them.")
     num_cpus: float = Field(1, gt=0, description="CPUs reserved per rollout actor.")
@@ -163,7 +162,7 @@ class RolloutConfig(_Strict):
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
 
 
-class JudgeConfig(_Strict):
+class JudgeConfig(Strict):
     """The thinking judge of BusterX++ stage 3: a vision-language model grading the reasoning (SPEC section 3).
 
     Reference: SophiaVL-R1-Thinking-Reward-Model-3B (a Qwen2.5-VL-3B fine-tune, arXiv 2505.17018).
@@ -186,7 +185,7 @@ class JudgeConfig(_Strict):
     torch_threads: int = Field(1, gt=0, description="Intra-op threads of a judge actor on CPU.")
 
 
-class ParagraphConfig(_Strict):
+class ParagraphConfig(Strict):
     """PRPO paragraph rewards r_k = alpha * VCR_k + beta * PCR_k (Nguyen et al. 2025; SPEC section 5).
 
     The encoder is loaded only when `reward.weights.paragraph` is non-zero; without one, r_k = PCR_k.
@@ -207,7 +206,7 @@ class ParagraphConfig(_Strict):
     yake_max_ngram: int = Field(10, gt=0, description="Longest YAKE keyphrase in words (PRPO: 10; top-1 phrase).")
 
 
-class RewardConfig(_Strict):
+class RewardConfig(Strict):
     """Rewards of SPEC sections 3 and 5 (DAPO, BusterX++, PRPO)."""
 
     weights: dict[str, float] = Field(
@@ -237,7 +236,7 @@ class RewardConfig(_Strict):
         return self
 
 
-class AlgorithmConfig(_Strict):
+class AlgorithmConfig(Strict):
     """The training algorithm and its options: DAPO (Yu et al. 2025, arXiv 2503.14476), of which GRPO and
     Dr.GRPO are settings; PRPO (Nguyen et al. 2025, SPEC section 5); SFT. See `raytrain/train/algorithms.py`."""
 
@@ -278,7 +277,7 @@ class AlgorithmConfig(_Strict):
     max_staleness: int = Field(0, ge=0, description="Largest allowed gap between the trainer's policy version and a rollout's; larger fails loudly.")
 
 
-class SFTConfig(_Strict):
+class SFTConfig(Strict):
     """Supervised targets `<think>REASONING</think><answer>ANSWER</answer>` (BusterX++ train_sft.py)."""
 
     answer: Literal["label", "random"] = Field(
@@ -290,7 +289,7 @@ class SFTConfig(_Strict):
     )
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     num_workers: int = Field(2, gt=0, description="Ray Train workers (data-parallel ranks).")
     use_gpu: bool = Field(False, description="One GPU per worker and the NCCL backend; gloo on CPU.")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker.")
@@ -327,7 +326,7 @@ class TrainConfig(_Strict):
     )
 
 
-class EvaluationConfig(_Strict):
+class EvaluationConfig(Strict):
     """Batch inference and the report of `jobs.evaluate` (greedy decoding, SPEC sections 6 and 7)."""
 
     batch_size: int = Field(8, gt=0, description="Items per inference batch; each finished batch is saved, so a killed evaluation loses at most the batches in flight.")
@@ -339,7 +338,7 @@ class EvaluationConfig(_Strict):
     bootstrap_resamples: int = Field(1000, gt=0, description="Resamples of the percentile bootstrap interval of F1.")
 
 
-class BusterXConfig(_Strict):
+class BusterXConfig(Strict):
     """The BusterX++ three-stage pipeline of `jobs.busterx` (SPEC section 6, seed 000).
 
     Stage 1 DAPO in think mode; stage 2 SFT on stage 1's own correct responses, each rewritten as a
@@ -369,147 +368,6 @@ class BusterXConfig(_Strict):
         return self
 
 
-class ClusterConfig(_Strict):
+class ClusterConfig(Strict):
     num_cpus: int | None = Field(None, gt=0, description="Logical CPUs of the embedded local Ray (ignored when joining a cluster).")
     dashboard: bool = Field(False, description="Start the dashboard with the embedded Ray (bound to 127.0.0.1).")
-
-
-class Config(_Strict):
-    run: RunConfig = Field(default_factory=RunConfig)
-    model: ModelConfig
-    data: DataConfig
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    reward: RewardConfig = Field(default_factory=RewardConfig)
-    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
-    sft: SFTConfig = Field(default_factory=SFTConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    busterx: BusterXConfig = Field(default_factory=BusterXConfig)
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
-
-    def with_model(self, path: str | Path) -> "Config":
-        """This config with `model.path` set to `path` (another checkpoint of the policy, say)."""
-        return self.model_copy(update={"model": self.model.model_copy(update={"path": str(path)})})
-
-    def with_absolute_paths(self) -> "Config":
-        """Workers run elsewhere (another cwd, another node under `ray job submit`): every path pinned now.
-
-        A hub name such as `Qwen/Qwen2.5-VL-7B-Instruct` is left alone; an existing local folder is resolved.
-        """
-        model_path = Path(self.model.path)
-        model = self.model.model_copy(update={"path": str(model_path.resolve())}) if model_path.exists() else self.model
-        return self.model_copy(update={
-            "run": self.run.model_copy(update={"output_dir": self.run.output_dir.resolve()}),
-            "data": self.data.model_copy(update={"manifest": self.data.manifest.resolve()}),
-            "model": model,
-        })
-
-    @model_validator(mode="after")
-    def _prpo_needs_paragraphs(self):
-        if self.algorithm.name == "prpo" and not self.reward.enabled("paragraph"):
-            raise ValueError("algorithm.name prpo needs paragraph rewards: set reward.weights.paragraph")
-        return self
-
-    @model_validator(mode="after")
-    def _colocation(self):
-        if self.rollout.vllm.mode != "colocated":
-            return self
-        r = self.rollout
-        if r.engine != "vllm" or not self.train.use_gpu or not 0 < r.num_gpus < 1 or r.num_actors != self.train.num_workers:
-            raise ValueError("rollout.vllm.mode colocated needs rollout.engine vllm, train.use_gpu, 0 < rollout.num_gpus < 1 "
-                             "(the engine's share of a worker's GPU) and one rollout actor per training worker")
-        return self
-
-
-    @model_validator(mode="after")
-    def _broadcast_transport(self):
-        r = self.rollout
-        if r.weight_transport != "broadcast":
-            return self
-        if self.model.lora.enabled:
-            raise ValueError("rollout.weight_transport broadcast carries full weights; LoRA adapters travel through the "
-                             "object store (use auto or object_store)")
-        # NCCL refuses two ranks on one GPU, and a CPU engine cannot receive from GPU rank 0.
-        if self.train.use_gpu and (r.vllm.mode == "colocated" or r.num_gpus < 1):
-            raise ValueError("rollout.weight_transport broadcast on GPUs needs engines on GPUs of their own "
-                             "(rollout.vllm.mode separate, rollout.num_gpus >= 1)")
-        return self
-
-    def weight_transport(self) -> Literal["object_store", "broadcast"]:
-        """`rollout.weight_transport` with `auto` resolved."""
-        r = self.rollout
-        if r.weight_transport != "auto":
-            return r.weight_transport
-        separate_gpus = self.train.use_gpu and r.num_gpus >= 1 and r.vllm.mode == "separate"
-        return "broadcast" if separate_gpus and not self.model.lora.enabled else "object_store"
-
-
-class ConfigError(ValueError):
-    """A config file that does not validate; the message names every bad key."""
-
-
-def set_dotted(tree: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for depth, key in enumerate(parents):
-        tree = tree.setdefault(key, {})
-        if not isinstance(tree, dict):
-            raise ConfigError(f"override {dotted}: {'.'.join(parents[:depth + 1])} is not a section")
-    tree[leaf] = value
-
-
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML config; `overrides` are `dotted.key=yaml_value` strings (CLI `--set`)."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read config: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a config is a mapping of sections, not {type(raw).__name__}")
-    return parse_config(apply_overrides(raw, overrides), source=str(path))
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Set each `dotted.key=yaml_value` override in the plain config dict `raw` (in place) and return it."""
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        set_dotted(raw, key.strip(), yaml.safe_load(value))
-    return raw
-
-
-# Keys that have moved: a config still using one fails with where it went.
-MOVED_KEYS = {
-    "train.algorithm": "algorithm.name (dapo, prpo or sft)",
-    "reward.judge.num_frames": "reward.judge.media.num_frames",
-    "reward.judge.max_pixels": "reward.judge.media.max_pixels",
-    "reward.judge.min_pixels": "reward.judge.media.min_pixels",
-    "reward.paragraph.num_frames": "reward.paragraph.media.num_frames",
-    "reward.paragraph.max_pixels": "reward.paragraph.media.max_pixels",
-    "reward.paragraph.min_pixels": "reward.paragraph.media.min_pixels",
-}
-
-
-def _moved_keys(raw: dict) -> list[str]:
-    found = []
-    for old, new in MOVED_KEYS.items():
-        tree = raw
-        for key in old.split("."):
-            tree = tree.get(key) if isinstance(tree, dict) else None
-        if tree is not None:
-            found.append(f"{old}: moved to {new}")
-    if isinstance(raw.get("algorithm"), dict) and raw["algorithm"].get("advantage_estimator") == "prpo":
-        found.append("algorithm.advantage_estimator: prpo is now its own algorithm: set algorithm.name: prpo")
-    return found
-
-
-def parse_config(raw: dict, source: str = "<config>") -> Config:
-    moved = _moved_keys(raw)
-    if moved:
-        raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(moved))
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as e:
-        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
-        raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,172 @@
+"""The one configuration system: typed, documented, strict.
+
+Every option is declared once, with its default and, where it comes from a paper,
+the citation: the sections in `raytrain.config.sections`, the whole run (`Config`,
+with the checks that span sections) here. YAML files under `jobs/configs/` fill
+these models; an unknown key, a wrong type or a key that has moved fails at start
+with the key's dotted path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from raytrain.config.sections import (
+    Strict,
+    AlgorithmConfig,
+    BusterXConfig,
+    ClusterConfig,
+    DataConfig,
+    EvaluationConfig,
+    ModelConfig,
+    RewardConfig,
+    RolloutConfig,
+    RunConfig,
+    SFTConfig,
+    TrainConfig,
+)
+
+
+class Config(Strict):
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig
+    data: DataConfig
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    busterx: BusterXConfig = Field(default_factory=BusterXConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    def with_model(self, path: str | Path) -> "Config":
+        """This config with `model.path` set to `path` (another checkpoint of the policy, say)."""
+        return self.model_copy(update={"model": self.model.model_copy(update={"path": str(path)})})
+
+    def with_absolute_paths(self) -> "Config":
+        """Workers run elsewhere (another cwd, another node under `ray job submit`): every path pinned now.
+
+        A hub name such as `Qwen/Qwen2.5-VL-7B-Instruct` is left alone; an existing local folder is resolved.
+        """
+        model_path = Path(self.model.path)
+        model = self.model.model_copy(update={"path": str(model_path.resolve())}) if model_path.exists() else self.model
+        return self.model_copy(update={
+            "run": self.run.model_copy(update={"output_dir": self.run.output_dir.resolve()}),
+            "data": self.data.model_copy(update={"manifest": self.data.manifest.resolve()}),
+            "model": model,
+        })
+
+    @model_validator(mode="after")
+    def _prpo_needs_paragraphs(self):
+        if self.algorithm.name == "prpo" and not self.reward.enabled("paragraph"):
+            raise ValueError("algorithm.name prpo needs paragraph rewards: set reward.weights.paragraph")
+        return self
+
+    @model_validator(mode="after")
+    def _colocation(self):
+        if self.rollout.vllm.mode != "colocated":
+            return self
+        r = self.rollout
+        if r.engine != "vllm" or not self.train.use_gpu or not 0 < r.num_gpus < 1 or r.num_actors != self.train.num_workers:
+            raise ValueError("rollout.vllm.mode colocated needs rollout.engine vllm, train.use_gpu, 0 < rollout.num_gpus < 1 "
+                             "(the engine's share of a worker's GPU) and one rollout actor per training worker")
+        return self
+
+
+    @model_validator(mode="after")
+    def _broadcast_transport(self):
+        r = self.rollout
+        if r.weight_transport != "broadcast":
+            return self
+        if self.model.lora.enabled:
+            raise ValueError("rollout.weight_transport broadcast carries full weights; LoRA adapters travel through the "
+                             "object store (use auto or object_store)")
+        # NCCL refuses two ranks on one GPU, and a CPU engine cannot receive from GPU rank 0.
+        if self.train.use_gpu and (r.vllm.mode == "colocated" or r.num_gpus < 1):
+            raise ValueError("rollout.weight_transport broadcast on GPUs needs engines on GPUs of their own "
+                             "(rollout.vllm.mode separate, rollout.num_gpus >= 1)")
+        return self
+
+    def weight_transport(self) -> Literal["object_store", "broadcast"]:
+        """`rollout.weight_transport` with `auto` resolved."""
+        r = self.rollout
+        if r.weight_transport != "auto":
+            return r.weight_transport
+        separate_gpus = self.train.use_gpu and r.num_gpus >= 1 and r.vllm.mode == "separate"
+        return "broadcast" if separate_gpus and not self.model.lora.enabled else "object_store"
+
+
+class ConfigError(ValueError):
+    """A config file that does not validate; the message names every bad key."""
+
+
+def set_dotted(tree: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for depth, key in enumerate(parents):
+        tree = tree.setdefault(key, {})
+        if not isinstance(tree, dict):
+            raise ConfigError(f"override {dotted}: {'.'.join(parents[:depth + 1])} is not a section")
+    tree[leaf] = value
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML config; `overrides` are `dotted.key=yaml_value` strings (CLI `--set`)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read config: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections, not {type(raw).__name__}")
+    return parse_config(apply_overrides(raw, overrides), source=str(path))
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set each `dotted.key=yaml_value` override in the plain config dict `raw` (in place) and return it."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        set_dotted(raw, key.strip(), yaml.safe_load(value))
+    return raw
+
+
+# Keys that have moved: a config still using one fails with where it went.
+MOVED_KEYS = {
+    "train.algorithm": "algorithm.name (dapo, prpo or sft)",
+    "reward.judge.num_frames": "reward.judge.media.num_frames",
+    "reward.judge.max_pixels": "reward.judge.media.max_pixels",
+    "reward.judge.min_pixels": "reward.judge.media.min_pixels",
+    "reward.paragraph.num_frames": "reward.paragraph.media.num_frames",
+    "reward.paragraph.max_pixels": "reward.paragraph.media.max_pixels",
+    "reward.paragraph.min_pixels": "reward.paragraph.media.min_pixels",
+}
+
+
+def _moved_keys(raw: dict) -> list[str]:
+    found = []
+    for old, new in MOVED_KEYS.items():
+        tree = raw
+        for key in old.split("."):
+            tree = tree.get(key) if isinstance(tree, dict) else None
+        if tree is not None:
+            found.append(f"{old}: moved to {new}")
+    if isinstance(raw.get("algorithm"), dict) and raw["algorithm"].get("advantage_estimator") == "prpo":
+        found.append("algorithm.advantage_estimator: prpo is now its own algorithm: set algorithm.name: prpo")
+    return found
+
+
+def parse_config(raw: dict, source: str = "<config>") -> Config:
+    moved = _moved_keys(raw)
+    if moved:
+        raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(moved))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(lines)) from None

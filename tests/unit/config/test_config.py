@@ -192,3 +192,46 @@ def test_job_config_parses(path, monkeypatch):
     # The referenced paths are kept as given, not resolved or checked.
     assert str(cfg.data.manifest) == yaml.safe_load(path.read_text())["data"]["manifest"]
     assert cfg.train.total_steps is None or cfg.train.total_steps > 0  # null: until the data runs out
+
+
+@pytest.mark.parametrize("key, value, new", [
+    ("train.algorithm", "sft", "algorithm.name"),
+    ("reward.judge.num_frames", 2, "reward.judge.media.num_frames"),
+    ("reward.paragraph.max_pixels", 3136, "reward.paragraph.media.max_pixels"),
+])
+def test_moved_key_names_its_new_place(base_config_dict, key, value, new):
+    raw = copy.deepcopy(base_config_dict)
+    section, *parents, leaf = key.split(".")
+    tree = raw.setdefault(section, {})
+    for name in parents:
+        tree = tree.setdefault(name, {})
+    tree[leaf] = value
+    with pytest.raises(ConfigError, match=rf"{key}: moved to {new}"):
+        parse_config(raw)
+
+
+def test_prpo_is_an_algorithm_not_an_estimator(base_config_dict):
+    raw = copy.deepcopy(base_config_dict)
+    raw["algorithm"]["advantage_estimator"] = "prpo"
+    with pytest.raises(ConfigError, match="algorithm.name: prpo"):
+        parse_config(raw)
+    raw["algorithm"].pop("advantage_estimator")
+    raw["algorithm"]["name"] = "prpo"
+    with pytest.raises(ConfigError, match="needs paragraph rewards"):
+        parse_config(raw)
+    raw["reward"]["weights"]["paragraph"] = 1.0
+    assert parse_config(raw).algorithm.name == "prpo"
+
+
+def test_media_budgets_keep_their_own_defaults(base_config_dict):
+    """The data, the judge and the PRPO encoder decode with one section type and their own frame counts,
+    also when only part of a section is given."""
+    raw = copy.deepcopy(base_config_dict)
+    raw["reward"]["judge"] = {"media": {"max_pixels": 3136}}
+    raw["reward"]["paragraph"] = {"media": {"min_pixels": 100}}
+    cfg = parse_config(raw)
+    assert (cfg.data.num_frames, cfg.reward.judge.media.num_frames, cfg.reward.paragraph.media.num_frames) == (8, 4, 8)
+    assert (cfg.reward.judge.media.max_pixels, cfg.reward.paragraph.media.min_pixels) == (3136, 100)
+    raw["reward"]["judge"] = {"media": {"min_frames": 9, "max_frames": 3}}
+    with pytest.raises(ConfigError, match="reward.judge.media"):
+        parse_config(raw)

@@ -246,7 +246,6 @@ class AlgorithmConfig(Strict):
                     "per-paragraph advantages (needs `reward.weights.paragraph`); `sft`: supervised targets, no rollouts "
                     "(the options below do not apply).",
     )
-
     clip_low: float = Field(0.2, ge=0, description="epsilon_low of Clip-Higher.")
     clip_high: float = Field(0.28, ge=0, description="epsilon_high of Clip-Higher (decoupled; GRPO uses 0.2).")
     clip_ratio_c: float | None = Field(None, gt=1, description="Dual-clip constant for negative advantages (verl's clip_ratio_c); off when null.")

@@ -68,7 +68,7 @@ def group_advantages(
     std, torch's default and what verl uses (``unbiased=False``: the population
     std, PRPO's convention); ``scale="none"`` is Dr.GRPO
     (Liu et al. 2025), which drops the division to remove the
-    question-difficulty bias: A_i = R_i - mean_g.
+    question-difficulty bias: A_i = R_i - mean_g. Both give exactly 0 to a group whose rewards are all equal.
     """
     if scale not in ("std", "none"):
         raise ValueError(f"scale must be 'std' or 'none', got {scale!r}")
@@ -78,6 +78,9 @@ def group_advantages(
     if not grouped.is_floating_point():
         grouped = grouped.float()
     centred = grouped - grouped.mean(dim=1, keepdim=True)
+    # A constant group carries no signal, but its mean need not be representable (eight rewards of
+    # 0.7 in float32): the centred rounding noise, divided by a std as small, gave every response ~0.06.
+    centred = torch.where((grouped == grouped[:, :1]).all(dim=1, keepdim=True), 0.0, centred)
     if scale == "std":
         centred = centred / (grouped.std(dim=1, keepdim=True, unbiased=unbiased) + eps)
     return centred.reshape(rewards.shape)
@@ -107,7 +110,8 @@ def paragraph_advantages(
     each response's outcome reward R into its paragraphs' rewards before pooling:
     r_k <- (1 - w) r_k + w R. With one paragraph per response and w = 1 this is GRPO
     (population std). A response without paragraphs falls back to its outcome (GRPO)
-    advantage within its group on every token of ``response_mask``.
+    advantage within its group on every token of ``response_mask``. A pool (or a fallback group) whose
+    rewards are all equal gets exactly 0.
     """
     if not 0.0 <= outcome_weight <= 1.0:
         raise ValueError(f"outcome_weight must be in [0, 1], got {outcome_weight}")
@@ -133,14 +137,22 @@ def paragraph_advantages(
         rows = group_index == group
         pool = rewards[rows][present[rows]]
         if pool.numel():
-            normalised = (rewards[rows] - pool.mean()) / (pool.std(unbiased=False) + eps) * present[rows]
+            normalised = _standardise(rewards[rows], pool, eps) * present[rows]
             advantages[rows] = torch.einsum("bk,bkt->bt", normalised, masks[rows].to(normalised.dtype))
         fallback = rows & ~has_paragraphs
         if fallback.any():
             outcome = outcome_rewards[rows].to(torch.float32)
-            normalised = (outcome - outcome.mean()) / (outcome.std(unbiased=False) + eps)
+            normalised = _standardise(outcome, outcome, eps)
             advantages[fallback] = normalised[~has_paragraphs[rows]].unsqueeze(-1) * response_mask[fallback].to(torch.float32)
     return advantages
+
+
+def _standardise(values: Tensor, pool: Tensor, eps: float) -> Tensor:
+    """(values - mean(pool)) / (std(pool) + eps) with the population std; exactly 0 for a constant pool,
+    whose mean need not be representable (eight rewards of 0.7 in float32 gave ~0.86 with eps 1e-8)."""
+    if bool((pool == pool[0]).all()):
+        return torch.zeros_like(values)
+    return (values - pool.mean()) / (pool.std(unbiased=False) + eps)
 
 
 def informative_groups(values: Tensor, group_size: int) -> Tensor:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from raytrain.algos.core import group_advantages, informative_groups, kl_penalty, masked_mean, policy_loss
+from raytrain.algos.core import group_advantages, informative_groups, kl_penalty, masked_mean, paragraph_advantages, policy_loss
 
 
 def _loss(log_ratio, advantages, mask=None, **kwargs):
@@ -138,3 +138,21 @@ def test_masked_mean_ignores_masked_nan():
     x = torch.tensor([1.0, 3.0, float("nan")])
     assert masked_mean(x, torch.tensor([1, 1, 0])).item() == 2.0
     assert masked_mean(x, torch.zeros(3)).item() == 0.0
+
+
+def test_constant_group_gets_exactly_zero_advantages_in_float32():
+    # 0.7 is not a float32: the group mean rounds to a neighbour, and (R - mean) / (std + eps) was
+    # ~0.056 (GRPO) and ~0.856 (PRPO, eps 1e-8) for every response of a group that carries no signal.
+    rewards = torch.full((8,), 0.7)
+    assert group_advantages(rewards, 8).tolist() == [0.0] * 8
+    assert group_advantages(rewards, 8, scale="none").tolist() == [0.0] * 8
+    assert group_advantages(torch.cat([rewards, torch.tensor([0.0, 1.0] * 4)]), 8)[:8].tolist() == [0.0] * 8
+
+
+def test_constant_paragraph_pool_and_outcome_fallback_get_exactly_zero_in_float32():
+    rewards, group = torch.full((8,), 0.7), torch.zeros(8, dtype=torch.long)
+    pooled = paragraph_advantages(rewards.unsqueeze(1), torch.ones(8, 1, 3, dtype=torch.bool), group)
+    assert pooled.eq(0).all(), pooled
+    fallback = paragraph_advantages(torch.zeros(8, 1), torch.zeros(8, 1, 3, dtype=torch.bool), group,
+                                    outcome_rewards=rewards, response_mask=torch.ones(8, 3))
+    assert fallback.eq(0).all(), fallback

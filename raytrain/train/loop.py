@@ -6,7 +6,7 @@ informative groups (dynamic sampling) until the rank has its quota, then every
 rank takes one DeepSpeed step on the token-level clipped loss; rank 0 pushes
 the new weights (or only the LoRA adapter) to every rollout actor, versioned.
 The advantage estimator (GRPO, Dr.GRPO, PRPO) and the policy loss are looked up by
-name in `raytrain.algos.core`. The SFT algorithm shares everything but the rollout: the
+name in `raytrain.algos.advantages` and `raytrain.algos.losses`. The SFT algorithm shares everything but the rollout: the
 targets are the rows' explanations or a template (`sft_target`).
 """
 
@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 
 from actors.rollout import open_weight_group, push_weights
-from raytrain.algos import core as algos
+from raytrain.algos.advantages import ADVANTAGE_ESTIMATORS, AdvantageInputs, informative_groups
+from raytrain.algos.losses import POLICY_LOSSES, kl_penalty, token_nll
 from raytrain.train.checkpoint import DEEPSPEED_TAG, MODEL_DIR, TrainerState
 from raytrain.config import Config, parse_config
 from raytrain.data.pipeline import prompts_from_batch
@@ -162,7 +163,7 @@ def _collect_dapo(cfg: Config, feed: PromptFeed, rollout, reward_actor, version:
         drawn += len(groups)
         if algo.dynamic_sampling:
             metric = torch.tensor([sc[algo.filter_metric] for sc in scores])
-            informative = algos.informative_groups(metric, g).tolist()
+            informative = informative_groups(metric, g).tolist()
             dropped += informative.count(False)
             groups = [grp for grp, ok in zip(groups, informative) if ok]
         kept += groups
@@ -214,10 +215,10 @@ def _dapo_batch(cfg: Config, groups: list[Group], tokenizer) -> TrainBatch | Non
         if cfg.algorithm.overlong_filter and s.truncated:
             mask[i] = 0
     scores = [sc for grp in groups for sc in grp.scores]
-    inputs = algos.AdvantageInputs(torch.tensor([sc["total"] for sc in scores]), cfg.rollout.sampling.group_size, response_mask)
+    inputs = AdvantageInputs(torch.tensor([sc["total"] for sc in scores]), cfg.rollout.sampling.group_size, response_mask)
     if cfg.algorithm.name == "prpo":
         inputs.paragraph_rewards, inputs.paragraph_token_masks = _paragraph_tensors(samples, scores, response_mask, tokenizer)
-    advantages = algos.ADVANTAGE_ESTIMATORS["prpo" if cfg.algorithm.name == "prpo" else cfg.algorithm.advantage_estimator](inputs, cfg.algorithm)
+    advantages = ADVANTAGE_ESTIMATORS["prpo" if cfg.algorithm.name == "prpo" else cfg.algorithm.advantage_estimator](inputs, cfg.algorithm)
     return TrainBatch(prompts, responses, {"old_logprobs": old, "advantages": advantages, "loss_mask": mask})
 
 
@@ -251,15 +252,14 @@ def _loss(cfg: Config, engine, ref_model, batch: dict, num_tokens: float, num_se
     logp = token_logprobs(engine, model_inputs, temperature=temperature, suppress_ids=suppress)
     mask = batch["loss_mask"]
     if cfg.algorithm.name == "sft":
-        loss = -(logp * mask).sum() / num_tokens
-        return loss, {"sft_nll_sum": float(-(logp.detach() * mask).sum())}
+        return token_nll(logp, mask, num_tokens)
     algo = cfg.algorithm
-    loss, stats = algos.POLICY_LOSSES[algo.policy_loss](logp, batch["old_logprobs"], batch["advantages"], mask, algo,
-                                                        num_tokens, num_seqs)
+    loss, stats = POLICY_LOSSES[algo.policy_loss](logp, batch["old_logprobs"], batch["advantages"], mask, algo,
+                                                  num_tokens, num_seqs)
     if algo.kl_coef > 0:
         with torch.no_grad():
             ref_logp = token_logprobs(ref_model, model_inputs, temperature=temperature, suppress_ids=suppress)
-        kl = algos.kl_penalty(logp, ref_logp, algo.kl_kind)
+        kl = kl_penalty(logp, ref_logp, algo.kl_kind)
         kl_term = (kl * mask).sum() / num_tokens
         loss = loss + algo.kl_coef * kl_term
         stats["kl"] = float((kl * mask).sum() / mask.sum().clamp(min=1.0))  # this micro-batch's token mean

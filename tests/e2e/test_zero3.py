@@ -119,7 +119,7 @@ def steps(make_config_dict, media_prompts, tmp_path_factory):
 def _single_process_step(cfg, media_prompts) -> dict[str, torch.Tensor]:
     """The same step in one process without DeepSpeed: every rank's micro-batches, the loss
     normalised by the global token count, one SGD step."""
-    from raytrain.algos import core as algos
+    from raytrain.algos.losses import POLICY_LOSSES
     from raytrain.models.loading import load_policy, load_processor, sync_state
     from raytrain.models.batching import collate_ids, token_logprobs, vision_special_ids
 
@@ -132,8 +132,8 @@ def _single_process_step(cfg, media_prompts) -> dict[str, torch.Tensor]:
         for part in batch.micro_batches(cfg.train.micro_batch_size, **collate_ids(processor)):
             inputs = {k: v for k, v in part.items() if k not in ("old_logprobs", "advantages", "loss_mask")}
             logp = token_logprobs(model, inputs, suppress_ids=vision_special_ids(processor))
-            loss, _ = algos.POLICY_LOSSES[cfg.algorithm.policy_loss](logp, part["old_logprobs"], part["advantages"],
-                                                                     part["loss_mask"], cfg.algorithm, tokens, 1.0)
+            loss, _ = POLICY_LOSSES[cfg.algorithm.policy_loss](logp, part["old_logprobs"], part["advantages"],
+                                                               part["loss_mask"], cfg.algorithm, tokens, 1.0)
             loss.backward()
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert torch.nn.utils.clip_grad_norm_(trainable, cfg.train.max_grad_norm) < cfg.train.max_grad_norm

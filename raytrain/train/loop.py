@@ -37,13 +37,14 @@ from raytrain.models.batching import (Prompt, Sample, TrainBatch, collate_ids, p
                              vision_special_ids)
 from raytrain.data.sft_targets import sft_batch
 from raytrain.weight_sync.protocol import WeightGroup
+from rewards.score import Score
 
 
 @dataclass
 class Group:
     prompt: Prompt
     samples: list[Sample]
-    scores: list[dict[str, float]]
+    scores: list[Score]
 
 
 class PromptFeed:
@@ -162,7 +163,7 @@ def _collect_dapo(cfg: Config, feed: PromptFeed, rollout, reward_actor, version:
         all_groups += groups
         drawn += len(groups)
         if algo.dynamic_sampling:
-            metric = torch.tensor([sc[algo.filter_metric] for sc in scores])
+            metric = torch.tensor([sc.scalars()[algo.filter_metric] for sc in scores])
             informative = informative_groups(metric, g).tolist()
             dropped += informative.count(False)
             groups = [grp for grp, ok in zip(groups, informative) if ok]
@@ -186,14 +187,13 @@ def _rollout_stats(groups: list[Group]) -> dict:
     """Sums over every sampled response (kept or dropped): the policy's actual behaviour."""
     scores = [sc for grp in groups for sc in grp.scores]
     samples = [s for grp in groups for s in grp.samples]
-    # Scalars only: `paragraphs` holds per-paragraph spans and rewards.
-    stats = {f"reward_{k}_sum": sum(sc[k] for sc in scores) for k, v in (scores[0].items() if scores else ()) if isinstance(v, float)}
+    stats = {f"reward_{k}_sum": sum(sc.scalars()[k] for sc in scores) for k in (scores[0].scalars() if scores else ())}
     by_category: dict[str, list[float]] = {}
     for grp in groups:
         for sc in grp.scores:
-            if "accuracy" in sc:
+            if "accuracy" in sc.components:
                 tally = by_category.setdefault(grp.prompt.category, [0.0, 0.0])
-                tally[0] += sc["accuracy"]
+                tally[0] += sc.components["accuracy"]
                 tally[1] += 1
     stats["accuracy_by_category"] = by_category
     stats["responses"] = len(samples)
@@ -215,27 +215,27 @@ def _dapo_batch(cfg: Config, groups: list[Group], tokenizer) -> TrainBatch | Non
         if cfg.algorithm.overlong_filter and s.truncated:
             mask[i] = 0
     scores = [sc for grp in groups for sc in grp.scores]
-    inputs = AdvantageInputs(torch.tensor([sc["total"] for sc in scores]), cfg.rollout.sampling.group_size, response_mask)
+    inputs = AdvantageInputs(torch.tensor([sc.total for sc in scores]), cfg.rollout.sampling.group_size, response_mask)
     if cfg.algorithm.name == "prpo":
         inputs.paragraph_rewards, inputs.paragraph_token_masks = _paragraph_tensors(samples, scores, response_mask, tokenizer)
     advantages = ADVANTAGE_ESTIMATORS["prpo" if cfg.algorithm.name == "prpo" else cfg.algorithm.advantage_estimator](inputs, cfg.algorithm)
     return TrainBatch(prompts, responses, {"old_logprobs": old, "advantages": advantages, "loss_mask": mask})
 
 
-def _paragraph_tensors(samples: list[Sample], scores: list[dict], response_mask: torch.Tensor, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+def _paragraph_tensors(samples: list[Sample], scores: list[Score], response_mask: torch.Tensor, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """PRPO inputs: paragraph rewards [B, K] and, through each sampled token's character span in the
     response text, the paragraphs' token masks [B, K, T] at the batch's response positions."""
-    k = max(1, max(len(sc["paragraphs"]) for sc in scores))
+    k = max(1, max(len(sc.paragraphs) for sc in scores))
     rewards = torch.zeros(len(samples), k)
     masks = torch.zeros(len(samples), k, response_mask.shape[1], dtype=torch.bool)
     for i, (sample, sc) in enumerate(zip(samples, scores)):
-        if not sc["paragraphs"]:
+        if not sc.paragraphs:
             continue
         positions = response_mask[i].nonzero().squeeze(-1)
-        token_masks = paragraph_token_masks([(start, end) for start, end, _ in sc["paragraphs"]],
+        token_masks = paragraph_token_masks([(p.start, p.end) for p in sc.paragraphs],
                                             token_char_spans(tokenizer, sample.token_ids))
         masks[i, : token_masks.shape[0], positions] = token_masks
-        rewards[i, : token_masks.shape[0]] = torch.tensor([r for _, _, r in sc["paragraphs"]])
+        rewards[i, : token_masks.shape[0]] = torch.tensor([p.reward for p in sc.paragraphs])
     return rewards, masks
 
 

@@ -14,6 +14,7 @@ from raytrain.algos.paragraph_tokens import paragraph_token_masks, token_char_sp
 from raytrain.config import AlgorithmConfig
 from raytrain.models.tiny import build_tiny_processor
 from rewards.paragraphs import segment_paragraphs
+from rewards.score import ParagraphScore, Score
 
 
 def _masks(*rows):
@@ -198,7 +199,8 @@ def test_trainer_paragraph_tensors_place_masks_at_the_response_positions(tokeniz
     ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
     paragraphs = segment_paragraphs(TEXT)
     samples = [Sample(ids, [0.0] * len(ids), TEXT, False, 0), Sample(ids[:2], [0.0, 0.0], tokenizer.decode(ids[:2]), False, 0)]
-    scores = [{"paragraphs": [(p.start, p.end, r) for p, r in zip(paragraphs, (0.2, 0.4, 0.6))]}, {"paragraphs": []}]
+    scores = [Score({}, 0.0, paragraphs=[ParagraphScore(p.start, p.end, r) for p, r in zip(paragraphs, (0.2, 0.4, 0.6))]),
+              Score({}, 0.0, paragraphs=[])]
     prompt_len = 5
     response_mask = torch.zeros(2, prompt_len + len(ids), dtype=torch.long)
     response_mask[0, prompt_len:] = 1

@@ -26,8 +26,9 @@ JUDGE_SCORE = "0.7"
 
 
 def _judge_config(path, **overrides) -> JudgeConfig:
-    return JudgeConfig(model=ModelConfig(path=str(path), dtype="float32"), media={"num_frames": 2, "max_pixels": 3136, "min_pixels": 784}, max_new_tokens=8, num_cpus=0.5, prompt="Grade: {question} {response}",
-                       **overrides)
+    return JudgeConfig(model=ModelConfig(path=str(path), dtype="float32"),
+                       media={"num_frames": 2, "max_pixels": 3136, "min_pixels": 784}, max_new_tokens=8, num_cpus=0.5,
+                       prompt="Grade: {question} {response}", **overrides)
 
 
 def _videos(synthetic_dir: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""ZeRO-3 in the worker's step (raytrain.train.loop), on two gloo ranks started with torch.multiprocessing
+"""ZeRO-3 in the worker's step (raytrain.train.step), on two gloo ranks started with torch.multiprocessing
 (no Ray: the unit under test is one DeepSpeed step and the weight gather after it).
 
 The ranks' micro-batches mix images and videos differently (rank 0: two images, then one; rank 1:
@@ -47,9 +47,11 @@ def _worker(rank: int, world: int, port: int, raw: dict, prompts, out: Path, res
     import deepspeed
     import torch.distributed as dist
 
-    from raytrain.train import loop as worker
-    from raytrain.models.loading import export_weights, load_policy, load_processor, sync_state
     from raytrain.models.batching import collate_ids, padding_batch, vision_special_ids
+    from raytrain.models.loading import export_weights, load_policy, load_processor, sync_state
+    from raytrain.train.algorithms import ALGORITHMS
+    from raytrain.train.policy_sync import gathered_weights
+    from raytrain.train.step import deepspeed_config, sum_across_ranks, train_step
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
@@ -65,12 +67,13 @@ def _worker(rank: int, world: int, port: int, raw: dict, prompts, out: Path, res
         # SGD: the update is the (clipped) gradient itself, comparable between runs; a first Adam step
         # is lr * sign(gradient) wherever the gradient is far above eps, and ill-conditioned where it is not.
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=worker._deepspeed_config(cfg))
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
         batch = _rank_batch(prompts, rank, seed=1)
         mask = batch.per_token["loss_mask"]
-        tokens, seqs = worker._sum_across_ranks([float(mask.sum()), float((mask.sum(-1) > 0).sum())])
-        stats = worker._train_step(cfg, engine, None, batch, ids, tokens, seqs, world, vision_special_ids(processor), padding)
-        gathered = worker._gathered_weights(engine, cfg)
+        tokens, seqs = sum_across_ranks([float(mask.sum()), float((mask.sum(-1) > 0).sum())])
+        stats = train_step(cfg, ALGORITHMS[cfg.algorithm.name], engine, None, batch, ids, tokens, seqs, world,
+                           vision_special_ids(processor), padding)
+        gathered = gathered_weights(engine, cfg)
         if rank == 0:
             export_weights(engine.module, processor, out / f"{tuning}-{stage}", gathered)
             # As numpy: torch's queue would share tensor memory that dies with this process.
@@ -120,8 +123,8 @@ def _single_process_step(cfg, media_prompts) -> dict[str, torch.Tensor]:
     """The same step in one process without DeepSpeed: every rank's micro-batches, the loss
     normalised by the global token count, one SGD step."""
     from raytrain.algos.losses import POLICY_LOSSES
-    from raytrain.models.loading import load_policy, load_processor, sync_state
     from raytrain.models.batching import collate_ids, token_logprobs, vision_special_ids
+    from raytrain.models.loading import load_policy, load_processor, sync_state
 
     processor = load_processor(cfg.model)
     torch.manual_seed(0)

@@ -194,7 +194,7 @@ def test_trainer_paragraph_tensors_place_masks_at_the_response_positions(tokeniz
     """What the worker hands the `prpo` estimator: reward actor spans -> token masks at the batch's
     response positions (after the prompt), rewards padded to the largest paragraph count."""
     from raytrain.models.batching import Sample
-    from raytrain.train.loop import _paragraph_tensors
+    from raytrain.train.experience import paragraph_tensors
 
     ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
     paragraphs = segment_paragraphs(TEXT)
@@ -205,7 +205,7 @@ def test_trainer_paragraph_tensors_place_masks_at_the_response_positions(tokeniz
     response_mask = torch.zeros(2, prompt_len + len(ids), dtype=torch.long)
     response_mask[0, prompt_len:] = 1
     response_mask[1, prompt_len:prompt_len + 2] = 1
-    rewards, masks = _paragraph_tensors(samples, scores, response_mask, tokenizer)
+    rewards, masks = paragraph_tensors(samples, scores, response_mask, tokenizer)
     assert rewards.tolist() == [pytest.approx([0.2, 0.4, 0.6]), [0.0, 0.0, 0.0]]
     assert not masks[:, :, :prompt_len].any() and not masks[1].any()
     expected = paragraph_token_masks([(p.start, p.end) for p in paragraphs], token_char_spans(tokenizer, ids))

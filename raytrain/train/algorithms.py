@@ -28,6 +28,8 @@ def register_algorithm(name: str):
 
 
 class Algorithm(ABC):
+    """The decisions of one training algorithm; instances are stateless, one per name in `ALGORITHMS`."""
+
     needs_rollouts: bool  # rollout and reward actors, and a weight sync to them after every step
 
     @abstractmethod
@@ -61,10 +63,10 @@ class DAPO(Algorithm):
 
     needs_rollouts = True
 
-    def uses_reference(self, algo: AlgorithmConfig) -> bool:
+    def uses_reference(self, algo):
         return algo.kl_coef > 0
 
-    def logprob_temperature(self, cfg: Config) -> float:
+    def logprob_temperature(self, cfg):
         # The distribution the rollout sampled from, so the ratio to its log-probs starts at 1.
         return cfg.rollout.sampling.temperature
 

@@ -2,7 +2,7 @@
 
 It owns what the enabled components need and nothing more: judge actors only when
 the thinking weight is non-zero, a CLIP encoder and YAKE only when the paragraph
-weight is. A judge that fails or times out scores 0 for its batch, is counted in
+weight is. A judge that fails or times out scores 0 for its batch, is flagged in
 the returned scores (`judge_failed`) and printed, and never stalls training.
 """
 
@@ -16,13 +16,14 @@ import ray
 import torch
 
 from actors.judge import start_judge_actors
-from raytrain.models.clip import ClipEncoder
 from raytrain.config.sections import RewardConfig
-from raytrain.models.thinking_judge import JudgeRequest
 from raytrain.data.media import MediaError, decode_media
+from raytrain.models.clip import ClipEncoder
+from raytrain.models.thinking_judge import JudgeRequest
 from rewards.answer import parse_answer
 from rewards.outcome import accuracy_reward, score_response
 from rewards.paragraphs import make_keyphrase_extractor, paragraph_rewards, segment_paragraphs, vcr_phrases
+from rewards.score import ParagraphScore, Score
 
 MediaRef = tuple[str, str]  # (path, "video" | "image")
 
@@ -45,9 +46,9 @@ class RewardScorer:
                                            dtype=para.encoder_dtype, device=device)
 
     def score(self, texts: list[str], num_tokens: list[int], labels: list[str], modes: Sequence[str] | None = None,
-              media: Sequence[MediaRef | None] | None = None, questions: Sequence[str] | None = None) -> list[dict]:
-        """One dict per response: each enabled component, `total`, and when enabled `judge_asked`/`judge_failed`
-        (0/1) and `paragraph` (mean paragraph reward) with `paragraphs`: [(start, end, reward)] per kept paragraph.
+              media: Sequence[MediaRef | None] | None = None, questions: Sequence[str] | None = None) -> list[Score]:
+        """One `Score` per response: each component the weights name and the total, and when enabled the
+        judge's asked/failed flags and the kept paragraphs with their rewards.
 
         `modes` (default think), `media` (path and kind of the prompt's file; the G responses of a prompt
         share one decode and one embedding) and `questions` (the user prompt, for the judge) are per response.
@@ -65,9 +66,10 @@ class RewardScorer:
         ]
         if self.judges:
             for i, sc in enumerate(results):
-                sc["judge_asked"], sc["judge_failed"] = float(i in judged or i in failed), float(i in failed)
+                sc.judge_asked, sc.judge_failed = i in judged or i in failed, i in failed
         if self.cfg.enabled("paragraph"):
-            self._paragraphs(results, texts, media)
+            for sc, paragraphs in zip(results, self._paragraphs(texts, media)):
+                sc.paragraphs = paragraphs
         return results
 
     def _judge(self, texts, labels, modes, media, questions) -> tuple[dict[int, float], set[int]]:
@@ -95,9 +97,9 @@ class RewardScorer:
                       f"{self.judge_failures} judge failures so far", flush=True)
         return scores, failed
 
-    def _paragraphs(self, results: list[dict], texts: list[str], media: list[MediaRef | None]) -> None:
-        """Paragraph rewards of a batch: one media embedding per prompt, one keyphrase per distinct
-        paragraph and one text-encoder call for all phrases."""
+    def _paragraphs(self, texts: list[str], media: list[MediaRef | None]) -> list[list[ParagraphScore]]:
+        """Each response's kept paragraphs with their rewards: one media embedding per prompt, one keyphrase
+        per distinct paragraph and one text-encoder call for all phrases."""
         para = self.cfg.paragraph
         paragraphs = [segment_paragraphs(t, min_chars=para.min_chars, max_paragraphs=para.max_paragraphs) for t in texts]
         answers = [parse_answer(t, self.answer_format) for t in texts]
@@ -110,13 +112,14 @@ class RewardScorer:
                     embeddings[ref] = self._media_embedding(ref)
                 phrases.update(p for p in vcr_phrases(ps, answer, keyphrase) if p)
         text_table = self._embed_texts(sorted(phrases))
-        for sc, ps, answer, ref in zip(results, paragraphs, answers, media):
+        scored = []
+        for ps, answer, ref in zip(paragraphs, answers, media):
             rewards = paragraph_rewards(
                 ps, answer, embeddings.get(ref), lambda batch: torch.stack([text_table[p] for p in batch]),
                 keyphrase=keyphrase, alpha=para.alpha, beta=para.beta,
             )
-            sc["paragraph"] = sum(rewards) / len(rewards) if rewards else 0.0
-            sc["paragraphs"] = [(p.start, p.end, r) for p, r in zip(ps, rewards)]
+            scored.append([ParagraphScore(p.start, p.end, r) for p, r in zip(ps, rewards)])
+        return scored
 
     def _embed_texts(self, phrases: list[str]) -> dict[str, torch.Tensor]:
         """Phrase -> embedding; empty when the encoder fails, so VCR falls back to 0.5 (a missing key)."""

@@ -10,6 +10,7 @@ from typing import Mapping
 
 from rewards.answer import AnswerFormat, parse_answer
 from rewards.modes import hybrid_reward, thinking_reward
+from rewards.score import Score
 
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
@@ -72,8 +73,8 @@ def score_response(
     answer_format: AnswerFormat,
     mode: str = "think",
     judge_score: float | None = None,
-) -> dict[str, float]:
-    """Score every scalar component named in ``weights`` plus ``"total"``, their weighted sum (SPEC section 3).
+) -> Score:
+    """Score every scalar component named in ``weights`` and their weighted sum, the total (SPEC section 3).
 
     ``mode`` is the prompt's ``think``/``no_think`` flag; ``judge_score`` the judge's grade of the
     reasoning (None when not asked or failed). Components are returned separately so each can be
@@ -89,6 +90,5 @@ def score_response(
         "hybrid": lambda: hybrid_reward(text, mode),
         "thinking": lambda: thinking_reward(accuracy_reward(text, label, answer_format), judge_score, mode),
     }
-    scores = {name: compute[name]() for name in SCALAR_COMPONENTS if name in weights}
-    scores["total"] = sum((weights[name] * value for name, value in scores.items()), 0.0)
-    return scores
+    components = {name: compute[name]() for name in SCALAR_COMPONENTS if name in weights}
+    return Score(components, sum((weights[name] * value for name, value in components.items()), 0.0))

@@ -1,4 +1,4 @@
-"""What a checkpoint holds besides DeepSpeed's model and optimizer states.
+"""Checkpoints: what one holds besides DeepSpeed's model and optimizer states, and saving one.
 
 Layout of one checkpoint directory (merged from all Ray Train workers):
     deepspeed/         DeepSpeed engine state (model, optimizer, scheduler; per-rank optimizer shards)
@@ -9,8 +9,17 @@ Layout of one checkpoint directory (merged from all Ray Train workers):
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import ray.train
+import torch
+import torch.distributed as dist
+
+from raytrain.config import Config
+from raytrain.models.loading import export_weights
+from raytrain.train.experience import PromptFeed
 
 STATE_FILE = "trainer_state.json"
 DEEPSPEED_TAG = "deepspeed"
@@ -39,3 +48,32 @@ def latest_checkpoint(storage_dir: str | Path) -> Path | None:
         return None
     # A run that ran out of data checkpoints its final data position after its last step.
     return max(states, key=lambda p: (states[p].step, len(states[p].consumed)))
+
+
+def save_checkpoint(engine, processor, cfg: Config, state: TrainerState, rank: int, feed: PromptFeed, metrics: dict,
+                    gathered: dict[str, torch.Tensor] | None, name: str = "") -> None:
+    """Every rank's data position into `state`, then DeepSpeed's state (every rank), the Hugging Face export
+    (`gathered`: the ZeRO-3 gather, see `raytrain.train.policy_sync`) and the state (rank 0), reported with `metrics`."""
+    gather_data_position(state, feed)
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, exclude_frozen_parameters=cfg.model.lora.enabled)
+        if rank == 0:
+            export_weights(engine.module, processor, directory / MODEL_DIR, gathered)
+            state.save(directory)
+        # One name on every rank: Ray Train merges the ranks' files (DeepSpeed's per-rank
+        # optimizer shards) into that one directory.
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"checkpoint_{state.step:06d}{name}")
+
+
+def gather_data_position(state: TrainerState, feed: PromptFeed) -> None:
+    """Every rank's drawn keys and skipped media, merged into the state rank 0 saves."""
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (feed.drawn, feed.skipped))
+    consumed = set(state.consumed)
+    seen_skips = {s["key"] for s in state.skipped}
+    for drawn, skipped in gathered:
+        consumed.update(drawn)
+        state.skipped += [s for s in skipped if s["key"] not in seen_skips and not seen_skips.add(s["key"])]
+    state.consumed = sorted(consumed)

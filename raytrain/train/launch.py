@@ -12,11 +12,12 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from actors.reward import RewardActor
 from actors.rollout import start_rollout_actors
 from raytrain.cluster import init_ray
-from raytrain.train.checkpoint import MODEL_DIR, TrainerState, latest_checkpoint
 from raytrain.config import Config
 from raytrain.data.pipeline import split_rows
 from raytrain.models.loading import merge_adapter
 from raytrain.models.prompts import build_dataset
+from raytrain.train.algorithms import ALGORITHMS
+from raytrain.train.checkpoint import MODEL_DIR, TrainerState, latest_checkpoint
 from raytrain.train.loop import train_loop_per_worker
 
 STORAGE_DIR = "ray"  # under run.output_dir: Ray Train's checkpoints and run state
@@ -44,9 +45,9 @@ def train(cfg: Config) -> Path:
     rows = split_rows(cfg.data, cfg.data.train_split, epochs=cfg.data.epochs, seed=cfg.run.seed, exclude=consumed,
                       multiple_of=cfg.train.num_workers)
     restarts = cfg.train.actor_restarts
-    rollouts = start_rollout_actors(cfg.model, cfg.rollout, data=cfg.data, max_restarts=restarts) if cfg.algorithm.name != "sft" else []
-    reward = None
-    if cfg.algorithm.name != "sft":
+    rollouts, reward = [], None
+    if ALGORITHMS[cfg.algorithm.name].needs_rollouts:
+        rollouts = start_rollout_actors(cfg.model, cfg.rollout, data=cfg.data, max_restarts=restarts)
         encoder_gpus = cfg.reward.paragraph.num_gpus if cfg.reward.enabled("paragraph") else 0
         reward = RewardActor.options(num_gpus=encoder_gpus, max_restarts=restarts).remote(cfg.reward, cfg.data.answer_format)
     trainer = TorchTrainer(
@@ -56,7 +57,8 @@ def train(cfg: Config) -> Path:
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": _worker_gpu_share(cfg)} if cfg.train.use_gpu else {})},
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker,
+                                  **({"GPU": _worker_gpu_share(cfg)} if cfg.train.use_gpu else {})},
         ),
         run_config=RunConfig(
             name=STORAGE_DIR,

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from raytrain.train.checkpoint import MODEL_DIR, TrainerState, latest_checkpoint
 from raytrain.config import parse_config
-from raytrain.train.launch import STORAGE_DIR, train
 from raytrain.data.manifest import read_manifest
-from raytrain.models.loading import load_policy
 from raytrain.eval.plots import plot_training
+from raytrain.models.loading import load_policy
+from raytrain.train.checkpoint import MODEL_DIR, TrainerState, latest_checkpoint
+from raytrain.train.launch import STORAGE_DIR, train
 
 pytestmark = pytest.mark.slow
 

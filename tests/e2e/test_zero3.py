@@ -1,4 +1,4 @@
-"""ZeRO-3 in the worker's step (raytrain.train.loop), on two gloo ranks started with torch.multiprocessing
+"""ZeRO-3 in the worker's step (raytrain.train.step), on two gloo ranks started with torch.multiprocessing
 (no Ray: the unit under test is one DeepSpeed step and the weight gather after it).
 
 The ranks' micro-batches mix images and videos differently (rank 0: two images, then one; rank 1:
@@ -47,8 +47,10 @@ def _worker(rank: int, world: int, port: int, raw: dict, prompts, out: Path, res
     import deepspeed
     import torch.distributed as dist
 
-    from raytrain.train import loop as worker
     from raytrain.models.loading import export_weights, load_family, load_policy, sync_state
+    from raytrain.train.algorithms import ALGORITHMS
+    from raytrain.train.policy_sync import gathered_weights
+    from raytrain.train.step import deepspeed_config, sum_across_ranks, train_step
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
@@ -63,12 +65,12 @@ def _worker(rank: int, world: int, port: int, raw: dict, prompts, out: Path, res
         # SGD: the update is the (clipped) gradient itself, comparable between runs; a first Adam step
         # is lr * sign(gradient) wherever the gradient is far above eps, and ill-conditioned where it is not.
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=worker._deepspeed_config(cfg))
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
         batch = _rank_batch(prompts, rank, seed=1)
         mask = batch.per_token["loss_mask"]
-        tokens, seqs = worker._sum_across_ranks([float(mask.sum()), float((mask.sum(-1) > 0).sum())])
-        stats = worker._train_step(cfg, family, engine, None, batch, tokens, seqs, world, padding)
-        gathered = worker._gathered_weights(engine, cfg)
+        tokens, seqs = sum_across_ranks([float(mask.sum()), float((mask.sum(-1) > 0).sum())])
+        stats = train_step(cfg, ALGORITHMS[cfg.algorithm.name], family, engine, None, batch, tokens, seqs, world, padding)
+        gathered = gathered_weights(engine, cfg)
         if rank == 0:
             export_weights(engine.module, family.processor, out / f"{tuning}-{stage}", gathered)
             # As numpy: torch's queue would share tensor memory that dies with this process.
@@ -117,7 +119,7 @@ def steps(make_config_dict, media_prompts, tmp_path_factory):
 def _single_process_step(cfg, media_prompts) -> dict[str, torch.Tensor]:
     """The same step in one process without DeepSpeed: every rank's micro-batches, the loss
     normalised by the global token count, one SGD step."""
-    from raytrain.algos import core as algos
+    from raytrain.algos.losses import POLICY_LOSSES
     from raytrain.models.loading import load_family, load_policy, sync_state
     from raytrain.models.logprobs import token_logprobs
 
@@ -130,8 +132,8 @@ def _single_process_step(cfg, media_prompts) -> dict[str, torch.Tensor]:
         for part in batch.micro_batches(cfg.train.micro_batch_size, family.collate):
             inputs = {k: v for k, v in part.items() if k not in ("old_logprobs", "advantages", "loss_mask")}
             logp = token_logprobs(family, model, inputs)
-            loss, _ = algos.POLICY_LOSSES[cfg.algorithm.policy_loss](logp, part["old_logprobs"], part["advantages"],
-                                                                     part["loss_mask"], cfg.algorithm, tokens, 1.0)
+            loss, _ = POLICY_LOSSES[cfg.algorithm.policy_loss](logp, part["old_logprobs"], part["advantages"],
+                                                               part["loss_mask"], cfg.algorithm, tokens, 1.0)
             loss.backward()
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert torch.nn.utils.clip_grad_norm_(trainable, cfg.train.max_grad_norm) < cfg.train.max_grad_norm

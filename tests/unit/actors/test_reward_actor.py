@@ -14,19 +14,21 @@ import torch
 
 from actors.judge import start_judge_actors
 from actors.reward import RewardScorer
-from raytrain.models.clip import ClipEncoder
 from raytrain.config.sections import JudgeConfig, ModelConfig, RewardConfig
-from raytrain.models.thinking_judge import JudgeModel, JudgeRequest
 from raytrain.data.media import load_frames
+from raytrain.models.clip import ClipEncoder
+from raytrain.models.thinking_judge import JudgeModel, JudgeRequest
 from raytrain.models.tiny import save_tiny_clip
 from rewards.paragraphs import make_keyphrase_extractor, paragraph_rewards, segment_paragraphs
+from rewards.score import Score
 
 JUDGE_SCORE = "0.7"
 
 
 def _judge_config(path, **overrides) -> JudgeConfig:
-    return JudgeConfig(model=ModelConfig(path=str(path), dtype="float32"), media={"num_frames": 2, "max_pixels": 3136, "min_pixels": 784}, max_new_tokens=8, num_cpus=0.5, prompt="Grade: {question} {response}",
-                       **overrides)
+    return JudgeConfig(model=ModelConfig(path=str(path), dtype="float32"),
+                       media={"num_frames": 2, "max_pixels": 3136, "min_pixels": 784}, max_new_tokens=8, num_cpus=0.5,
+                       prompt="Grade: {question} {response}", **overrides)
 
 
 def _videos(synthetic_dir: Path) -> list[str]:
@@ -101,17 +103,17 @@ def test_reward_actor_scores_every_component(judges, judge_dir, clip_dir, synthe
 
     correct, wrong, no_think_ok, think_empty, empty = scores
     # Correct think-mode answer: the judge is asked and says 0.7; thinking = min(1, 0.7).
-    assert correct["judge_asked"] == 1.0 and correct["judge_failed"] == 0.0
-    assert correct["thinking"] == pytest.approx(0.7)
+    assert correct.judge_asked and not correct.judge_failed
+    assert correct.components["thinking"] == pytest.approx(0.7)
     # Wrong answer: the judge is not asked.
-    assert wrong["judge_asked"] == 0.0 and wrong["thinking"] == 0.0 and wrong["accuracy"] == 0.0
+    assert not wrong.judge_asked and wrong.components["thinking"] == 0.0 and wrong.components["accuracy"] == 0.0
     # no_think with an empty think obeys its mode; thinking is 0 under no_think without asking.
-    assert no_think_ok["hybrid"] == 0.0 and no_think_ok["judge_asked"] == 0.0 and no_think_ok["thinking"] == 0.0
-    assert think_empty["hybrid"] == -1.0 and think_empty["judge_asked"] == 1.0
+    assert no_think_ok.components["hybrid"] == 0.0 and not no_think_ok.judge_asked and no_think_ok.components["thinking"] == 0.0
+    assert think_empty.components["hybrid"] == -1.0 and think_empty.judge_asked
     # Totals: format + overlong + accuracy + hybrid + thinking (paragraph is a vector, not summed).
-    assert correct["total"] == pytest.approx(0 + 0 + 1 + 0 + 0.7)
-    assert wrong["total"] == pytest.approx(0 + 0 + 0 + 0 + 0)
-    assert empty["total"] == pytest.approx(-1 + 0 + 0 - 1 + 0) and empty["paragraphs"] == []
+    assert correct.total == pytest.approx(0 + 0 + 1 + 0 + 0.7)
+    assert wrong.total == pytest.approx(0 + 0 + 0 + 0 + 0)
+    assert empty.total == pytest.approx(-1 + 0 + 0 - 1 + 0) and empty.paragraphs == [] and empty.paragraph == 0.0
 
     # Paragraph rewards: the pure function with the same encoder, media and keyphrases.
     encoder = ClipEncoder(str(clip_dir))
@@ -119,12 +121,16 @@ def test_reward_actor_scores_every_component(judges, judge_dir, clip_dir, synthe
     paragraphs = segment_paragraphs(CORRECT)
     expected = paragraph_rewards(paragraphs, "fake", media_embedding, encoder.embed_texts,
                                  keyphrase=make_keyphrase_extractor())
-    assert [(s, e) for s, e, _ in correct["paragraphs"]] == [(p.start, p.end) for p in paragraphs]
-    assert [r for _, _, r in correct["paragraphs"]] == pytest.approx(expected, abs=1e-5)
+    assert [(p.start, p.end) for p in correct.paragraphs] == [(p.start, p.end) for p in paragraphs]
+    assert [p.reward for p in correct.paragraphs] == pytest.approx(expected, abs=1e-5)
     assert len(expected) == 3 and all(0.0 <= r <= 1.0 for r in expected)
-    assert correct["paragraph"] == pytest.approx(sum(expected) / 3, abs=1e-5)
+    assert correct.paragraph == pytest.approx(sum(expected) / 3, abs=1e-5)
+    # What the trainer logs of a response: every component, the total, the mean paragraph reward, the judge flags.
+    assert correct.scalars() == {**correct.components, "total": correct.total, "paragraph": correct.paragraph,
+                                 "judge_asked": 1.0, "judge_failed": 0.0}
+    assert set(correct.components) == {"format", "overlong", "accuracy", "hybrid", "thinking"}
     # WRONG is wrong w.r.t. the label, but PCR judges consistency: it leans real and answers real.
-    assert [r for _, _, r in wrong["paragraphs"]][-1] >= 0.5
+    assert wrong.paragraphs[-1].reward >= 0.5
 
 
 def test_judge_timeout_scores_zero_counts_and_does_not_stall(judges, judge_dir, clip_dir, synthetic_dir):
@@ -134,8 +140,8 @@ def test_judge_timeout_scores_zero_counts_and_does_not_stall(judges, judge_dir, 
     video = _videos(synthetic_dir)[0]
     for _ in range(2):  # a late judge call does not block the next one
         correct, wrong = scorer.score([CORRECT, WRONG], [10, 10], ["fake", "fake"], media=[(video, "video")] * 2)
-        assert correct == {"accuracy": 1.0, "thinking": 0.0, "total": 1.0, "judge_asked": 1.0, "judge_failed": 1.0}
-        assert wrong["judge_failed"] == 0.0
+        assert correct == Score({"accuracy": 1.0, "thinking": 0.0}, total=1.0, judge_asked=True, judge_failed=True)
+        assert wrong.judge_failed is False
     assert scorer.judge_failures == 2
 
 
@@ -146,4 +152,4 @@ def test_disabled_components_load_nothing():
     scorer = RewardScorer(cfg, "letter")
     assert scorer.judges == [] and scorer.encoder is None
     scores = scorer.score(["<think>x</think><answer>\\boxed{B}</answer>"], [3], ["fake"])
-    assert scores == [{"format": 0.0, "accuracy": 1.0, "thinking": 0.0, "total": 1.0}]
+    assert scores == [Score({"format": 0.0, "accuracy": 1.0, "thinking": 0.0}, total=1.0)]

@@ -8,12 +8,13 @@ from typing import get_args
 import pytest
 import torch
 
-from raytrain.algos import core as algos
-from raytrain.algos.core import AdvantageInputs, group_advantages, paragraph_advantages
-from raytrain.config.sections import AlgorithmConfig
+from raytrain.algos.advantages import ADVANTAGE_ESTIMATORS, AdvantageInputs, group_advantages, paragraph_advantages
+from raytrain.algos.losses import POLICY_LOSSES, policy_loss
 from raytrain.algos.paragraph_tokens import paragraph_token_masks, token_char_spans
+from raytrain.config.sections import AlgorithmConfig
 from raytrain.models.tiny import build_tiny_processor
 from rewards.paragraphs import segment_paragraphs
+from rewards.score import ParagraphScore, Score
 
 
 def _masks(*rows):
@@ -69,7 +70,7 @@ def test_one_paragraph_per_response_and_outcome_weight_one_is_grpo():
     torch.testing.assert_close(prpo, grpo)
     # The registered estimator is the same computation.
     x = AdvantageInputs(rewards, g, mask, torch.rand(g * groups, 1), mask.bool().unsqueeze(1))
-    torch.testing.assert_close(algos.ADVANTAGE_ESTIMATORS["prpo"](x, SimpleNamespace(prpo_outcome_weight=1.0)), grpo)
+    torch.testing.assert_close(ADVANTAGE_ESTIMATORS["prpo"](x, SimpleNamespace(prpo_outcome_weight=1.0)), grpo)
 
 
 def test_paragraph_advantages_reject_bad_input():
@@ -84,17 +85,17 @@ def test_paragraph_advantages_reject_bad_input():
 def test_registries_match_the_config_choices():
     fields = AlgorithmConfig.model_fields
     # DAPO's configurable estimators, and the one `algorithm.name: prpo` uses.
-    assert set(get_args(fields["advantage_estimator"].annotation)) | {"prpo"} == set(algos.ADVANTAGE_ESTIMATORS)
-    assert set(get_args(fields["policy_loss"].annotation)) == set(algos.POLICY_LOSSES)
+    assert set(get_args(fields["advantage_estimator"].annotation)) | {"prpo"} == set(ADVANTAGE_ESTIMATORS)
+    assert set(get_args(fields["policy_loss"].annotation)) == set(POLICY_LOSSES)
 
 
 def test_grpo_estimators_broadcast_the_response_advantage_to_its_tokens():
     rewards, mask = torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
     x = AdvantageInputs(rewards, 4, mask)
-    grpo = algos.ADVANTAGE_ESTIMATORS["grpo"](x, AlgorithmConfig())
+    grpo = ADVANTAGE_ESTIMATORS["grpo"](x, AlgorithmConfig())
     assert grpo[:, 0].tolist() == pytest.approx([0.866025, -0.866025, -0.866025, 0.0], abs=1e-5)
     assert grpo[1, 1] == 0 and grpo[3].tolist() == [0.0, 0.0]
-    dr = algos.ADVANTAGE_ESTIMATORS["dr_grpo"](x, AlgorithmConfig())
+    dr = ADVANTAGE_ESTIMATORS["dr_grpo"](x, AlgorithmConfig())
     assert dr[:, 0].tolist() == [0.5, -0.5, -0.5, 0.0]
 
 
@@ -103,16 +104,16 @@ def test_gspo_uses_the_sequence_ratio_hand_computed():
     # Token ratios 1.1 and 1.3: s = sqrt(1.43) = 1.195826 < 1.28, unclipped; loss = -s (A = 1), and each
     # token's gradient is -s / 2 (the token mean of s * grad logp).
     logp = torch.tensor([[math.log(1.1), math.log(1.3)]], dtype=torch.float64, requires_grad=True)
-    loss, stats = algos.POLICY_LOSSES["gspo"](logp, torch.zeros_like(logp), torch.tensor([1.0], dtype=torch.float64),
-                                             torch.ones(1, 2), algo)
+    loss, stats = POLICY_LOSSES["gspo"](logp, torch.zeros_like(logp), torch.tensor([1.0], dtype=torch.float64),
+                                        torch.ones(1, 2), algo)
     loss.backward()
     assert loss.item() == pytest.approx(-1.195826, abs=1e-6)
     assert logp.grad.tolist()[0] == pytest.approx([-0.597913, -0.597913], abs=1e-6)
     assert stats["clip_frac"] == 0.0
     # s = 1.5 > 1 + 0.28: clipped, loss -1.28 and no gradient.
     logp = torch.tensor([[math.log(1.5), math.log(1.5)]], dtype=torch.float64, requires_grad=True)
-    loss, stats = algos.POLICY_LOSSES["gspo"](logp, torch.zeros_like(logp), torch.tensor([1.0], dtype=torch.float64),
-                                             torch.ones(1, 2), algo)
+    loss, stats = POLICY_LOSSES["gspo"](logp, torch.zeros_like(logp), torch.tensor([1.0], dtype=torch.float64),
+                                        torch.ones(1, 2), algo)
     loss.backward()
     assert loss.item() == pytest.approx(-1.28) and logp.grad.abs().sum() == 0 and stats["clip_frac"] == 1.0
 
@@ -121,8 +122,8 @@ def test_ppo_clip_entry_is_policy_loss_with_the_run_settings():
     algo = AlgorithmConfig(clip_low=0.1, clip_high=0.1, loss_agg="seq-mean-token-sum")
     logp, old = torch.tensor([[0.3, -0.2], [0.1, 0.0]]), torch.zeros(2, 2)
     adv, mask = torch.tensor([1.0, -1.0]), torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    got, _ = algos.POLICY_LOSSES["ppo_clip"](logp, old, adv, mask, algo, num_tokens=99.0)
-    want, _ = algos.policy_loss(logp, old, adv, mask, clip_low=0.1, clip_high=0.1, loss_agg="seq-mean-token-sum")
+    got, _ = POLICY_LOSSES["ppo_clip"](logp, old, adv, mask, algo, num_tokens=99.0)
+    want, _ = policy_loss(logp, old, adv, mask, clip_low=0.1, clip_high=0.1, loss_agg="seq-mean-token-sum")
     assert got.item() == pytest.approx(want.item())
 
 
@@ -193,17 +194,18 @@ def test_trainer_paragraph_tensors_place_masks_at_the_response_positions(tokeniz
     """What the worker hands the `prpo` estimator: reward actor spans -> token masks at the batch's
     response positions (after the prompt), rewards padded to the largest paragraph count."""
     from raytrain.data.batch import Sample
-    from raytrain.train.loop import _paragraph_tensors
+    from raytrain.train.experience import paragraph_tensors
 
     ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
     paragraphs = segment_paragraphs(TEXT)
     samples = [Sample(ids, [0.0] * len(ids), TEXT, False, 0), Sample(ids[:2], [0.0, 0.0], tokenizer.decode(ids[:2]), False, 0)]
-    scores = [{"paragraphs": [(p.start, p.end, r) for p, r in zip(paragraphs, (0.2, 0.4, 0.6))]}, {"paragraphs": []}]
+    scores = [Score({}, 0.0, paragraphs=[ParagraphScore(p.start, p.end, r) for p, r in zip(paragraphs, (0.2, 0.4, 0.6))]),
+              Score({}, 0.0, paragraphs=[])]
     prompt_len = 5
     response_mask = torch.zeros(2, prompt_len + len(ids), dtype=torch.long)
     response_mask[0, prompt_len:] = 1
     response_mask[1, prompt_len:prompt_len + 2] = 1
-    rewards, masks = _paragraph_tensors(samples, scores, response_mask, tokenizer)
+    rewards, masks = paragraph_tensors(samples, scores, response_mask, tokenizer)
     assert rewards.tolist() == [pytest.approx([0.2, 0.4, 0.6]), [0.0, 0.0, 0.0]]
     assert not masks[:, :, :prompt_len].any() and not masks[1].any()
     expected = paragraph_token_masks([(p.start, p.end) for p in paragraphs], token_char_spans(tokenizer, ids))

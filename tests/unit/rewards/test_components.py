@@ -21,6 +21,7 @@ from rewards.paragraphs import (
     segment_paragraphs,
     visual_consistency,
 )
+from rewards.score import Score
 
 
 @pytest.mark.parametrize(
@@ -107,14 +108,14 @@ def test_score_response_with_stage3_components():
     kwargs = dict(max_len=750, buffer=150, answer_format="word")
     good = "<think>blending seam</think><answer>fake</answer>"
     # think, correct, judge 0.6: 0 + 1 + 0 + 2 * min(1, 0.6) = 2.2
-    assert score_response(good, 10, "fake", weights, mode="think", judge_score=0.6, **kwargs) == pytest.approx(
+    assert score_response(good, 10, "fake", weights, mode="think", judge_score=0.6, **kwargs).scalars() == pytest.approx(
         {"format": 0.0, "accuracy": 1.0, "hybrid": 0.0, "thinking": 0.6, "total": 2.2})
     # no_think with reasoning: hybrid -1, thinking 0: 0 + 1 - 1 + 0 = 0
-    assert score_response(good, 10, "fake", weights, mode="no_think", judge_score=0.6, **kwargs)["total"] == 0.0
+    assert score_response(good, 10, "fake", weights, mode="no_think", judge_score=0.6, **kwargs).total == 0.0
     # wrong answer: thinking min(0, 0.6) = 0 even with a judge score (and the accuracy weight does not matter)
-    assert score_response(good, 10, "real", {"thinking": 1.0}, judge_score=0.6, **kwargs) == {"thinking": 0.0, "total": 0.0}
+    assert score_response(good, 10, "real", {"thinking": 1.0}, judge_score=0.6, **kwargs) == Score({"thinking": 0.0}, 0.0)
     # paragraph is a vector scored elsewhere: accepted, not summed
-    assert score_response(good, 10, "fake", {"accuracy": 1.0, "paragraph": 1.0}, **kwargs) == {"accuracy": 1.0, "total": 1.0}
+    assert score_response(good, 10, "fake", {"accuracy": 1.0, "paragraph": 1.0}, **kwargs) == Score({"accuracy": 1.0}, 1.0)
 
 
 # ---- PRPO segmentation ----

@@ -4,6 +4,7 @@ from hypothesis import strategies as st
 
 from rewards.answer import parse_answer
 from rewards.outcome import accuracy_reward, format_reward, overlong_reward, score_response
+from rewards.score import Score
 
 TAG_ALPHABET = [
     "<think>", "</think>", "<answer>", "</answer>", "<answer", "answer>",
@@ -90,14 +91,14 @@ def test_score_response_weighted_total():
     good = "<think>blurry mouth</think><answer>fake</answer>"
     weights = {"format": 1.0, "overlong": 1.0, "accuracy": 2.0}
     # format 0, overlong -0.5 at 675 tokens, accuracy 1 -> 0 - 0.5 + 2 = 1.5
-    assert score_response(good, 675, "fake", weights, **kwargs) == {
+    assert score_response(good, 675, "fake", weights, **kwargs).scalars() == {
         "format": 0.0, "overlong": -0.5, "accuracy": 1.0, "total": 1.5,
     }
     # Unformatted and wrong: 0.5 * -1 + 1 * 0 = -0.5; overlong not requested.
-    assert score_response("fake", 10, "real", {"format": 0.5, "accuracy": 1.0}, **kwargs) == {
+    assert score_response("fake", 10, "real", {"format": 0.5, "accuracy": 1.0}, **kwargs).scalars() == {
         "format": -1.0, "accuracy": 0.0, "total": -0.5,
     }
-    assert score_response(good, 10, "fake", {}, **kwargs) == {"total": 0.0}
+    assert score_response(good, 10, "fake", {}, **kwargs) == Score({}, 0.0)
 
 
 def test_score_response_rejects_unknown_component():
@@ -114,7 +115,7 @@ def _assert_total_functions(text):
         text, len(text), "fake", {"format": 1, "overlong": 1, "accuracy": 1},
         max_len=750, buffer=150, answer_format="word",
     )
-    assert -3.0 <= scores["total"] <= 1.0
+    assert -3.0 <= scores.total <= 1.0
 
 
 @settings(max_examples=300, deadline=None)

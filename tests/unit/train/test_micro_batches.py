@@ -1,4 +1,4 @@
-"""Micro-batching (raytrain.data.batch.TrainBatch + the global loss normalisation of raytrain.algos.core):
+"""Micro-batching (raytrain.data.batch.TrainBatch + the global loss normalisation of raytrain.algos.losses):
 a step's gradient is the same whether its sequences go in one pass or in several, on the tiny
 Qwen2.5-VL with video and image prompts."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raytrain.algos import core as algos
+from raytrain.algos.losses import POLICY_LOSSES, policy_loss
 from raytrain.config.sections import AlgorithmConfig, ModelConfig
 from raytrain.data.batch import TrainBatch, response_positions
 from raytrain.models.loading import load_family, load_policy
@@ -71,8 +71,8 @@ def _gradient(model, family, parts: list[dict], algo: AlgorithmConfig, num_token
     for part in parts:
         inputs = {k: v for k, v in part.items() if k not in ("old_logprobs", "advantages", "loss_mask")}
         logp = token_logprobs(family, model, inputs)
-        loss, _ = algos.POLICY_LOSSES[algo.policy_loss](logp, part["old_logprobs"], part["advantages"], part["loss_mask"],
-                                                        algo, num_tokens, num_seqs)
+        loss, _ = POLICY_LOSSES[algo.policy_loss](logp, part["old_logprobs"], part["advantages"], part["loss_mask"],
+                                                  algo, num_tokens, num_seqs)
         loss.backward()
         total += float(loss.detach())
     return total, torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
@@ -101,7 +101,7 @@ def test_micro_batches_give_the_whole_batch_gradient(batch, model_and_family, po
 
 def test_seq_count_only_for_seq_mean_modes():
     with pytest.raises(ValueError, match="num_seqs only applies"):
-        algos.policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1), num_seqs=2.0)
-    loss, _ = algos.policy_loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.tensor([1.0, 1.0]), torch.ones(2, 1),
-                                loss_agg="seq-mean-token-sum", num_seqs=4.0)
+        policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1), num_seqs=2.0)
+    loss, _ = policy_loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.tensor([1.0, 1.0]), torch.ones(2, 1),
+                          loss_agg="seq-mean-token-sum", num_seqs=4.0)
     assert loss.item() == pytest.approx(-0.5)  # (-1 - 1) / 4, not / 2

@@ -1,9 +1,11 @@
+"""The clipped policy loss (Clip-Higher, dual clip, aggregation modes), KL estimators and masked means."""
+
 import math
 
 import pytest
 import torch
 
-from raytrain.algos.core import group_advantages, informative_groups, kl_penalty, masked_mean, policy_loss
+from raytrain.algos.losses import kl_penalty, masked_mean, policy_loss
 
 
 def _loss(log_ratio, advantages, mask=None, **kwargs):
@@ -12,37 +14,6 @@ def _loss(log_ratio, advantages, mask=None, **kwargs):
     mask = torch.ones_like(logprobs) if mask is None else torch.tensor(mask)
     loss, stats = policy_loss(logprobs, old, torch.tensor(advantages, dtype=torch.float64), mask, **kwargs)
     return loss, stats, logprobs
-
-
-def test_group_advantages_hand_computed():
-    # mean 0.5, unbiased std sqrt(1/3) = 0.57735 -> +-0.5 / 0.57735 = +-0.866025
-    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4)
-    assert adv.tolist() == pytest.approx([0.866025, -0.866025, -0.866025, 0.866025], abs=1e-5)
-
-
-def test_group_advantages_groups_are_independent():
-    # Group 1 is constant -> 0. Group 2: mean 0.25, unbiased std 0.5.
-    adv = group_advantages(torch.tensor([1, 1, 1, 1, 0, 1, 0, 0]), 4)
-    assert adv.tolist() == pytest.approx([0, 0, 0, 0, -0.5, 1.5, -0.5, -0.5], abs=1e-5)
-
-
-def test_group_advantages_dr_grpo_does_not_scale():
-    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4, scale="none")
-    assert adv.tolist() == [0.5, -0.5, -0.5, 0.5]
-
-
-@pytest.mark.parametrize("n, group_size", [(6, 4), (4, 1), (4, 0)])
-def test_group_advantages_rejects_bad_group_size(n, group_size):
-    with pytest.raises(ValueError, match="group_size"):
-        group_advantages(torch.zeros(n), group_size)
-
-
-def test_informative_groups():
-    values = torch.tensor([1, 1, 1, 1, 0, 1, 0, 0])
-    assert informative_groups(values, 4).tolist() == [False, True]
-    assert informative_groups(values, 2).tolist() == [False, False, True, False]
-    with pytest.raises(ValueError):
-        informative_groups(values, 3)
 
 
 @pytest.mark.parametrize(

@@ -1,23 +1,22 @@
-"""Advantage, policy-loss and KL functions of the DAPO/GRPO family (SPEC section 4).
+"""Policy losses, KL estimators and the SFT token loss (SPEC section 4).
 
 Small pure torch functions in the style of verl's ``core_algos``:
+- DAPO (Clip-Higher, token-level loss): Yu et al. 2025, "DAPO: an open-source LLM RL system at scale",
+  arXiv 2503.14476.
 - GRPO: Shao et al. 2024, "DeepSeekMath", arXiv 2402.03300.
-- DAPO: Yu et al. 2025, "DAPO: an open-source LLM RL system at scale", arXiv 2503.14476.
 - Dr.GRPO: Liu et al. 2025, "Understanding R1-Zero-Like Training", arXiv 2503.20783.
-- PRPO: Nguyen et al. 2025, "PRPO: Paragraph-level Policy Optimization for Vision-Language
-  Deepfake Detection" (SPEC section 5).
+- Dual clip: Ye et al. 2019, arXiv 1912.09729.
 - GSPO: Zheng et al. 2025, "Group Sequence Policy Optimization", arXiv 2507.18071.
 - KL estimators k1/k2/k3: Schulman 2020, "Approximating KL divergence".
 
-Advantage estimators and policy losses are registered by name
-(`ADVANTAGE_ESTIMATORS`, `POLICY_LOSSES`); `algorithm.advantage_estimator` and
-`algorithm.policy_loss` in the config pick one. The public functions take plain
-tensors so they can be checked against the papers and other trainers.
+Policy losses are registered by name (`POLICY_LOSSES`); `algorithm.policy_loss` in the config picks
+one. The public functions take plain tensors so they can be checked against the papers and other trainers.
+A loss returns its stats as floats: keys ending in ``_sum`` are sums over the micro-batch's tokens,
+the others means over them (raytrain/train/step.py adds or token-weights them accordingly).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Literal, get_args
 
 import torch
@@ -31,14 +30,6 @@ KLKind = Literal["k1", "k2", "k3"]
 _MAX_LOG_RATIO = 20.0
 
 
-def _groups(values: Tensor, group_size: int) -> Tensor:
-    if group_size < 1 or values.numel() % group_size:
-        raise ValueError(
-            f"{values.numel()} values cannot be split into groups of group_size={group_size}"
-        )
-    return values.reshape(-1, group_size)
-
-
 def _safe_div(numerator: Tensor, denominator: Tensor) -> Tensor:
     # An empty denominator only occurs with an all-zero numerator; dividing by
     # 1 then returns 0 while keeping the graph connected for backward().
@@ -50,107 +41,6 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     keep = mask.bool()
     # where() rather than x * mask so inf/nan at padded positions cannot leak in.
     return _safe_div(torch.where(keep, x, 0).sum(), keep.sum().to(x.dtype))
-
-
-def group_advantages(
-    rewards: Tensor,
-    group_size: int,
-    *,
-    eps: float = 1e-6,
-    scale: Literal["std", "none"] = "std",
-    unbiased: bool = True,
-) -> Tensor:
-    """Group-relative outcome advantages (GRPO, Shao et al. 2024; DAPO, Yu et al. 2025).
-
-    ``rewards`` holds ``num_groups * group_size`` values, each group (the G
-    responses of one prompt) contiguous. ``scale="std"`` gives
-    A_i = (R_i - mean_g) / (std_g + eps) with the unbiased (Bessel-corrected)
-    std, torch's default and what verl uses (``unbiased=False``: the population
-    std, PRPO's convention); ``scale="none"`` is Dr.GRPO
-    (Liu et al. 2025), which drops the division to remove the
-    question-difficulty bias: A_i = R_i - mean_g.
-    """
-    if scale not in ("std", "none"):
-        raise ValueError(f"scale must be 'std' or 'none', got {scale!r}")
-    if group_size < 2:
-        raise ValueError(f"group_size must be >= 2 for a group baseline, got {group_size}")
-    grouped = _groups(rewards, group_size)
-    if not grouped.is_floating_point():
-        grouped = grouped.float()
-    centred = grouped - grouped.mean(dim=1, keepdim=True)
-    if scale == "std":
-        centred = centred / (grouped.std(dim=1, keepdim=True, unbiased=unbiased) + eps)
-    return centred.reshape(rewards.shape)
-
-
-def paragraph_advantages(
-    paragraph_rewards: Tensor,
-    paragraph_token_masks: Tensor,
-    group_index: Tensor,
-    *,
-    outcome_rewards: Tensor | None = None,
-    outcome_weight: float = 0.0,
-    response_mask: Tensor | None = None,
-    eps: float = 1e-8,
-) -> Tensor:
-    """PRPO paragraph-level advantages (Nguyen et al. 2025, SPEC section 5), per token ``[B, T]``.
-
-    ``paragraph_rewards`` ``[B, K]``: r_k of paragraph k of response b.
-    ``paragraph_token_masks`` ``[B, K, T]``: the tokens of each paragraph (disjoint); a
-    paragraph without tokens is absent (padding), its reward ignored.
-    ``group_index`` ``[B]``: the prompt each response answers.
-
-    The rewards of all paragraphs of all responses of one prompt are pooled;
-    A_k = (r_k - mean) / (std + eps) with the population std, and every token of
-    paragraph k gets A_k; tokens outside any paragraph get 0.
-    ``outcome_weight`` w (labelled data; 0 reproduces the label-free paper) mixes
-    each response's outcome reward R into its paragraphs' rewards before pooling:
-    r_k <- (1 - w) r_k + w R. With one paragraph per response and w = 1 this is GRPO
-    (population std). A response without paragraphs falls back to its outcome (GRPO)
-    advantage within its group on every token of ``response_mask``.
-    """
-    if not 0.0 <= outcome_weight <= 1.0:
-        raise ValueError(f"outcome_weight must be in [0, 1], got {outcome_weight}")
-    if paragraph_token_masks.dim() != 3 or paragraph_rewards.shape != paragraph_token_masks.shape[:2]:
-        raise ValueError(f"paragraph_rewards {tuple(paragraph_rewards.shape)} must be the first two dims of "
-                         f"paragraph_token_masks {tuple(paragraph_token_masks.shape)} ([B, K] and [B, K, T])")
-    masks = paragraph_token_masks.bool()
-    if (masks.sum(dim=1) > 1).any():
-        raise ValueError("paragraph_token_masks overlap: a token belongs to at most one paragraph")
-    present = masks.any(dim=-1)  # [B, K]
-    has_paragraphs = present.any(dim=-1)  # [B]
-    needs_outcome = outcome_weight > 0 or not bool(has_paragraphs.all())
-    if needs_outcome and outcome_rewards is None:
-        raise ValueError("outcome_rewards are needed for outcome_weight > 0 and for responses without paragraphs")
-    if not bool(has_paragraphs.all()) and response_mask is None:
-        raise ValueError("response_mask is needed for responses without paragraphs (outcome fallback)")
-    rewards = paragraph_rewards.to(torch.float32)
-    if outcome_weight > 0:
-        rewards = (1 - outcome_weight) * rewards + outcome_weight * outcome_rewards.to(torch.float32).unsqueeze(-1)
-
-    advantages = torch.zeros(masks.shape[0], masks.shape[2])
-    for group in group_index.unique():
-        rows = group_index == group
-        pool = rewards[rows][present[rows]]
-        if pool.numel():
-            normalised = (rewards[rows] - pool.mean()) / (pool.std(unbiased=False) + eps) * present[rows]
-            advantages[rows] = torch.einsum("bk,bkt->bt", normalised, masks[rows].to(normalised.dtype))
-        fallback = rows & ~has_paragraphs
-        if fallback.any():
-            outcome = outcome_rewards[rows].to(torch.float32)
-            normalised = (outcome - outcome.mean()) / (outcome.std(unbiased=False) + eps)
-            advantages[fallback] = normalised[~has_paragraphs[rows]].unsqueeze(-1) * response_mask[fallback].to(torch.float32)
-    return advantages
-
-
-def informative_groups(values: Tensor, group_size: int) -> Tensor:
-    """DAPO dynamic sampling (Yu et al. 2025): True for groups whose values are not all equal.
-
-    A group where every response scores the same has zero advantage and so
-    contributes no gradient; DAPO drops it and samples more prompts.
-    """
-    grouped = _groups(values, group_size)
-    return (grouped != grouped[:, :1]).any(dim=1)
 
 
 def policy_loss(
@@ -262,30 +152,21 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: KLKind) -> Tensor:
     raise ValueError(f"kind must be one of {get_args(KLKind)}, got {kind!r}")
 
 
-# --- Registries: the names `algorithm.advantage_estimator` and `algorithm.policy_loss` choose from. ---
+def token_nll(logprobs: Tensor, mask: Tensor, num_tokens: float) -> tuple[Tensor, dict[str, float]]:
+    """Supervised fine-tuning loss: the negative log-likelihood of the target tokens (``mask``), summed and
+    divided by ``num_tokens`` (a data-parallel caller passes global_tokens / world_size, as for
+    ``policy_loss``, so micro-batch losses add up to the global token mean).
+
+    Stats: ``sft_nll_sum``, the summed NLL of this micro-batch's target tokens.
+    """
+    loss = -(logprobs * mask).sum() / num_tokens
+    return loss, {"sft_nll_sum": float(-(logprobs.detach() * mask).sum())}
+
+
+# --- The registry `algorithm.policy_loss` chooses from. ---
 # Each entry reads its options from `algo`, the run's `AlgorithmConfig` (raytrain/config.py).
 
-
-@dataclass
-class AdvantageInputs:
-    """What an advantage estimator may use. The G responses of a prompt are contiguous."""
-
-    rewards: Tensor  # [B] outcome reward R of each response
-    group_size: int
-    response_mask: Tensor  # [B, T] response tokens
-    paragraph_rewards: Tensor | None = None  # [B, K] PRPO paragraph rewards
-    paragraph_token_masks: Tensor | None = None  # [B, K, T] PRPO paragraph tokens
-
-
-ADVANTAGE_ESTIMATORS: dict[str, Callable[[AdvantageInputs, object], Tensor]] = {}
 POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, dict[str, float]]]] = {}
-
-
-def register_advantage_estimator(name: str):
-    def add(fn):
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-    return add
 
 
 def register_policy_loss(name: str):
@@ -293,30 +174,6 @@ def register_policy_loss(name: str):
         POLICY_LOSSES[name] = fn
         return fn
     return add
-
-
-@register_advantage_estimator("grpo")
-def grpo_advantages(x: AdvantageInputs, algo) -> Tensor:
-    """GRPO/DAPO (Shao et al. 2024; Yu et al. 2025): each response's group-normalised R on all its tokens."""
-    return group_advantages(x.rewards, x.group_size).unsqueeze(-1) * x.response_mask
-
-
-@register_advantage_estimator("dr_grpo")
-def dr_grpo_advantages(x: AdvantageInputs, algo) -> Tensor:
-    """Dr.GRPO (Liu et al. 2025): R minus the group mean, unscaled, on all tokens."""
-    return group_advantages(x.rewards, x.group_size, scale="none").unsqueeze(-1) * x.response_mask
-
-
-@register_advantage_estimator("prpo")
-def prpo_advantages(x: AdvantageInputs, algo) -> Tensor:
-    """PRPO (Nguyen et al. 2025): `paragraph_advantages` with `algo.prpo_outcome_weight`."""
-    if x.paragraph_rewards is None or x.paragraph_token_masks is None:
-        raise ValueError("the prpo estimator needs paragraph rewards: set reward.weights.paragraph")
-    group_index = torch.arange(x.rewards.numel()) // x.group_size
-    return paragraph_advantages(
-        x.paragraph_rewards, x.paragraph_token_masks, group_index, outcome_rewards=x.rewards,
-        outcome_weight=algo.prpo_outcome_weight, response_mask=x.response_mask,
-    )
 
 
 @register_policy_loss("ppo_clip")

@@ -1,0 +1,201 @@
+"""A step's experience on one rank: prompts from its shard, rollouts and their rewards, and the
+training batch they make (SPEC sections 4 and 5).
+
+Each data-parallel rank streams its own Ray Data shard and asks its rollout actor for G samples per
+prompt and the reward actor for scores. DAPO keeps only informative groups (dynamic sampling) until
+the rank has its quota; the batch carries the sampling log-probs and the per-token advantages of the
+estimator the algorithm names (`raytrain.algos.advantages`). SFT's batch is the next prompts with
+their targets (`raytrain.data.sft_targets`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ray
+import torch
+
+from raytrain.algos.advantages import ADVANTAGE_ESTIMATORS, AdvantageInputs, informative_groups
+from raytrain.algos.paragraph_tokens import paragraph_token_masks, token_char_spans
+from raytrain.config import Config
+from raytrain.data.pipeline import prompts_from_batch
+from raytrain.data.sft_targets import sft_batch
+from raytrain.data.batch import Prompt, Sample, TrainBatch, response_positions
+from rewards.score import Score
+
+
+@dataclass
+class Group:
+    prompt: Prompt
+    samples: list[Sample]
+    scores: list[Score]
+
+
+class PromptFeed:
+    """Prompts from this rank's shard, one at a time, skipping consumed keys and recording undecodable media."""
+
+    def __init__(self, shard, batch_size: int, consumed: set[str]):
+        self._batches = iter(shard.iter_batches(batch_size=batch_size, batch_format="numpy"))
+        self._buffer: list[Prompt] = []
+        self._consumed = consumed
+        self.drawn: list[str] = []
+        self.skipped: list[dict] = []
+        self.exhausted = False
+
+    def take(self, n: int) -> list[Prompt]:
+        while len(self._buffer) < n and not self.exhausted:
+            try:
+                prompts, skipped = prompts_from_batch(next(self._batches))
+            except StopIteration:
+                self.exhausted = True
+                break
+            self.skipped += [s for s in skipped if s["key"] not in self._consumed]
+            self.drawn += [s["key"] for s in skipped if s["key"] not in self._consumed]
+            self._buffer += [p for p in prompts if p.key not in self._consumed]
+        out, self._buffer = self._buffer[:n], self._buffer[n:]
+        self.drawn += [p.key for p in out]
+        return out
+
+
+def collect_rollouts(cfg: Config, feed: PromptFeed, rollout, reward_actor, version: int) -> tuple[list[Group], dict]:
+    """DAPO dynamic sampling: draw prompts until `prompts_per_worker` informative groups or the round limit.
+
+    Returns the kept groups and this rank's stats: `rollout_stats` over every drawn group, the
+    policy version that generated them, and the group counts."""
+    algo, want = cfg.algorithm, cfg.train.prompts_per_worker
+    kept: list[Group] = []
+    drawn = dropped = rounds = 0
+    all_groups: list[Group] = []
+    while len(kept) < want and rounds < algo.max_generation_rounds:
+        prompts = feed.take(want - len(kept))
+        if not prompts:
+            break
+        rounds += 1
+        # Prompts go to the engine in calls of `rollout.prompts_per_call`, and each call's groups go to
+        # the reward actor as soon as they exist: scoring (judge, encoder) runs while the rollout actor
+        # generates the next call's prompts.
+        per_call = cfg.rollout.prompts_per_call
+        calls = [prompts[i:i + per_call] for i in range(0, len(prompts), per_call)]
+        generated = [rollout.generate.remote(call, cfg.rollout.sampling) for call in calls]
+        samples, scoring = [], []
+        for call, ref in zip(calls, generated):
+            for prompt, group in zip(call, ray.get(ref)):
+                _check_staleness(group, version, algo.max_staleness)
+                samples.append(group)
+                scoring.append(_submit_scoring(cfg, reward_actor, prompt, group))
+        scores = [sc for ref in scoring for sc in ray.get(ref)]
+        g = cfg.rollout.sampling.group_size
+        groups = [Group(p, samples[i], scores[i * g:(i + 1) * g]) for i, p in enumerate(prompts)]
+        all_groups += groups
+        drawn += len(groups)
+        if algo.dynamic_sampling:
+            metric = torch.tensor([sc.scalars()[algo.filter_metric] for sc in scores])
+            informative = informative_groups(metric, g).tolist()
+            dropped += informative.count(False)
+            groups = [grp for grp, ok in zip(groups, informative) if ok]
+        kept += groups
+    stats = rollout_stats(all_groups)
+    # The policy version that generated this rank's rollouts (all equal while max_staleness is 0).
+    stats["rollout_version"] = min((s.version for grp in all_groups for s in grp.samples), default=-1)
+    stats.update({"groups_drawn": drawn, "groups_dropped": dropped, "groups_kept": len(kept), "generation_rounds": rounds})
+    return kept, stats
+
+
+def _check_staleness(group: list[Sample], version: int, max_staleness: int) -> None:
+    stale = max(version - s.version for s in group)
+    if stale < 0:
+        raise RuntimeError(f"rollouts come from policy version {version - stale}, ahead of the trainer's {version}")
+    if stale > max_staleness:
+        raise RuntimeError(f"rollouts are {stale} versions behind the trainer (max_staleness={max_staleness}); "
+                           "a restarted rollout actor serves its initial weights until training resumes "
+                           "from the last checkpoint and re-sends them")
+
+
+def _submit_scoring(cfg: Config, reward_actor, prompt: Prompt, group: list[Sample]) -> ray.ObjectRef:
+    n, media = len(group), ("video" if prompt.is_video else "image")
+    return reward_actor.score.remote(
+        [s.text for s in group], [len(s.token_ids) for s in group], [prompt.label] * n,
+        modes=[prompt.mode] * n, media=[(prompt.path, media)] * n, questions=[cfg.data.prompt.format(media=media)] * n,
+    )
+
+
+def rollout_stats(groups: list[Group]) -> dict:
+    """Sums over every sampled response (kept or dropped): the policy's actual behaviour. `reward_sums`
+    holds each of the scores' scalars (`Score.scalars`); the accuracy is also summed per category."""
+    scalars = [sc.scalars() for grp in groups for sc in grp.scores]
+    samples = [s for grp in groups for s in grp.samples]
+    correct: dict[str, float] = {}
+    scored: dict[str, float] = {}
+    for grp in groups:
+        for sc in grp.scores:
+            if "accuracy" in sc.components:
+                category = grp.prompt.category
+                correct[category] = correct.get(category, 0.0) + sc.components["accuracy"]
+                scored[category] = scored.get(category, 0.0) + 1
+    return {
+        "reward_sums": {name: sum(s[name] for s in scalars) for name in (scalars[0] if scalars else ())},
+        "accuracy_by_category": correct,
+        "responses_by_category": scored,
+        "responses": len(samples),
+        "response_tokens_sum": sum(len(s.token_ids) for s in samples),
+        "truncated_sum": sum(s.truncated for s in samples),
+    }
+
+
+def rollout_metrics(totals: dict) -> dict:
+    """The step's rollout metrics from every rank's `collect_rollouts` stats summed by key: counts, means
+    over the sampled responses, and `reward/accuracy/<category>` (ranks see different categories)."""
+    responses = max(totals["responses"], 1.0)
+    metrics = {k: int(totals[k]) for k in ("responses", "groups_drawn", "groups_dropped", "groups_kept", "generation_rounds")}
+    metrics["response_tokens_mean"] = totals["response_tokens_sum"] / responses
+    metrics["truncated_mean"] = totals["truncated_sum"] / responses
+    metrics.update({f"reward/{name}": total / responses for name, total in totals["reward_sums"].items()})
+    correct, scored = totals["accuracy_by_category"], totals["responses_by_category"]
+    metrics.update({f"reward/accuracy/{c}": correct[c] / n for c, n in sorted(scored.items()) if n})
+    return metrics
+
+
+def rl_batch(cfg: Config, groups: list[Group], tokenizer, *, estimator: str, paragraphs: bool) -> TrainBatch | None:
+    """The groups' responses with their sampling log-probs, loss mask (overlong filtering) and the advantages
+    of `estimator` (`ADVANTAGE_ESTIMATORS`); `paragraphs`: with PRPO's paragraph tensors (`paragraph_tensors`)."""
+    if not groups:
+        return None
+    samples = [s for grp in groups for s in grp.samples]
+    prompts, responses = [grp.prompt for grp in groups for _ in grp.samples], [s.token_ids for s in samples]
+    response_mask = response_positions(prompts, responses)
+    old = torch.zeros_like(response_mask)
+    mask = response_mask.clone()
+    for i, s in enumerate(samples):
+        old[i, response_mask[i].nonzero().squeeze(-1)] = torch.tensor(s.logprobs)
+        if cfg.algorithm.overlong_filter and s.truncated:
+            mask[i] = 0
+    scores = [sc for grp in groups for sc in grp.scores]
+    inputs = AdvantageInputs(torch.tensor([sc.total for sc in scores]), cfg.rollout.sampling.group_size, response_mask)
+    if paragraphs:
+        inputs.paragraph_rewards, inputs.paragraph_token_masks = paragraph_tensors(samples, scores, response_mask, tokenizer)
+    advantages = ADVANTAGE_ESTIMATORS[estimator](inputs, cfg.algorithm)
+    return TrainBatch(prompts, responses, {"old_logprobs": old, "advantages": advantages, "loss_mask": mask})
+
+
+def paragraph_tensors(samples: list[Sample], scores: list[Score], response_mask: torch.Tensor,
+                      tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """PRPO inputs: paragraph rewards [B, K] and, through each sampled token's character span in the
+    response text, the paragraphs' token masks [B, K, T] at the batch's response positions."""
+    k = max(1, max(len(sc.paragraphs) for sc in scores))
+    rewards = torch.zeros(len(samples), k)
+    masks = torch.zeros(len(samples), k, response_mask.shape[1], dtype=torch.bool)
+    for i, (sample, sc) in enumerate(zip(samples, scores)):
+        if not sc.paragraphs:
+            continue
+        positions = response_mask[i].nonzero().squeeze(-1)
+        token_masks = paragraph_token_masks([(p.start, p.end) for p in sc.paragraphs],
+                                            token_char_spans(tokenizer, sample.token_ids))
+        masks[i, : token_masks.shape[0], positions] = token_masks
+        rewards[i, : token_masks.shape[0]] = torch.tensor([p.reward for p in sc.paragraphs])
+    return rewards, masks
+
+
+def supervised_batch(cfg: Config, feed: PromptFeed, tokenizer, end_id: int) -> tuple[TrainBatch | None, dict]:
+    """SFT: the next `prompts_per_worker` prompts with their targets (`sft_batch`), and their count."""
+    prompts = feed.take(cfg.train.prompts_per_worker)
+    return sft_batch(cfg, prompts, tokenizer, end_id), {"prompts": len(prompts)}

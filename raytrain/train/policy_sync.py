@@ -1,0 +1,45 @@
+"""The trained policy's weights to the rollout engines: rank 0's weight group, the ZeRO-3 gather, the
+versioned push (`raytrain.weight_sync.sender` over `actors.rollout.RolloutActors`)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from actors.rollout import RolloutActors
+from raytrain.config import Config
+from raytrain.models.loading import sync_state
+from raytrain.weight_sync.group import WeightGroup
+from raytrain.weight_sync.sender import open_weight_group, push_weights
+
+
+def weight_group(cfg: Config, rollouts: list) -> WeightGroup | None:
+    """Rank 0's weight group with the engines when weights travel by broadcast (`rollout.weight_transport`)."""
+    if not rollouts or cfg.weight_transport() != "broadcast":
+        return None
+    backend = "nccl" if cfg.train.use_gpu else "gloo"
+    ranks = cfg.rollout.vllm.tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
+    group = open_weight_group(RolloutActors(rollouts), backend, cfg.rollout.weight_group_timeout_s, ranks)
+    print(f"[train] weight sync: {backend} broadcast to {len(rollouts)} rollout actor(s), "
+          f"{group.address.world_size} ranks", flush=True)
+    return group
+
+
+def gathered_weights(engine, cfg: Config) -> dict[str, torch.Tensor] | None:
+    """Under ZeRO-3, whose ranks each hold a shard of every parameter, the module's state dict gathered
+    onto rank 0 a layer at a time (a collective: every rank calls this; only the adapter under LoRA).
+    None otherwise: rank 0 reads its own whole module."""
+    if cfg.train.zero_stage != 3:
+        return None
+    return engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=cfg.model.lora.enabled)
+
+
+def push_policy(engine, cfg: Config, rollouts: list, version: int, rank: int, group: WeightGroup | None,
+                gathered: dict[str, torch.Tensor] | None) -> None:
+    """Rank 0 sends the policy (the adapter alone under LoRA; `gathered`: `gathered_weights`) in
+    buckets; every rank waits for it."""
+    if rank == 0:
+        # A broadcast flattens each bucket from the live weights (on the GPU under NCCL: no host round trip).
+        state = sync_state(engine.module, gathered, cpu_copy=group is None)
+        push_weights(RolloutActors(rollouts), state, version, cfg.rollout.weight_bucket_mb << 20, group)
+    dist.barrier()

@@ -9,8 +9,8 @@ the returned scores (`judge_failed`) and printed, and never stalls training.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import ray
 import torch

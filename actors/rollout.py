@@ -4,14 +4,14 @@ weight-sync sender (`raytrain.weight_sync.sender`) reach a list of them."""
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import ray
 import torch
 
 from raytrain.config.sections import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
-from raytrain.engines.base import make_engine
 from raytrain.data.batch import Prompt, Sample
+from raytrain.engines.base import make_engine
 from raytrain.weight_sync.group import GroupAddress
 from raytrain.weight_sync.protocol import BucketMeta, Shape
 

@@ -35,7 +35,6 @@ from raytrain.data.manifest import write_manifest  # noqa: E402
 from raytrain.data.pipeline import build_frame_dataset, decode_row, split_rows  # noqa: E402
 from raytrain.data.synthetic import make_synthetic_dataset  # noqa: E402
 
-
 _RAY_WORKER_NICENESS = 15  # what ray::IDLE / ray::MapWorker processes run at (`ps -o ni`)
 
 

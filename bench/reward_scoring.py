@@ -53,7 +53,7 @@ def main() -> None:
         t_outcome = _time(lambda: outcome.score(texts, lengths, labels))
         t_shared = _time(lambda: paragraph.score(texts, lengths, labels, media=media))
         # One call per response: every response decodes and embeds its media again.
-        t_each = _time(lambda: [paragraph.score([t], [l], [y], media=[m]) for t, l, y, m in zip(texts, lengths, labels, media)])
+        t_each = _time(lambda: [paragraph.score([t], [n], [y], media=[m]) for t, n, y, m in zip(texts, lengths, labels, media)])
     print(f"{n} responses ({len(videos)} prompts x G={args.group}), 1 CPU thread")
     print(f"outcome rewards only:                      {n / t_outcome:10.0f} responses/s")
     print(f"+ paragraph rewards, media shared per prompt: {n / t_shared:7.1f} responses/s")

@@ -9,6 +9,7 @@ import sys
 
 from raytrain.config import Config, ConfigError, apply_overrides, load_config, parse_config
 
+
 def parser(description: str, *, config_required: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", required=config_required, help="YAML config (see jobs/configs/)")

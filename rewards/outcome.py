@@ -6,7 +6,7 @@ is DAPO's soft overlong punishment (Yu et al. 2025, arXiv 2503.14476, section 3.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from rewards.answer import AnswerFormat, parse_answer
 from rewards.modes import hybrid_reward, thinking_reward

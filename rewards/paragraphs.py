@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Callable, Sequence
 
 import torch
 
@@ -77,7 +77,7 @@ class Lexicon:
     window: int
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Lexicon":
+    def from_dict(cls, data: dict) -> Lexicon:
         def terms(key: str) -> frozenset[tuple[str, ...]]:
             return frozenset(tuple(_WORD_RE.findall(t.lower())) for t in data[key] if _WORD_RE.search(t.lower()))
 

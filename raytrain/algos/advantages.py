@@ -14,8 +14,9 @@ plain tensors so they can be checked against the papers and other trainers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor

@@ -17,7 +17,8 @@ the others means over them (raytrain/train/step.py adds or token-weights them ac
 
 from __future__ import annotations
 
-from typing import Callable, Literal, get_args
+from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor

@@ -16,7 +16,6 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from raytrain.config.sections import (
-    Strict,
     AlgorithmConfig,
     BusterXConfig,
     ClusterConfig,
@@ -27,6 +26,7 @@ from raytrain.config.sections import (
     RolloutConfig,
     RunConfig,
     SFTConfig,
+    Strict,
     TrainConfig,
 )
 
@@ -44,11 +44,11 @@ class Config(Strict):
     busterx: BusterXConfig = Field(default_factory=BusterXConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
-    def with_model(self, path: str | Path) -> "Config":
+    def with_model(self, path: str | Path) -> Config:
         """This config with `model.path` set to `path` (another checkpoint of the policy, say)."""
         return self.model_copy(update={"model": self.model.model_copy(update={"path": str(path)})})
 
-    def with_absolute_paths(self) -> "Config":
+    def with_absolute_paths(self) -> Config:
         """Workers run elsewhere (another cwd, another node under `ray job submit`): every path pinned now.
 
         A hub name such as `Qwen/Qwen2.5-VL-7B-Instruct` is left alone; an existing local folder is resolved.

@@ -7,8 +7,8 @@ is the model family's business (`raytrain.models.family.ModelFamily.collate`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch

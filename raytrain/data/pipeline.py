@@ -17,9 +17,9 @@ import pyarrow.compute as pc
 import ray
 
 from raytrain.config.sections import DataConfig
+from raytrain.data.batch import Prompt
 from raytrain.data.manifest import read_manifest
 from raytrain.data.media import MediaError, decode_media
-from raytrain.data.batch import Prompt
 
 # Rows per Ray Data block before decoding: small blocks let decode tasks run in parallel.
 ROWS_PER_BLOCK = 4

@@ -172,8 +172,11 @@ def summarise(rows: list[dict], rejects: list[dict], *, split: str = "train", mi
     counts = Counter((r["source"], r["category"], r["split"], r["label"]) for r in rows)
     train = [r for r in rows if r["split"] == split]
     mass = sum(r.get("weight") or 0.0 for r in train) or 1.0
-    by = lambda field: {k: round(sum(r.get("weight") or 0.0 for r in train if r[field] == k) / mass, 4)
-                        for k in sorted({r[field] for r in train})}
+
+    def by(field: str) -> dict[str, float]:
+        return {k: round(sum(r.get("weight") or 0.0 for r in train if r[field] == k) / mass, 4)
+                for k in sorted({r[field] for r in train})}
+
     reasons = Counter(reason_kind(r["reason"]) for r in rejects)
     return {
         "seed": seed,

@@ -26,19 +26,19 @@ import ray
 import torch
 from tqdm import tqdm
 
-from raytrain.config import Config
-from raytrain.data.pipeline import prompts_from_batch, split_rows
-from raytrain.engines.base import make_engine
 from raytrain.cluster import init_ray
+from raytrain.config import Config
+from raytrain.data.batch import Prompt, Sample
+from raytrain.data.ingest import Source, ingest, scan_sources
+from raytrain.data.manifest import write_manifest
+from raytrain.data.pipeline import prompts_from_batch, split_rows
+from raytrain.data.sft_targets import sft_batch
+from raytrain.engines.base import make_engine
+from raytrain.eval.metrics import UNREADABLE, evaluation_report
+from raytrain.eval.report import FULL_SCHEMA, METRICS, PREDICTION_SCHEMA, PREDICTIONS, REPORT, run_markdown
 from raytrain.models.loading import load_family, load_policy, without_lora
 from raytrain.models.logprobs import token_logprobs
 from raytrain.models.prompts import build_dataset
-from raytrain.data.ingest import Source, ingest, scan_sources
-from raytrain.data.manifest import write_manifest
-from raytrain.eval.metrics import UNREADABLE, evaluation_report
-from raytrain.data.batch import Prompt, Sample
-from raytrain.data.sft_targets import sft_batch
-from raytrain.eval.report import FULL_SCHEMA, METRICS, PREDICTION_SCHEMA, PREDICTIONS, REPORT, run_markdown
 from rewards.answer import parse_answer
 from rewards.modes import hybrid_reward
 from rewards.outcome import format_reward

@@ -7,7 +7,6 @@ import pyarrow as pa
 import ray
 
 from raytrain.config import Config
-
 from raytrain.config.sections import DataConfig, ModelConfig
 from raytrain.data.media import MediaError
 from raytrain.data.pipeline import PAD_MEDIA, ROWS_PER_BLOCK, decode_row, prompt_mode, ragged, row_blocks

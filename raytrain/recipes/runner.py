@@ -8,6 +8,7 @@ from pathlib import Path
 
 from raytrain.config import Config
 from raytrain.eval.inference import evaluate, heldout_loss
+from raytrain.train.algorithms import ALGORITHMS
 from raytrain.train.launch import train
 
 # Shown side by side after a recipe, from the evaluation summaries (`raytrain.eval.inference.evaluate`).
@@ -44,7 +45,7 @@ def run_recipe(cfg: Config, tag: str, *, evaluate: bool = True) -> dict:
     held-out split (accuracy, F1, compliance; the SFT loss for SFT) and print them side by side.
     Writes `run.output_dir/recipe.json`; returns it."""
     out = Path(cfg.run.output_dir)
-    loss = cfg.algorithm.name == "sft"
+    loss = not ALGORITHMS[cfg.algorithm.name].needs_rollouts  # a supervised run: its targets have a held-out loss
     report: dict = {"final": None}
     if evaluate:
         report["start"] = held_out(cfg, cfg.model.path, out / "eval-start", "start", loss=loss)

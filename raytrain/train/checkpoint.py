@@ -37,7 +37,7 @@ class TrainerState:
         Path(directory, STATE_FILE).write_text(json.dumps(asdict(self)))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "TrainerState":
+    def load(cls, directory: str | Path) -> TrainerState:
         return cls(**json.loads(Path(directory, STATE_FILE).read_text()))
 
 

@@ -18,9 +18,9 @@ import torch
 from raytrain.algos.advantages import ADVANTAGE_ESTIMATORS, AdvantageInputs, informative_groups
 from raytrain.algos.paragraph_tokens import paragraph_token_masks, token_char_spans
 from raytrain.config import Config
+from raytrain.data.batch import Prompt, Sample, TrainBatch, response_positions
 from raytrain.data.pipeline import prompts_from_batch
 from raytrain.data.sft_targets import sft_batch
-from raytrain.data.batch import Prompt, Sample, TrainBatch, response_positions
 from rewards.score import Score
 
 

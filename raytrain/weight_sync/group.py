@@ -53,7 +53,7 @@ class WeightGroup:
         return GroupAddress(host, store.port, world_size, backend, timeout_s), store
 
     @classmethod
-    def join(cls, address: GroupAddress, rank: int) -> "WeightGroup":
+    def join(cls, address: GroupAddress, rank: int) -> WeightGroup:
         store = dist.TCPStore(address.host, address.port, None, False, timeout=datetime.timedelta(seconds=address.timeout_s))
         return cls(address, rank, store)
 

@@ -10,7 +10,8 @@ one broadcast over a `raytrain.weight_sync.group.WeightGroup`, or one byte strin
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 

@@ -8,9 +8,10 @@ started on every engine before rank 0 waits for any, so a broadcast finds every 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 import torch
 

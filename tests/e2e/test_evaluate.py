@@ -18,12 +18,12 @@ import yaml
 
 from jobs import evaluate as evaluate_job
 from raytrain.config import parse_config
-from raytrain.data.pipeline import prompt_mode
-from raytrain.models.prompts import PromptBuilder
-from raytrain.eval.inference import IDENTITY, PARTS_DIR, inference_actors, split_adapter
 from raytrain.data.ingest import Source, ingest, scan_sources
 from raytrain.data.manifest import read_manifest, write_manifest
+from raytrain.data.pipeline import prompt_mode
+from raytrain.eval.inference import IDENTITY, PARTS_DIR, inference_actors, split_adapter
 from raytrain.eval.report import METRICS, PREDICTIONS, REPORT
+from raytrain.models.prompts import PromptBuilder
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -43,10 +43,11 @@ def printed_table(out: str, tag: str) -> dict[str, dict[str, float | None]]:
 
 
 def test_sft_job_with_lora_lowers_heldout_loss_raises_accuracy_and_merges(base_config_dict, tmp_path, ray_local, capsys):
+    from transformers import AutoModelForImageTextToText
+
     from jobs import sft
     from raytrain.config import parse_config
     from raytrain.models.loading import load_policy
-    from transformers import AutoModelForImageTextToText
 
     raw = copy.deepcopy(base_config_dict)
     raw["data"]["num_frames"] = 2
@@ -127,8 +128,8 @@ def test_prpo_recipe_raises_heldout_accuracy(tmp_path, ray_local, capsys):
     it runs with `make test-recipes`, not `make test`."""
     from jobs import make_synthetic, prpo
     from raytrain.config import load_config
-    from raytrain.train.launch import train
     from raytrain.models.tiny import save_tiny_model
+    from raytrain.train.launch import train
 
     configs = Path(__file__).resolve().parents[2] / "jobs" / "configs"
     paths = [f"model.path={tmp_path / 'tiny-model'}", f"data.manifest={tmp_path / 'data' / 'manifest.parquet'}"]

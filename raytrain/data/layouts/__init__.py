@@ -19,11 +19,19 @@ The layouts live in `labelled` (label folders or a labels file) and `faces`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from raytrain.data.layouts.faces import (
-    detect_celebdf, detect_dfdc, detect_fakeavceleb, detect_ffpp, scan_celebdf, scan_dfdc, scan_fakeavceleb, scan_ffpp)
+    detect_celebdf,
+    detect_dfdc,
+    detect_fakeavceleb,
+    detect_ffpp,
+    scan_celebdf,
+    scan_dfdc,
+    scan_fakeavceleb,
+    scan_ffpp,
+)
 from raytrain.data.layouts.labelled import detect_clips, detect_dfr5, detect_genbuster, scan_clips, scan_dfr5, scan_genbuster
 
 Scanner = Callable[[Path, str], tuple[list[dict], list[dict]]]

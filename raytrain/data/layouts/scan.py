@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from raytrain.data.manifest import media_kind, stable_id
 from raytrain.data.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS

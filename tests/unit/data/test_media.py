@@ -199,7 +199,9 @@ def test_bad_files_raise_media_error(tmp_path, ramp_video, image):
         (str(tmp_path / "missing.mp4"), "video", "file not found")]
     for path, media, reason in cases:
         # Only probing refuses 1-frame videos; the streaming decoder repeats the frame.
-        calls = [lambda: probe(path, media)] + ([] if path.endswith("one.mp4") else [lambda: load_frames(path, media, 4, **BUDGET)])
+        calls = [lambda p=path, m=media: probe(p, m)]
+        if not path.endswith("one.mp4"):
+            calls.append(lambda p=path, m=media: load_frames(p, m, 4, **BUDGET))
         for call in calls:
             with pytest.raises(MediaError) as info:
                 call()

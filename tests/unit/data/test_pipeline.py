@@ -10,8 +10,8 @@ import pyarrow.compute as pc
 import pytest
 
 from raytrain.config import parse_config
-from raytrain.data.pipeline import prompts_from_batch, split_rows
 from raytrain.data.manifest import read_manifest, stable_id, write_manifest
+from raytrain.data.pipeline import prompts_from_batch, split_rows
 from raytrain.models.loading import load_processor
 from raytrain.models.prompts import build_dataset
 

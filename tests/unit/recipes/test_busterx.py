@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from raytrain.recipes.busterx import fusion_rows, stage_config, stage_steps
 from raytrain.config import load_config, parse_config
-from raytrain.data.pipeline import prompt_mode
 from raytrain.data.batch import Prompt
+from raytrain.data.pipeline import prompt_mode
 from raytrain.data.sft_targets import sft_target
+from raytrain.recipes.busterx import fusion_rows, stage_config, stage_steps
 
 CONFIGS = Path(__file__).resolve().parents[3] / "jobs" / "configs"
 

@@ -109,14 +109,16 @@ def _kill_a_worker_then_the_rollout_actor(storage: Path, done: threading.Event, 
         elif latest is not None and TrainerState.load(latest).step > killed["worker"][1]:
             killed["rollout actor"] = _kill("ray::RolloutActor")
             return
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 def test_killed_worker_and_rollout_actor_resume_from_checkpoint_without_repeating_data(base_config_dict, warm_model_dir, ray_local):
     # ZeRO-2: ZeRO-3's resume is tested above, and its per-step gathers and checkpoints here cost a minute of CI.
-    raw = _dapo_config(base_config_dict, warm_model_dir, total_steps=4, checkpoint_every=1, max_failures=3, zero_stage=2)
-    # Enough data that dynamic sampling cannot run the 16-row split dry before step 4.
-    raw["data"] = {**raw["data"], "epochs": 4}
+    # Six steps: a resumed step takes about a second here, and the rollout actor must still be alive when
+    # the killer sees the resumed run's first checkpoint (with four, the run sometimes ended first).
+    raw = _dapo_config(base_config_dict, warm_model_dir, total_steps=6, checkpoint_every=1, max_failures=3, zero_stage=2)
+    # Enough data that dynamic sampling cannot run the 16-row split dry before the last step.
+    raw["data"] = {**raw["data"], "epochs": 6}
     cfg = parse_config(raw)
     storage = Path(cfg.run.output_dir).resolve() / STORAGE_DIR
     done, killed = threading.Event(), {}
@@ -129,16 +131,16 @@ def test_killed_worker_and_rollout_actor_resume_from_checkpoint_without_repeatin
         killer.join()
     assert killed.get("worker", (None,))[0] and killed.get("rollout actor"), f"not everything was killed: {killed}"
     state = TrainerState.load(latest_checkpoint(storage))
-    assert state.step == 4
+    assert state.step == 6
     assert len(state.consumed) == len(set(state.consumed))
     # Every step after a restart was logged again from the checkpoint on; the final record of
-    # each step is the one that counts, and all four steps are there.
+    # each step is the one that counts, and all six steps are there.
     records = _metrics(cfg)
-    assert sorted({r["step"] for r in records}) == [1, 2, 3, 4]
+    assert sorted({r["step"] for r in records}) == [1, 2, 3, 4, 5, 6]
     # Every step's rollouts came from the policy of the step before: the restarted rollout actor
     # got the checkpoint's weights back before it generated again.
     final = {r["step"]: r for r in records}
-    assert [final[s]["rollout_version"] for s in (1, 2, 3, 4)] == [0, 1, 2, 3]
+    assert [final[s]["rollout_version"] for s in range(1, 7)] == [0, 1, 2, 3, 4, 5]
 
 
 def test_undecodable_media_are_skipped_counted_and_listed(warm_run):

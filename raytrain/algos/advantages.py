@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from raytrain.algos.registry import registrar
+
 
 def _groups(values: Tensor, group_size: int) -> Tensor:
     if group_size < 1 or values.numel() % group_size:
@@ -148,7 +150,7 @@ def informative_groups(values: Tensor, group_size: int) -> Tensor:
 
 
 # --- The registry `algorithm.advantage_estimator` (and `algorithm.name: prpo`) chooses from. ---
-# Each entry reads its options from `algo`, the run's `AlgorithmConfig` (raytrain/config.py).
+# Each entry reads its options from `algo`, the run's `AlgorithmConfig` (`raytrain.config.sections`).
 
 
 @dataclass
@@ -165,11 +167,7 @@ class AdvantageInputs:
 ADVANTAGE_ESTIMATORS: dict[str, Callable[[AdvantageInputs, object], Tensor]] = {}
 
 
-def register_advantage_estimator(name: str):
-    def add(fn):
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-    return add
+register_advantage_estimator = registrar(ADVANTAGE_ESTIMATORS)
 
 
 @register_advantage_estimator("grpo")

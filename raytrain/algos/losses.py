@@ -23,6 +23,8 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from raytrain.algos.registry import registrar
+
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
 KLKind = Literal["k1", "k2", "k3"]
 
@@ -165,16 +167,12 @@ def token_nll(logprobs: Tensor, mask: Tensor, num_tokens: float) -> tuple[Tensor
 
 
 # --- The registry `algorithm.policy_loss` chooses from. ---
-# Each entry reads its options from `algo`, the run's `AlgorithmConfig` (raytrain/config.py).
+# Each entry reads its options from `algo`, the run's `AlgorithmConfig` (`raytrain.config.sections`).
 
 POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, dict[str, float]]]] = {}
 
 
-def register_policy_loss(name: str):
-    def add(fn):
-        POLICY_LOSSES[name] = fn
-        return fn
-    return add
+register_policy_loss = registrar(POLICY_LOSSES)
 
 
 @register_policy_loss("ppo_clip")

@@ -3,7 +3,7 @@
 `RolloutEngine` is the interface the rollout actor holds; `TransformersEngine`
 implements it with `model.generate` (CPU and small GPU runs), `VLLMEngine`
 (raytrain.engines.vllm_engine) with vLLM. Both receive weights in versioned buckets
-(`raytrain.weight_sync.BucketReceiver`).
+(`raytrain.weight_sync.protocol.BucketReceiver`).
 """
 
 from __future__ import annotations

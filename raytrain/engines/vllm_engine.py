@@ -3,7 +3,7 @@
 vLLM is imported lazily, so this module imports without it; building a
 `VLLMEngine` without vLLM installed fails with how to install it.
 
-Weights arrive as versioned buckets (`raytrain.weight_sync.BucketReceiver`):
+Weights arrive as versioned buckets (`raytrain.weight_sync.protocol.BucketReceiver`):
 - full weights are loaded in place bucket by bucket through vLLM's layerwise
   reload (`WeightSyncWorker`, mixed into every vLLM worker), which re-runs each
   layer's post-load processing (CPU GEMM packing, quantisation) once all of its

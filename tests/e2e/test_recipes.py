@@ -2,7 +2,7 @@
 `jobs.busterx`. Each test asserts the held-out numbers its job printed. The SFT test runs with
 `make test`; the BusterX++ pipeline (~7 min) and PRPO at demo scale (tens of minutes) would take
 `make test` past its 30-minute budget on 2 cores, so they carry the `recipe` marker and run with
-`make test-recipes`. (`tests/test_job_submit.py` runs `jobs.prpo` for one step in `make test`.)"""
+`make test-recipes`. (`tests/e2e/test_job_submit.py` runs `jobs.prpo` for one step in `make test`.)"""
 
 from __future__ import annotations
 

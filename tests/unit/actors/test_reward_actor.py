@@ -1,7 +1,7 @@
 """The reward actor's scoring with every component: a tiny judge actor on local Ray, a tiny CLIP, YAKE, real media.
 
 The scorer runs in the test process (the remote `RewardActor` is the same class, exercised end to end by
-tests/test_e2e.py); one judge actor serves every test, so only one extra process starts.
+tests/e2e/test_dapo.py); one judge actor serves every test, so only one extra process starts.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Rollout engines: G sampled responses per prompt, with log-probabilities and the weight version.
 
 `RolloutEngine` is the interface the rollout actor holds; `TransformersEngine`
-implements it with `model.generate` (CPU and small GPU runs), `VLLMEngine`
-(raytrain.engines.vllm_engine) with vLLM. Both receive weights in versioned buckets
+(`raytrain.engines.transformers_engine`) implements it with `model.generate` (CPU and
+small GPU runs), `VLLMEngine` (`raytrain.engines.vllm_engine`) with vLLM. Both receive weights in versioned buckets
 (`raytrain.weight_sync.protocol.BucketReceiver`).
 """
 

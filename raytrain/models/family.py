@@ -17,6 +17,11 @@ import torch
 from raytrain.data.batch import Prompt, TrainBatch
 
 
+def processor_size(budget) -> dict[str, int]:
+    """A `MediaConfig`'s per-frame pixel caps in the transformers processors' own terms."""
+    return {"longest_edge": budget.max_pixels, "shortest_edge": budget.min_pixels}
+
+
 class ModelFamily:
     model_types: ClassVar[tuple[str, ...]]  # the `model_type`s of the checkpoints this family serves
     auto_class: ClassVar[type]  # the transformers Auto class that loads them
@@ -43,7 +48,7 @@ class ModelFamily:
         return sorted(ids)
 
     @classmethod
-    def lora_target(cls, model, modules: list[str]) -> str:
+    def lora_target(cls, modules: list[str]) -> str:
         """The regex of module names that receive LoRA adapters: `modules` wherever they are."""
         return rf".*\.({'|'.join(modules)})$"
 
@@ -95,7 +100,7 @@ class ModelFamily:
     def processor_inputs(self, texts: list[str], images: list, videos: list, budget):
         """A padded batch of chat texts with their media through the processor, as `generate` inputs (the
         thinking judge's batches); `budget`: the per-frame pixel caps (`MediaConfig`)."""
-        size = {"longest_edge": budget.max_pixels, "shortest_edge": budget.min_pixels}
+        size = processor_size(budget)
         return self.processor(text=texts, images=images or None, videos=videos or None, padding=True, return_tensors="pt",
                               images_kwargs={"size": size}, videos_kwargs={"do_sample_frames": False, "size": size})
 

@@ -64,7 +64,7 @@ def load_policy(cfg: ModelConfig, *, weights: str | Path | None = None):
 def wrap_lora(model, lora: LoraConfig):
     """A fresh adapter on `lora.target_modules` where the model's family puts adapters (Qwen2.5-VL: the
     language model; its vision tower stays frozen)."""
-    target = family_class(model.config).lora_target(model, lora.target_modules)
+    target = family_class(model.config).lora_target(lora.target_modules)
     return get_peft_model(
         model, PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target)
     )

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 from raytrain.data.batch import Prompt, TrainBatch, response_positions
-from raytrain.models.family import ModelFamily
+from raytrain.models.family import ModelFamily, processor_size
 
 _PIXELS = (("pixel_values", "image_grid_thw", "image"), ("pixel_values_videos", "video_grid_thw", "video"))
 
@@ -49,14 +49,14 @@ class Qwen2_5_VL(Qwen2Text):
         self.suppress_ids = sorted({*self.suppress_ids, self.image_token_id, self.video_token_id})
 
     @classmethod
-    def lora_target(cls, model, modules: list[str]) -> str:
+    def lora_target(cls, modules: list[str]) -> str:
         """Adapters on the language model alone: the vision tower stays frozen."""
         return rf".*language_model.*\.({'|'.join(modules)})$"
 
     # -- prompts ----------------------------------------------------------------------------------
 
     def encode_prompt(self, text: str, frames: np.ndarray, is_video: bool, budget, duration_s: float | None) -> dict:
-        size = {"longest_edge": budget.max_pixels, "shortest_edge": budget.min_pixels}  # the processor's own terms
+        size = processor_size(budget)
         if is_video:
             out = self.processor(text=[text], videos=[frames], return_tensors="np",
                                  videos_kwargs={"do_sample_frames": False, "size": size, "cap_pixels_per_frame": True})

@@ -103,13 +103,17 @@ def _kill_a_worker_then_the_rollout_actor(storage: Path, done: threading.Event, 
     again, kill the rollout actor (Ray restarts it with its initial weights)."""
     deadline = time.time() + 900
     while not done.is_set() and time.time() < deadline:
-        latest = latest_checkpoint(storage)
-        if latest is not None and "worker" not in killed:
-            killed["worker"] = (_kill("ray::RayTrainWorker"), TrainerState.load(latest).step)
-        elif latest is not None and TrainerState.load(latest).step > killed["worker"][1]:
+        time.sleep(0.1)
+        try:
+            latest = latest_checkpoint(storage)
+            step = TrainerState.load(latest).step if latest is not None else None
+        except (OSError, ValueError):  # a checkpoint still being copied into storage: a half-written state
+            continue
+        if step is not None and "worker" not in killed:
+            killed["worker"] = (_kill("ray::RayTrainWorker"), step)
+        elif step is not None and step > killed["worker"][1]:
             killed["rollout actor"] = _kill("ray::RolloutActor")
             return
-        time.sleep(0.1)
 
 
 def test_killed_worker_and_rollout_actor_resume_from_checkpoint_without_repeating_data(base_config_dict, warm_model_dir, ray_local):

@@ -42,8 +42,16 @@ class TrainerState:
 
 
 def latest_checkpoint(storage_dir: str | Path) -> Path | None:
-    """The newest checkpoint folder of a run's storage directory (one with a trainer state)."""
-    states = {p.parent: TrainerState.load(p.parent) for p in Path(storage_dir).glob(f"*/{STATE_FILE}")}
+    """The newest checkpoint folder of a run's storage directory (one with a readable trainer state).
+
+    A state file that does not parse belongs to a checkpoint still being copied into storage, or cut off
+    while it was: it is reported and passed over, so the run resumes from the one before."""
+    states = {}
+    for path in Path(storage_dir).glob(f"*/{STATE_FILE}"):
+        try:
+            states[path.parent] = TrainerState.load(path.parent)
+        except (json.JSONDecodeError, TypeError) as err:
+            print(f"[run] passing over incomplete checkpoint {path.parent}: {err}", flush=True)
     if not states:
         return None
     # A run that ran out of data checkpoints its final data position after its last step.

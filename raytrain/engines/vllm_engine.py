@@ -155,6 +155,10 @@ class VLLMEngine(BucketReceiver):
         model_path = weights if weights is not None and not adapter else cfg.path
         # Read by vLLM's CPU backend only; a GPU build ignores it.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(v.cpu_kvcache_gb))
+        if not torch.cuda.is_available():
+            # On CPU the engine core runs in this process: a spawned one would import vLLM again
+            # (tens of seconds on a small machine) for no overlap worth having.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.llm = LLM(
             model=model_path,
             tokenizer=cfg.path if adapter else model_path,

@@ -1,8 +1,9 @@
 """The vLLM rollout engine: the `RolloutEngine` interface of raytrain.engines.base, served by vLLM.
 
 vLLM is imported lazily, so this module imports without it; building a
-`VLLMEngine` where vLLM cannot run (not installed, built for another torch, or,
-for a model with media, no torchvision to run its processor) fails saying which
+`VLLMEngine` without vLLM fails with how to install it, and where vLLM cannot run
+(built for another torch, or, for a model with media, no torchvision to run its
+processor) it fails saying which
 (`environment_problem`), before vLLM would fail in its model-inspection
 subprocess.
 
@@ -74,13 +75,11 @@ def torch_requirement() -> str | None:
 
 
 def environment_problem(*, torch_version: str, requirement: str | None, media: bool) -> str | None:
-    """Why vLLM cannot serve here, or None: no vLLM, a torch other than the one its build names
+    """Why the installed vLLM cannot serve here, or None: a torch other than the one its build names
     (its compiled ops would not load), or, for a model with media (`media`), no importable
     torchvision (transformers' Qwen2-VL image processor, which vLLM runs, imports it)."""
     from packaging.requirements import Requirement
 
-    if importlib.util.find_spec("vllm") is None:
-        return INSTALL_HINT
     if requirement is not None and not Requirement(requirement).specifier.contains(torch_version, prereleases=True):
         return f"the installed vLLM needs {requirement} but this environment has torch {torch_version} (install the torch its build names)"
     if media:
@@ -139,6 +138,8 @@ class VLLMEngine(BucketReceiver):
     """
 
     def __init__(self, cfg: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None):
+        if importlib.util.find_spec("vllm") is None:
+            raise ImportError(INSTALL_HINT)
         self.family = load_family(cfg)
         problem = environment_problem(torch_version=torch.__version__, requirement=torch_requirement(),
                                       media=getattr(self.family.processor, "image_processor", None) is not None)

@@ -140,11 +140,14 @@ class VLLMEngine(BucketReceiver):
     def __init__(self, cfg: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None):
         if importlib.util.find_spec("vllm") is None:
             raise ImportError(INSTALL_HINT)
-        self.family = load_family(cfg)
-        problem = environment_problem(torch_version=torch.__version__, requirement=torch_requirement(),
-                                      media=getattr(self.family.processor, "image_processor", None) is not None)
+        from transformers import AutoConfig
+
+        # Checked before the family loads: its processor would fail on a missing torchvision too, less clearly.
+        media = getattr(AutoConfig.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code), "vision_config", None)
+        problem = environment_problem(torch_version=torch.__version__, requirement=torch_requirement(), media=media is not None)
         if problem:
             raise RuntimeError(f"the vLLM engine cannot start: {problem}")
+        self.family = load_family(cfg)
         from vllm import LLM
         from vllm.exceptions import VLLMClientError
 

@@ -11,13 +11,14 @@ from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_
 from transformers import AutoConfig, AutoProcessor
 
 from raytrain.config.sections import LoraConfig, ModelConfig
+from raytrain.models.dx_llava import DxLlava
 from raytrain.models.family import ModelFamily
 from raytrain.models.qwen2_5_vl import Qwen2_5_VL, Qwen2Text
 from raytrain.weight_sync.protocol import Shape, tensor_spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Every model family, by the `model_type` of the checkpoints it serves.
-FAMILIES: dict[str, type[ModelFamily]] = {t: family for family in (Qwen2_5_VL, Qwen2Text) for t in family.model_types}
+FAMILIES: dict[str, type[ModelFamily]] = {t: family for family in (Qwen2_5_VL, Qwen2Text, DxLlava) for t in family.model_types}
 
 
 def family_class(config) -> type[ModelFamily]:

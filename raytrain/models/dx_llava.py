@@ -419,8 +419,3 @@ class DxLlava(ModelFamily):
         device = next(model.parameters()).device
         logits = model.head_logits(self.normalize(self.pixels(prompts)).to(device))
         return torch.sigmoid(logits.float()).cpu().tolist()
-
-
-def head_bce(head_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The head's BCE-with-logits summed over the rows (the trainer divides by the step's row count)."""
-    return nn.functional.binary_cross_entropy_with_logits(head_logits.float(), labels.float(), reduction="sum")

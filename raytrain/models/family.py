@@ -22,6 +22,12 @@ def processor_size(budget) -> dict[str, int]:
     return {"longest_edge": budget.max_pixels, "shortest_edge": budget.min_pixels}
 
 
+def head_bce(head_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A binary head's BCE-with-logits (labels 1 = fake) summed over the rows: the trainer divides by the
+    step's row count, so the step's loss holds the mean over its rows."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(head_logits.float(), labels.float(), reduction="sum")
+
+
 class ModelFamily:
     model_types: ClassVar[tuple[str, ...]]  # the `model_type`s of the checkpoints this family serves
     auto_class: ClassVar[type]  # the transformers Auto class that loads them

@@ -133,13 +133,17 @@ def open_clip_trunk(name: str, tower_config: dict, pretrained: str | None = None
     return open_clip.create_model(name, pretrained=pretrained, device=device).visual.trunk
 
 
+class XavierLinear(nn.Linear):
+    """A linear layer of the head: Xavier-uniform weights and zero bias at init (the official head's)."""
+
+
 class BinaryHead(nn.Module):
     """The official head: Linear(hidden, 512), ReLU, Linear(512, 1) on the mean-pooled clamped tokens."""
 
     def __init__(self, hidden: int, width: int):
         super().__init__()
-        self.fc1 = nn.Linear(hidden, width)
-        self.fc2 = nn.Linear(width, 1)
+        self.fc1 = XavierLinear(hidden, width)
+        self.fc2 = XavierLinear(width, 1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         pooled = tokens.clamp(-HEAD_CLAMP, HEAD_CLAMP).mean(dim=1)
@@ -184,11 +188,11 @@ class DxLlavaForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self.post_init()
 
     def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, BinaryHead):  # after its Linear children (init runs children first)
-            for linear in (module.fc1, module.fc2):
-                init.xavier_uniform_(linear.weight)
-                init.zeros_(linear.bias)
+        if isinstance(module, XavierLinear):
+            init.xavier_uniform_(module.weight)
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
 
     def train(self, mode: bool = True):
         # The tower is frozen: no stochastic depth or other train-mode behaviour in it, ever.

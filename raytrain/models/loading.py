@@ -98,8 +98,20 @@ def wrap_lora(model, cfg: ModelConfig):
     whole = [m for m in trainable_modules(model, cfg) or () if m != "language_model"]
     return get_peft_model(
         model, PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
-                              modules_to_save=whole or None)
+                              modules_to_save=_children(model, whole) or None)
     )
+
+
+def _children(model, modules: list[str]) -> list[str]:
+    """peft picks `modules_to_save` by name suffix, so `head` would also catch the LM's `lm_head` and the
+    tower's own `head`: name the top-level modules' children instead (`head.fc1`, `projector.0`), which no
+    other module's name ends with."""
+    names = []
+    for name in modules:
+        children = [f"{name}.{child}" for child, sub in model.get_submodule(name).named_children()
+                    if any(True for _ in sub.parameters())]
+        names += children or [name]
+    return names
 
 
 def sync_state(model, gathered: dict[str, torch.Tensor] | None = None, *, cpu_copy: bool = True) -> dict[str, torch.Tensor]:

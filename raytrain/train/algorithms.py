@@ -33,6 +33,7 @@ class Algorithm(ABC):
     """The decisions of one training algorithm; instances are stateless, one per name in `ALGORITHMS`."""
 
     needs_rollouts: bool  # rollout and reward actors, and a weight sync to them after every step
+    trains_head: bool = False  # a family's binary head (DX-LLaVA) trains too, on its BCE (`model.head_loss_weight`)
 
     @abstractmethod
     def uses_reference(self, algo: AlgorithmConfig) -> bool:

@@ -15,7 +15,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaConfig
 
 from raytrain.config import parse_config
 from raytrain.config.sections import ModelConfig
-from raytrain.data.batch import Prompt, TrainBatch
+from raytrain.data.batch import Prompt
 from raytrain.data.sft_targets import sft_batch
 from raytrain.models.dx_llava import DxLlavaConfig, DxLlavaForConditionalGeneration, build_processor
 from raytrain.models.loading import export_weights, load_family, load_policy, sync_spec, sync_state

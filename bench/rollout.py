@@ -2,14 +2,15 @@
 
 Runs in the vLLM environment (`make env-vllm`):
 
-    .venv-vllm/bin/python -m bench.rollout [--hidden-size 256 --layers 4 ...]
+    .venv-vllm/bin/python -m bench.rollout [--model vl|text --hidden-size 256 --layers 4 ...]
 
-Both sides serve the same randomly initialised text-only Qwen2 (built with the tiny
-model's tokenizer; vLLM on CPU cannot load Qwen2.5-VL, SPEC section 9) through the
-project's engines, `TransformersEngine` (one prompt with G return sequences per
-`generate` call) and `VLLMEngine` (the whole batch in one call), with the same
-`SamplingConfig`: G samples for each of the same chat-template prompts, the same
-temperature, top-p and length limit, vision tokens suppressed. Then one full-weight
+Both sides serve the same randomly initialised model through the project's engines,
+`TransformersEngine` (one prompt with G return sequences per `generate` call) and
+`VLLMEngine` (the whole batch in one call), with the same `SamplingConfig`: G samples for
+each of the same prompts, the same temperature, top-p and length limit, vision tokens
+suppressed. `--model vl` (default): a tiny Qwen2.5-VL (the tiny model's tokenizer and
+processors) with image and video prompts alternating, built by its model family from
+frames as the pipeline builds them; `--model text`: a text-only Qwen2 on chat prompts. Then one full-weight
 sync into the vLLM engine (bucketed, through vLLM's layerwise reload) is timed twice,
 with buckets passed through the engine's process and broadcast over a gloo weight
 group into vLLM's worker, against copying the same bytes in memory.
@@ -26,11 +27,19 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from raytrain.config.sections import ModelConfig, RolloutConfig  # noqa: E402
+from raytrain.config.sections import MediaConfig, ModelConfig, RolloutConfig  # noqa: E402
+from raytrain.data.batch import Prompt  # noqa: E402
 from raytrain.models.loading import sync_state  # noqa: E402
-from raytrain.models.tiny import _CORPUS, build_tiny_text_model, save_tiny_text_model  # noqa: E402
+from raytrain.models.tiny import (  # noqa: E402
+    _CORPUS,
+    build_tiny_model,
+    build_tiny_processor,
+    build_tiny_text_model,
+    save_tiny_text_model,
+)
 from raytrain.weight_sync.sender import LocalEngines, open_weight_group, push_weights  # noqa: E402
 
 
@@ -42,8 +51,34 @@ def _timed(engine, prompts, sampling) -> tuple[int, float]:
     return sum(len(s.token_ids) for g in groups for s in g), time.perf_counter() - t0
 
 
+def _vl_model(out: str, hidden_size: int, layers: int, side: int):
+    """A tiny Qwen2.5-VL saved to `out`, and how to build other weights of its shape (for the sync)."""
+    processor = build_tiny_processor(max_pixels=side * side)
+    build_tiny_model(processor, hidden_size=hidden_size, layers=layers).save_pretrained(out)
+    processor.save_pretrained(out)
+    return lambda: build_tiny_model(processor, hidden_size=hidden_size, layers=layers, seed=1)
+
+
+def _media_prompts(family, n: int, side: int, frames: int) -> list[Prompt]:
+    """`n` prompts, images and `frames`-frame videos (1 s clips) alternating, of random side x side frames."""
+    rng = np.random.default_rng(0)
+    budget = MediaConfig(max_pixels=side * side, min_pixels=28 * 28)
+    prompts = []
+    for i in range(n):
+        is_video, media = i % 2 == 1, ("video" if i % 2 else "image")
+        pixels = rng.integers(0, 256, (frames if is_video else 1, side, side, 3), dtype=np.uint8)
+        encoded = family.encode_prompt(family.chat_text(f"Is this {media} real or fake? ({i})", media), pixels, is_video,
+                                       budget, 1.0 if is_video else None)
+        prompts.append(Prompt(key=str(i), id=str(i), path=f"{media}-{i}", label="real", category="bench", is_video=is_video,
+                              **encoded))
+    return prompts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("vl", "text"), default="vl", help="tiny Qwen2.5-VL with media, or text-only Qwen2")
+    parser.add_argument("--side", type=int, default=112, help="frame side in pixels (--model vl)")
+    parser.add_argument("--frames", type=int, default=4, help="frames per video (--model vl)")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -60,8 +95,11 @@ def main() -> None:
     from raytrain.engines.vllm_engine import VLLMEngine
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = save_tiny_text_model(tmp, hidden_size=args.hidden_size, layers=args.layers)
-        cfg = ModelConfig(path=str(path), dtype="float32")
+        if args.model == "vl":
+            new_weights = _vl_model(tmp, args.hidden_size, args.layers, args.side)
+        else:
+            save_tiny_text_model(tmp, hidden_size=args.hidden_size, layers=args.layers)
+        cfg = ModelConfig(path=tmp, dtype="float32")
         rollout = RolloutConfig(
             engine="vllm",
             sampling={"group_size": args.group_size, "temperature": args.temperature, "top_p": args.top_p,
@@ -70,10 +108,19 @@ def main() -> None:
         )
         sampling = rollout.sampling
         hf = TransformersEngine(cfg)
-        prompts = [hf.family.text_prompt(_CORPUS[i % len(_CORPUS)] + f" ({i})") for i in range(args.prompts)]
+        if args.model == "vl":
+            prompts = _media_prompts(hf.family, args.prompts, args.side, args.frames)
+            kind, work = "Qwen2.5-VL", f"images and {args.frames}-frame videos of {args.side}x{args.side} alternating, "
+        else:
+            prompts = [hf.family.text_prompt(_CORPUS[i % len(_CORPUS)] + f" ({i})") for i in range(args.prompts)]
+            kind, work = "text-only Qwen2", ""
+
+            def new_weights():
+                return build_tiny_text_model(engine.tokenizer, hidden_size=args.hidden_size, layers=args.layers, seed=1)
         params = sum(p.numel() for p in hf.model.parameters())
-        print(f"model: text-only Qwen2, hidden {args.hidden_size}, {args.layers} layers, {params / 1e6:.1f} M parameters (float32)")
-        print(f"work: {len(prompts)} prompts x G={sampling.group_size}, max_new_tokens {sampling.max_new_tokens}, "
+        print(f"model: {kind}, hidden {args.hidden_size}, {args.layers} layers, {params / 1e6:.1f} M parameters (float32)")
+        print(f"work: {len(prompts)} prompts ({work}mean {np.mean([len(p.input_ids) for p in prompts]):.0f} prompt tokens) "
+              f"x G={sampling.group_size}, max_new_tokens {sampling.max_new_tokens}, "
               f"temperature {sampling.temperature}, top_p {sampling.top_p}")
 
         # transformers first: vLLM's CPU backend rebinds this process's OpenMP threads when it starts.
@@ -92,7 +139,7 @@ def main() -> None:
         print(f"VLLMEngine:         {vllm_tokens} tokens in {vllm_s:.2f} s = {vllm_rate:,.0f} tokens/s (engine start {init_s:.1f} s)")
         print(f"vLLM / transformers throughput: {vllm_rate / hf_rate:.1f}x")
 
-        state = sync_state(build_tiny_text_model(engine.tokenizer, hidden_size=args.hidden_size, layers=args.layers, seed=1))
+        state = sync_state(new_weights())
         nbytes = sum(v.numel() * v.element_size() for v in state.values())
         bucket_bytes = args.bucket_mb << 20
 

@@ -1,34 +1,32 @@
-"""The vLLM engine (raytrain.engines.vllm_engine) on CPU, full-weight mode, against transformers.
+"""The vLLM engine (raytrain.engines.vllm_engine) on CPU, full-weight mode, on the tiny Qwen2.5-VL with
+images, videos and text, against the trainer's forward and the transformers engine.
 
-One engine for the whole module (vLLM starts in ~20 s); tests run in file order and the
+One engine for the whole module (vLLM starts in ~5-20 s); tests run in file order and the
 later ones change its weights, each saying what it expects the engine to serve.
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
-from raytrain.config.sections import ModelConfig, RolloutConfig
-from raytrain.models.loading import sync_state
-from raytrain.models.logprobs import masked_logprobs
-from raytrain.models.tiny import build_tiny_text_model
+from raytrain.config.sections import MediaConfig, RolloutConfig
+from raytrain.data.batch import Prompt, Refusal
+from raytrain.engines.transformers_engine import TransformersEngine
+from raytrain.models.loading import load_policy, sync_state
+from raytrain.models.logprobs import token_logprobs
+from raytrain.models.tiny import build_tiny_model
 from raytrain.weight_sync.protocol import buckets
 from raytrain.weight_sync.sender import LocalEngines, open_weight_group, push_weights
 from tests.helpers.engine_checks import check_groups, check_unannounced_bucket_refused_without_stalling
-from tests_vllm.conftest import hf_greedy
 
 # float32 on both sides; vLLM's CPU kernels (oneDNN GEMMs, its own attention) sum in another
 # order than torch: measured gaps here are ~1e-6.
 LOGPROB_ATOL = 1e-4
-BUCKET_BYTES = 64 << 10  # the tiny model's ~0.4 MB go in several buckets; each embedding alone
-
-
-@pytest.fixture(scope="module")
-def model_cfg(text_model_dir):
-    return ModelConfig(path=str(text_model_dir), dtype="float32")
+BUCKET_BYTES = 256 << 10  # the tiny model's ~2 MB go in several buckets
 
 
 @pytest.fixture(scope="module")
@@ -48,69 +46,110 @@ def engine(model_cfg, rollout_cfg):
 
 
 @pytest.fixture(scope="module")
-def reference(text_model_dir):
-    """The weights the engine starts with, in transformers."""
-    return AutoModelForCausalLM.from_pretrained(text_model_dir, dtype=torch.float32).eval()
+def trainer_model(model_cfg):
+    """The weights the engine starts with, as the trainer loads them."""
+    return load_policy(model_cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def hf_engine(model_cfg):
+    """The transformers engine on the same checkpoint; the sync tests send it the same weights."""
+    return TransformersEngine(model_cfg)
 
 
 def _greedy(engine, prompts, sampling):
     return [g[0].token_ids for g in engine.generate(prompts, sampling, greedy=True)]
 
 
-def _hf_greedy_all(model, engine, prompts, sampling):
-    return [hf_greedy(model, p, max_new_tokens=sampling.max_new_tokens, eos_id=engine.eos_id, suppress_ids=engine.suppress_ids)
-            for p in prompts]
+def _trainer_logprobs(family, model, prompts, groups, temperature: float) -> list[np.ndarray]:
+    """The trainer's log-probabilities of every sampled token: all rows in one forward (one vision
+    tower call for the batch's images and videos), as a training step computes them."""
+    rows = [(p, s) for p, g in zip(prompts, groups) for s in g]
+    batch = family.collate([p for p, _ in rows], [s.token_ids for _, s in rows])
+    mask = batch.pop("response_mask").bool()
+    with torch.no_grad():
+        logp = token_logprobs(family, model, batch, temperature=temperature)
+    return [logp[i][mask[i]].numpy() for i in range(len(rows))]
 
 
-def test_group_samples(engine, prompts, rollout_cfg):
+def _largest_gap(family, model, prompts, groups, temperature: float) -> float:
+    expected = _trainer_logprobs(family, model, prompts, groups, temperature)
+    got = [np.asarray(s.logprobs) for g in groups for s in g]
+    return max(float(np.abs(a - b).max()) for a, b in zip(got, expected))
+
+
+@pytest.mark.parametrize("kind", ["images", "videos", "mixed"])
+def test_group_samples(engine, prompts, rollout_cfg, kind):
+    chosen = {"images": [p for p in prompts if not p.is_video and p.pixel_values.size],
+              "videos": [p for p in prompts if p.is_video], "mixed": prompts}[kind]
     sampling = rollout_cfg.sampling
-    groups = engine.generate(prompts, sampling)
+    groups = engine.generate(chosen, sampling)
     assert len(engine.suppress_ids) == 4  # image/video pads, vision start/end: never in a response
-    assert engine.version == 0  # the samples carry it (check_groups)
-    check_groups(engine, groups, len(prompts), sampling.group_size, sampling.max_new_tokens)
+    check_groups(engine, groups, len(chosen), sampling.group_size, sampling.max_new_tokens)
     assert all(len({tuple(s.token_ids) for s in g}) > 1 for g in groups), "G samples of a random model should differ"
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_sampled_logprobs_match_transformers(engine, reference, prompts, rollout_cfg, temperature):
+def test_sampled_logprobs_match_the_trainer(engine, family, trainer_model, prompts, rollout_cfg, temperature):
     sampling = rollout_cfg.sampling.model_copy(update={"temperature": temperature, "max_new_tokens": 24})
     groups = engine.generate(prompts, sampling)
-    worst = 0.0
-    for prompt, group in zip(prompts, groups):
-        for s in group:
-            ids = torch.from_numpy(np.concatenate([prompt.input_ids, np.asarray(s.token_ids, dtype=np.int64)]))[None]
-            with torch.no_grad():
-                logits = reference(ids).logits
-            start = len(prompt.input_ids)
-            expected = masked_logprobs(logits[:, start - 1:-1], ids[:, start:], temperature=temperature,
-                                       suppress_ids=engine.suppress_ids)[0].numpy()
-            np.testing.assert_allclose(np.asarray(s.logprobs), expected, atol=LOGPROB_ATOL, rtol=0)
-            worst = max(worst, float(np.abs(np.asarray(s.logprobs) - expected).max()))
-            if temperature != 1.0:
-                # The temperature really enters vLLM's numbers.
-                plain = masked_logprobs(logits[:, start - 1:-1], ids[:, start:], temperature=1.0,
-                                        suppress_ids=engine.suppress_ids)[0].numpy()
-                assert np.abs(np.asarray(s.logprobs) - plain).max() > 10 * LOGPROB_ATOL
-    print(f"largest |vLLM - transformers| log-prob gap at T={temperature}: {worst:.2e}")
+    gap = _largest_gap(family, trainer_model, prompts, groups, temperature)
+    print(f"largest |vLLM - trainer| log-prob gap at T={temperature}: {gap:.2e}")
+    assert gap <= LOGPROB_ATOL
+    if temperature != 1.0:  # the temperature really enters vLLM's numbers
+        assert _largest_gap(family, trainer_model, prompts, groups, 1.0) > 10 * LOGPROB_ATOL
 
 
-def test_greedy_matches_transformers(engine, reference, prompts, rollout_cfg):
+def test_video_timing_follows_sample_fps(engine, family, trainer_model, sample_fps_prompt, rollout_cfg):
+    """A clip sampled at 4 fps: vLLM's M-RoPE positions use the trainer's 0.5 s between temporal patches.
+    Told another frame rate (1 s between temporal patches), the same frames score otherwise."""
     sampling = rollout_cfg.sampling
-    groups = engine.generate(prompts, sampling, greedy=True)
-    assert all(len(g) == 1 for g in groups)
-    assert [g[0].token_ids for g in groups] == _hf_greedy_all(reference, engine, prompts, sampling)
+    groups = engine.generate([sample_fps_prompt], sampling)
+    assert _largest_gap(family, trainer_model, [sample_fps_prompt], groups, 1.0) <= LOGPROB_ATOL
+
+    vllm_input = family.vllm_input(sample_fps_prompt)
+    frames, metadata = vllm_input["multi_modal_data"]["video"]
+    assert len(frames) == 4 and metadata["frames_indices"] == [0, 1, 2, 3] and metadata["total_num_frames"] == 4
+    assert metadata["fps"] == pytest.approx(2 / 0.5)  # temporal_patch_size / second_per_grid_t
+    mistimed = {**vllm_input, "multi_modal_data": {"video": (frames, {**metadata, "fps": 2.0})}}
+    (out,) = engine.llm.generate([mistimed], engine._sampling_params(sampling, sampling.group_size, False), use_tqdm=False)
+    gap = _largest_gap(family, trainer_model, [sample_fps_prompt], [[engine._sample(c) for c in out.outputs]], 1.0)
+    print(f"largest log-prob gap to the trainer when vLLM is told 2 fps: {gap:.2e}")
+    assert gap > 2 * LOGPROB_ATOL  # measured: ~6e-4, against ~1e-6 at the right timing
 
 
-def test_transformers_engine_beside_vllm(engine, model_cfg, prompts, rollout_cfg):
-    """The project's TransformersEngine serves the same text-only model (`bench.rollout` puts the two
-    side by side): the same sample contract, and the same greedy tokens as vLLM."""
-    from raytrain.engines.transformers_engine import TransformersEngine
-
-    hf = TransformersEngine(model_cfg)
+def test_greedy_matches_the_transformers_engine(engine, hf_engine, prompts, sample_fps_prompt, rollout_cfg):
     sampling = rollout_cfg.sampling
-    check_groups(hf, hf.generate(prompts, sampling), len(prompts), sampling.group_size, sampling.max_new_tokens)
-    assert hf.suppress_ids == engine.suppress_ids
-    assert _greedy(hf, prompts, sampling) == _greedy(engine, prompts, sampling)
+    chosen = [*prompts, sample_fps_prompt]
+    assert _greedy(engine, chosen, sampling) == _greedy(hf_engine, chosen, sampling)
+    check_groups(hf_engine, hf_engine.generate(chosen, sampling), len(chosen), sampling.group_size, sampling.max_new_tokens)
+    assert hf_engine.suppress_ids == engine.suppress_ids
+
+
+def test_oversized_media_refused_and_the_call_goes_on(engine, family, prompts, rollout_cfg):
+    """A 448x448 image is 256 vision tokens: beyond this engine's max_model_len (256). That prompt gets a
+    refusal naming its file; the others in the call are served."""
+    frames = np.random.default_rng(2).integers(0, 256, (1, 448, 448, 3), dtype=np.uint8)
+    encoded = family.encode_prompt(family.chat_text("Is this image real or fake?", "image"), frames, False,
+                                   MediaConfig(max_pixels=448 * 448, min_pixels=28 * 28), None)
+    huge = Prompt(key="huge", id="huge", path="/data/huge.png", label="fake", category="synthetic", is_video=False, **encoded)
+    assert len(huge.input_ids) > rollout_cfg.vllm.max_model_len
+    sampling = rollout_cfg.sampling
+    out = engine.generate([prompts[0], huge, prompts[1]], sampling)
+    assert isinstance(out[1], Refusal)
+    assert "/data/huge.png" in out[1].reason and "maximum model length" in out[1].reason, out[1].reason
+    check_groups(engine, [out[0], out[2]], 2, sampling.group_size, sampling.max_new_tokens)
+
+
+def test_engine_that_cannot_start_says_why(model_cfg, rollout_cfg, monkeypatch):
+    from raytrain.engines.vllm_engine import VLLMEngine, environment_problem, torch_requirement
+
+    assert environment_problem(torch_version=torch.__version__, requirement=torch_requirement(), media=True) is None
+    wrong = environment_problem(torch_version="2.14.1", requirement=torch_requirement(), media=False)
+    assert "needs torch==2.13.0+cpu" in wrong and "torch 2.14.1" in wrong, wrong
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # torchvision absent: its import fails
+    with pytest.raises(RuntimeError, match="needs torchvision, and torchvision does not import here"):
+        VLLMEngine(model_cfg, rollout_cfg)
 
 
 def _corruptions(state: dict[str, torch.Tensor]):
@@ -122,9 +161,9 @@ def _corruptions(state: dict[str, torch.Tensor]):
 
 
 @pytest.mark.parametrize("kind", ["missing", "unexpected", "wrong shape"])
-def test_mismatched_sync_refused(engine, reference, prompts, rollout_cfg, kind):
+def test_mismatched_sync_refused(engine, family, prompts, rollout_cfg, kind):
     before = _greedy(engine, prompts, rollout_cfg.sampling)
-    key, bad = _corruptions(sync_state(build_tiny_text_model(engine.tokenizer, seed=1)))[kind]
+    key, bad = _corruptions(sync_state(build_tiny_model(family.processor, seed=1)))[kind]
     with pytest.raises(ValueError) as exc:
         push_weights(LocalEngines([engine]), bad, version=1, bucket_bytes=BUCKET_BYTES)
     assert kind in str(exc.value) and key in str(exc.value), str(exc.value)
@@ -133,43 +172,42 @@ def test_mismatched_sync_refused(engine, reference, prompts, rollout_cfg, kind):
     assert _greedy(engine, prompts, rollout_cfg.sampling) == before
 
 
-def test_full_weight_sync(engine, reference, prompts, rollout_cfg):
+def test_full_weight_sync(engine, hf_engine, family, trainer_model, prompts, rollout_cfg):
+    """New weights (the vision tower's too) change vLLM's answers to transformers' with the same weights."""
     sampling = rollout_cfg.sampling
     before = _greedy(engine, prompts, sampling)
-    trained = build_tiny_text_model(engine.tokenizer, seed=1).eval()
-    state = sync_state(trained)
+    state = sync_state(build_tiny_model(family.processor, seed=1))
     assert len(list(buckets(state, BUCKET_BYTES))) > 2
 
-    push_weights(LocalEngines([engine]), state, version=1, bucket_bytes=BUCKET_BYTES)
-    assert engine.version == 1
+    push_weights(LocalEngines([engine, hf_engine]), state, version=1, bucket_bytes=BUCKET_BYTES)
+    assert engine.version == hf_engine.version == 1
     after = _greedy(engine, prompts, sampling)
-    assert after == _hf_greedy_all(trained, engine, prompts, sampling)
+    assert after == _greedy(hf_engine, prompts, sampling)
     assert after != before, "a differently seeded model should answer differently"
-    assert {s.version for g in engine.generate(prompts[:1], sampling) for s in g} == {1}
+    assert {s.version for g in engine.generate(prompts[:2], sampling) for s in g} == {1}
 
     # Back to the first weights as version 2: the reload is complete, nothing of version 1 lingers
-    # (layer post-processing and the prefix cache included).
-    push_weights(LocalEngines([engine]), sync_state(reference), version=2, bucket_bytes=BUCKET_BYTES)
+    # (layer post-processing, the prefix and encoder caches included).
+    push_weights(LocalEngines([engine, hf_engine]), sync_state(trainer_model), version=2, bucket_bytes=BUCKET_BYTES)
     assert engine.version == 2
     assert _greedy(engine, prompts, sampling) == before
 
 
-def test_incomplete_sync_does_not_advance(engine, reference, prompts, rollout_cfg):
+def test_incomplete_sync_does_not_advance(engine, trainer_model, prompts, rollout_cfg):
     """Buckets announced but never sent: the sync fails loudly and the version stays."""
-    state = sync_state(reference)
+    state = sync_state(trainer_model)
     served = engine.version
     engine.begin_update(served + 1, {k: tuple(v.shape) for k, v in state.items()})
-    first = next(iter(buckets(state, BUCKET_BYTES)))
-    engine.load_bucket(first)
+    engine.load_bucket(next(iter(buckets(state, BUCKET_BYTES))))
     with pytest.raises(ValueError, match="incomplete"):
         engine.finish_update()
     assert engine.version == served
     with pytest.raises(RuntimeError, match="serves no single weight version"):
         engine.generate(prompts, rollout_cfg.sampling, greedy=True)
     # A complete sync heals it.
+    before = engine.version
     push_weights(LocalEngines([engine]), state, version=served + 2, bucket_bytes=BUCKET_BYTES)
-    assert engine.version == served + 2
-    assert _greedy(engine, prompts, rollout_cfg.sampling) == _hf_greedy_all(reference, engine, prompts, rollout_cfg.sampling)
+    assert engine.version == served + 2 != before
 
 
 @pytest.fixture
@@ -186,21 +224,23 @@ def engine_core_serialisation(engine, monkeypatch):
     monkeypatch.setattr(engine.llm, "collective_rpc", serialised)
 
 
-def test_full_weight_sync_by_broadcast(engine, reference, prompts, rollout_cfg, engine_core_serialisation):
+def test_full_weight_sync_by_broadcast(engine, hf_engine, family, trainer_model, prompts, rollout_cfg, engine_core_serialisation):
     """The GPU path's code over gloo: this thread is rank 0 of a weight group, vLLM's worker receives
     each bucket straight from the broadcast and loads it."""
     sampling = rollout_cfg.sampling
     engines = LocalEngines([engine])
     group = open_weight_group(engines, "gloo", timeout_s=60.0)
-    trained = build_tiny_text_model(engine.tokenizer, seed=2).eval()
     served = engine.version
-    push_weights(engines, sync_state(trained), served + 1, BUCKET_BYTES, group)
+    new = sync_state(build_tiny_model(family.processor, seed=2))
+    push_weights(engines, new, served + 1, BUCKET_BYTES, group)
     assert engine.version == served + 1
-    assert _greedy(engine, prompts, sampling) == _hf_greedy_all(trained, engine, prompts, sampling)
+    push_weights(LocalEngines([hf_engine]), new, hf_engine.version + 1, BUCKET_BYTES)
+    trained = _greedy(hf_engine, prompts, sampling)
+    assert _greedy(engine, prompts, sampling) == trained
 
-    state = sync_state(reference)
+    state = sync_state(trainer_model)
     check_unannounced_bucket_refused_without_stalling(engine, group, state, BUCKET_BYTES)
-    assert _greedy(engine, prompts, sampling) == _hf_greedy_all(trained, engine, prompts, sampling)
+    assert _greedy(engine, prompts, sampling) == trained
 
     # A restarted sender opens a new group; the engine joins it in place of the old one, and a sync
     # announced for the old group is refused before anything is broadcast.
@@ -209,4 +249,3 @@ def test_full_weight_sync_by_broadcast(engine, reference, prompts, rollout_cfg, 
         engine.begin_update(served + 3, {k: tuple(v.shape) for k, v in state.items()}, old)
     push_weights(engines, state, served + 3, BUCKET_BYTES, group)
     assert engine.version == served + 3
-    assert _greedy(engine, prompts, sampling) == _hf_greedy_all(reference, engine, prompts, sampling)

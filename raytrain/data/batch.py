@@ -44,6 +44,14 @@ class Sample:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class Refusal:
+    """What a rollout engine returns in place of a prompt's group when it cannot serve the prompt (its
+    media exceed the engine's limits); the run goes on without it, counted as skipped media."""
+
+    reason: str  # names the file
+
+
 def response_positions(prompts: list[Prompt], responses: list[list[int]]) -> torch.Tensor:
     """[B, L] with 1 where a response token sits in the right-padded prompt+response rows (`prompts[i]`
     is the prompt of `responses[i]`: a group repeats its prompt G times)."""

@@ -12,8 +12,8 @@ from typing import Protocol
 
 import torch
 
-from raytrain.config.sections import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
-from raytrain.data.batch import Prompt, Sample
+from raytrain.config.sections import ModelConfig, RolloutConfig, SamplingConfig
+from raytrain.data.batch import Prompt, Refusal, Sample
 from raytrain.weight_sync.group import GroupAddress
 from raytrain.weight_sync.protocol import BucketMeta, Shape
 
@@ -21,8 +21,9 @@ from raytrain.weight_sync.protocol import BucketMeta, Shape
 class RolloutEngine(Protocol):
     version: int
 
-    def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample]]:
-        """`sampling.group_size` samples per prompt (one when `greedy`)."""
+    def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample] | Refusal]:
+        """`sampling.group_size` samples per prompt (one when `greedy`), or a `Refusal` for a prompt the
+        engine cannot serve."""
 
     def head_probs(self, prompts: list[Prompt]) -> list[float | None]:
         """The model's binary head's probability of fake per prompt (DX-LLaVA); None where there is no head."""
@@ -44,14 +45,12 @@ class RolloutEngine(Protocol):
         """Serve the new weights from now on; returns the version now served (fails if a tensor is missing)."""
 
 
-def make_engine(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None,
-                data: DataConfig | None = None) -> RolloutEngine:
-    """The engine `rollout.engine` names, on a GPU when the actor holding it was given one
-    (`data`: how the vLLM engine decodes a multimodal prompt's media)."""
+def make_engine(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None) -> RolloutEngine:
+    """The engine `rollout.engine` names, on a GPU when the actor holding it was given one."""
     if rollout.engine == "vllm":
         from raytrain.engines.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model, rollout, weights=weights, data=data)
+        return VLLMEngine(model, rollout, weights=weights)
     from raytrain.engines.transformers_engine import TransformersEngine
 
     device = "cuda" if rollout.num_gpus > 0 and torch.cuda.is_available() else "cpu"

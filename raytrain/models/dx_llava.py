@@ -45,7 +45,7 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers import initialization as init
-from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_outputs import ModelOutput
 
 from raytrain.data.batch import Prompt, TrainBatch, response_positions
@@ -82,7 +82,7 @@ class DxLlavaConfig(PreTrainedConfig):
     """DX-LLaVA: a LLaMA `text_config`, the OpenCLIP tower by name, the projector and the head."""
 
     model_type = "dx_llava"
-    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+    sub_configs = {"text_config": AutoConfig}
 
     text_config: dict | PreTrainedConfig | None = None
     vision_tower: str = "convnext_large_d_320"  # OpenCLIP model name
@@ -95,6 +95,15 @@ class DxLlavaConfig(PreTrainedConfig):
     head_hidden_size: int = 512
     image_token_id: int = 32000
     tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        # By hand rather than through transformers' sub-config defaults, which differ between 5.19 (the
+        # vLLM environment's) and 5.23.
+        if isinstance(self.text_config, dict):
+            self.text_config = LlamaConfig(**{k: v for k, v in self.text_config.items() if k != "model_type"})
+        elif self.text_config is None:
+            self.text_config = LlamaConfig()
+        super().__post_init__(**kwargs)
 
     def tower_config(self) -> dict:
         if self.vision_tower_config is not None:

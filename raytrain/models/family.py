@@ -132,8 +132,9 @@ class ModelFamily:
         return self.processor(text=texts, images=images or None, videos=videos or None, padding=True, return_tensors="pt",
                               images_kwargs={"size": size}, videos_kwargs={"do_sample_frames": False, "size": size})
 
-    def vllm_input(self, prompt: Prompt, frames: np.ndarray | None) -> dict:
-        """The prompt as vLLM takes it: token ids, or (with media) its text and the decoded frames."""
-        if frames is None:
-            return {"prompt_token_ids": [int(t) for t in prompt.input_ids]}
-        raise NotImplementedError(f"{type(self).__name__} takes no media")
+    def vllm_input(self, prompt: Prompt) -> dict:
+        """The prompt as vLLM's `LLM.generate` takes it (a `TokensPrompt`, with its media where the family
+        has them, built from the prompt alone: the engine decodes nothing)."""
+        if prompt.pixel_values.size:
+            raise NotImplementedError(f"{type(self).__name__} takes no media")
+        return {"prompt_token_ids": [int(t) for t in prompt.input_ids]}

@@ -1,5 +1,5 @@
 """Qwen2.5-VL, the family of BusterX++ (Wen et al. 2025) and of `Qwen/Qwen2.5-VL-7B-Instruct`; and the
-text-only Qwen2 chat model that vLLM's CPU tests and the rollout benchmark serve.
+text-only Qwen2 chat model the rollout benchmark also serves.
 
 What is Qwen2.5-VL's own: the chat template's vision placeholders, the processor's patch grid
 (`grid_thw`) and frame timing (`second_per_grid_t`), the token types its M-RoPE positions depend on
@@ -132,16 +132,43 @@ class Qwen2_5_VL(Qwen2Text):
             inputs["mm_encoder_outputs"] = self.encode_media(model, batch)
         return model(**inputs, use_cache=False).logits
 
-    def vllm_input(self, prompt: Prompt, frames: np.ndarray | None) -> dict:
-        """With media: the chat-template text the prompt was built from (its expanded placeholder run
-        collapsed to one) and the frames; vLLM runs the processor itself."""
-        if frames is None:
-            return super().vllm_input(prompt, None)
+    def vllm_input(self, prompt: Prompt) -> dict:
+        """The prompt's tokens (its expanded placeholder run collapsed to one: vLLM expands it again) and
+        its media as the pipeline decoded them: the frames are recovered from the prompt's own pixels
+        (`prompt_frames`), never decoded again, so vLLM's processor sees exactly what the trainer's did.
+        A video carries metadata whose fps makes vLLM's `second_per_grid_ts` the trainer's
+        (`temporal_patch_size / sampled_fps`, with every frame sampled), so the M-RoPE positions agree."""
+        if prompt.pixel_values.size == 0:
+            return super().vllm_input(prompt)
         pad = self.video_token_id if prompt.is_video else self.image_token_id
         ids = [int(t) for i, t in enumerate(prompt.input_ids) if t != pad or i == 0 or prompt.input_ids[i - 1] != pad]
-        media = "video" if prompt.is_video else "image"
-        return {"prompt": self.tokenizer.decode(ids, skip_special_tokens=False),
-                "multi_modal_data": {media: frames if prompt.is_video else frames[0]}}
+        frames = self.prompt_frames(prompt)
+        height, width = frames.shape[1:3]
+        # The frames are already at the pipeline's size: the processor's resize must leave them so.
+        kwargs = {"size": {"shortest_edge": height * width, "longest_edge": height * width}}
+        if not prompt.is_video:
+            return {"prompt_token_ids": ids, "multi_modal_data": {"image": frames[0]}, "mm_processor_kwargs": kwargs}
+        n = len(frames)
+        metadata = {"total_num_frames": n, "frames_indices": list(range(n)), "do_sample_frames": False,
+                    "fps": self.processor.video_processor.temporal_patch_size / prompt.second_per_grid_t,
+                    "duration": n * prompt.second_per_grid_t / self.processor.video_processor.temporal_patch_size,
+                    "width": width, "height": height}
+        return {"prompt_token_ids": ids, "multi_modal_data": {"video": (frames, metadata)},
+                "mm_processor_kwargs": {**kwargs, "do_sample_frames": False, "cap_pixels_per_frame": True}}
+
+    def prompt_frames(self, prompt: Prompt) -> np.ndarray:
+        """uint8 frames [T, H, W, 3] whose processing gives `prompt.pixel_values` again: the processor's
+        patch layout and normalisation undone (float32 round-off is far below one grey level, so the
+        frames are exact). An image comes back as its frame repeated `temporal_patch_size` times, a video
+        with the frame the processor appended to an odd count."""
+        proc = self.processor.video_processor if prompt.is_video else self.processor.image_processor
+        t, h, w = (int(x) for x in prompt.grid_thw)
+        tps, patch, merge = proc.temporal_patch_size, proc.patch_size, proc.merge_size
+        x = prompt.pixel_values.reshape(t, h // merge, w // merge, merge, merge, 3, tps, patch, patch)
+        x = x.transpose(0, 6, 1, 3, 7, 2, 4, 8, 5)  # -> [t, tps, h/m, m, p, w/m, m, p, C]
+        x = x.reshape(t * tps, h * patch, w * patch, 3)
+        x = (x * np.asarray(proc.image_std, np.float32) + np.asarray(proc.image_mean, np.float32)) / proc.rescale_factor
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
     def processor_inputs(self, texts: list[str], images: list, videos: list, budget):
         inputs = super().processor_inputs(texts, images, videos, budget)

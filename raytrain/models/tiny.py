@@ -185,8 +185,8 @@ def save_tiny_clip(out: Path, *, dim: int = 32, image_size: int = 32, seed: int 
 
 
 def build_tiny_text_model(tokenizer: PreTrainedTokenizerFast, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Qwen2ForCausalLM:
-    """The language half of the tiny model as a text-only Qwen2 (head_dim 32): what vLLM on CPU can
-    load, since no torchvision exists for its torch build and so its Qwen2-VL classes cannot import."""
+    """The language half of the tiny model as a text-only Qwen2 (head_dim 32): the rollout benchmark's
+    text-only side by side of the two engines."""
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,

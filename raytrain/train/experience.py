@@ -18,7 +18,7 @@ import torch
 from raytrain.algos.advantages import ADVANTAGE_ESTIMATORS, AdvantageInputs, informative_groups
 from raytrain.algos.paragraph_tokens import paragraph_token_masks, token_char_spans
 from raytrain.config import Config
-from raytrain.data.batch import Prompt, Sample, TrainBatch, response_positions
+from raytrain.data.batch import Prompt, Refusal, Sample, TrainBatch, response_positions
 from raytrain.data.pipeline import prompts_from_batch
 from raytrain.data.sft_targets import sft_batch
 from rewards.score import Score
@@ -56,6 +56,10 @@ class PromptFeed:
         self.drawn += [p.key for p in out]
         return out
 
+    def refused(self, prompt: Prompt, refusal: Refusal) -> None:
+        """A drawn prompt the rollout engine could not serve: skipped like undecodable media."""
+        self.skipped.append({"key": prompt.key, "path": prompt.path, "reason": refusal.reason})
+
 
 def collect_rollouts(cfg: Config, feed: PromptFeed, rollout, reward_actor, version: int) -> tuple[list[Group], dict]:
     """DAPO dynamic sampling: draw prompts until `prompts_per_worker` informative groups or the round limit.
@@ -77,15 +81,19 @@ def collect_rollouts(cfg: Config, feed: PromptFeed, rollout, reward_actor, versi
         per_call = cfg.rollout.prompts_per_call
         calls = [prompts[i:i + per_call] for i in range(0, len(prompts), per_call)]
         generated = [rollout.generate.remote(call, cfg.rollout.sampling) for call in calls]
-        samples, scoring = [], []
+        served, samples, scoring = [], [], []
         for call, ref in zip(calls, generated):
             for prompt, group in zip(call, ray.get(ref)):
+                if isinstance(group, Refusal):
+                    feed.refused(prompt, group)
+                    continue
                 _check_staleness(group, version, algo.max_staleness)
+                served.append(prompt)
                 samples.append(group)
                 scoring.append(_submit_scoring(cfg, reward_actor, prompt, group))
         scores = [sc for ref in scoring for sc in ray.get(ref)]
         g = cfg.rollout.sampling.group_size
-        groups = [Group(p, samples[i], scores[i * g:(i + 1) * g]) for i, p in enumerate(prompts)]
+        groups = [Group(p, samples[i], scores[i * g:(i + 1) * g]) for i, p in enumerate(served)]
         all_groups += groups
         drawn += len(groups)
         if algo.dynamic_sampling:

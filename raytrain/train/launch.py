@@ -47,7 +47,7 @@ def train(cfg: Config) -> Path:
     restarts = cfg.train.actor_restarts
     rollouts, reward = [], None
     if ALGORITHMS[cfg.algorithm.name].needs_rollouts:
-        rollouts = start_rollout_actors(cfg.model, cfg.rollout, data=cfg.data, max_restarts=restarts)
+        rollouts = start_rollout_actors(cfg.model, cfg.rollout, max_restarts=restarts)
         encoder_gpus = cfg.reward.paragraph.num_gpus if cfg.reward.enabled("paragraph") else 0
         reward = RewardActor.options(num_gpus=encoder_gpus, max_restarts=restarts).remote(cfg.reward, cfg.data.answer_format)
     trainer = TorchTrainer(

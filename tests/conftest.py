@@ -23,6 +23,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_dx_llava_dir(tmp_path_factory) -> Path:
+    """The tiny DX-LLaVA, built by `jobs.make_tiny_model --family dx-llava`."""
+    from jobs.make_tiny_model import main
+
+    out = tmp_path_factory.mktemp("tiny-dx-llava")
+    main(["--family", "dx-llava", "--out", str(out)])
+    return out
+
+
+@pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     """16 train + 8 test synthetic items with `manifest.parquet` next to them."""
     from raytrain.data.ingest import Source, ingest, scan_sources

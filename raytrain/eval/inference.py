@@ -51,8 +51,10 @@ FOLDER_SOURCE = "folder"
 ROW_COLUMNS = ("source", "domain")
 
 
-def prediction_record(prompt: Prompt, sample: Sample, *, answer_format: str, mode: str | None, latency_s: float) -> dict:
-    """One readable item's prediction: the raw response, its parsed answer and its compliance flags."""
+def prediction_record(prompt: Prompt, sample: Sample, *, answer_format: str, mode: str | None, latency_s: float,
+                      head_prob: float | None = None) -> dict:
+    """One readable item's prediction: the raw response, its parsed answer and its compliance flags, and the
+    model's binary head's probability of fake when it has one (DX-LLaVA)."""
     answer = parse_answer(sample.text, answer_format)
     return {
         "id": prompt.id, "path": prompt.path, "media": "video" if prompt.is_video else "image",
@@ -61,6 +63,7 @@ def prediction_record(prompt: Prompt, sample: Sample, *, answer_format: str, mod
         "response": sample.text, "answer": answer, "format_ok": format_reward(sample.text) == 0.0,
         "mode_ok": None if mode is None else hybrid_reward(sample.text, mode) == 0.0,
         "truncated": sample.truncated, "num_tokens": len(sample.token_ids), "latency_s": latency_s,
+        "head_prob": head_prob,
     }
 
 
@@ -69,7 +72,7 @@ def unreadable_record(*, id: str, path: str, media: str, label: str, category: s
     return {
         "id": id, "path": path, "media": media, "label": label.lower(), "category": category,
         "status": UNREADABLE, "error": reason, "response": None, "answer": None, "format_ok": False,
-        "mode_ok": None, "truncated": False, "num_tokens": 0, "latency_s": None,
+        "mode_ok": None, "truncated": False, "num_tokens": 0, "latency_s": None, "head_prob": None,
     }
 
 
@@ -107,10 +110,12 @@ class Predictor:
         latency = (time.perf_counter() - start) / max(len(prompts), 1)
         # A prompt the engine refused (media beyond its limits) is listed like an undecodable file.
         skipped += [{"key": p.key, "path": p.path, "reason": g.reason} for p, g in zip(prompts, samples) if isinstance(g, Refusal)]
+        answered = [(p, g[0]) for p, g in zip(prompts, samples) if not isinstance(g, Refusal)]
+        heads = self.engine.head_probs([p for p, _ in answered]) if answered else []
         records = [
-            prediction_record(p, g[0], answer_format=self.cfg.data.answer_format, mode=p.mode if self.cfg.data.mode else None,
-                              latency_s=latency)
-            for p, g in zip(prompts, samples) if not isinstance(g, Refusal)
+            prediction_record(p, s, answer_format=self.cfg.data.answer_format, mode=p.mode if self.cfg.data.mode else None,
+                              latency_s=latency, head_prob=h)
+            for (p, s), h in zip(answered, heads)
         ]
         row_of = {str(key): i for i, key in enumerate(batch["key"])}
         for skip in skipped:

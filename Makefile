@@ -14,7 +14,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints-cpu.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints-cpu.txt -e '.[dev,qlora]'
 	touch $(STAMP)
 
 # constraints-vllm.txt is the whole environment, pinned; installed without resolving (see its header

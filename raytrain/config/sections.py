@@ -322,9 +322,9 @@ class TrainConfig(Strict):
     gradient_accumulation_steps: int | None = Field(
         None, gt=0,
         description="Gradient accumulation as the seed and Hugging Face name it: forward/backward passes per optimizer "
-                    "step. A worker's step batch (`prompts_per_worker` prompts; x G sequences for RL) is split into this "
-                    "many micro-batches of equal size (the last may be smaller); the step's loss and update stay those of "
-                    "the whole batch. HF's per_device_train_batch_size x gradient_accumulation_steps is "
+                    "step. A worker's step batch (`prompts_per_worker` prompts; x G sequences for RL) is split into "
+                    "micro-batches of ceil(rows / N) sequences: N passes when N divides it, fewer otherwise. The step's "
+                    "loss and update stay those of the whole batch. HF's per_device_train_batch_size x gradient_accumulation_steps is "
                     "`prompts_per_worker` here (SFT). Set this or `micro_batch_size`, not both.",
     )
     lr: float = Field(1e-6, gt=0, description="Learning rate (DAPO full fine-tune: 1e-6; LoRA: 1e-5).")

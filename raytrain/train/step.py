@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from raytrain.config import Config
 from raytrain.config.deepspeed import deepspeed_config
+from raytrain.config.sections import TrainConfig
 from raytrain.data.batch import TrainBatch
 from raytrain.models.family import ModelFamily
 from raytrain.models.logprobs import token_logprobs
@@ -31,6 +32,14 @@ def make_engine(cfg: Config, model):
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
     return engine
+
+
+def micro_batch_rows(train: TrainConfig, rows: int) -> int:
+    """Sequences per pass: `train.micro_batch_size`, or `rows` split by `train.gradient_accumulation_steps`
+    (ceil(rows / N): N passes when N divides the batch, fewer otherwise), or all `rows` in one pass."""
+    if train.micro_batch_size:
+        return train.micro_batch_size
+    return max(1, math.ceil(rows / (train.gradient_accumulation_steps or 1)))
 
 
 def sum_across_ranks(values: list[float]) -> list[float]:
@@ -68,9 +77,7 @@ def train_step(cfg: Config, algorithm: Algorithm, family: ModelFamily, engine, r
 
     Returns the summed micro-batch losses (`loss`), whether this rank had rows (`ranks_trained`), and the
     loss stats: `loss_sums` added up, `loss_means` weighted by each micro-batch's loss tokens."""
-    accumulation = cfg.train.gradient_accumulation_steps or 1
-    size = cfg.train.micro_batch_size or (math.ceil(len(batch) / accumulation) if batch else 1)
-    micro = batch.micro_batches(size, family.collate) if batch else []
+    micro = batch.micro_batches(micro_batch_rows(cfg.train, len(batch)), family.collate) if batch else []
     count = torch.tensor(float(len(micro)))
     dist.all_reduce(count, op=dist.ReduceOp.MAX)
     num_tokens, num_seqs = max(global_tokens, 1.0) / world, max(global_seqs, 1.0) / world

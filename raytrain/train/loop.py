@@ -25,7 +25,7 @@ from raytrain.train.checkpoint import DEEPSPEED_TAG, TrainerState, save_checkpoi
 from raytrain.train.experience import PromptFeed
 from raytrain.train.metrics import log_metrics, step_metrics
 from raytrain.train.policy_sync import gathered_weights, push_policy, weight_group
-from raytrain.train.step import make_engine, sum_across_ranks, train_step
+from raytrain.train.step import deepspeed_engine, sum_across_ranks, train_step
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -47,7 +47,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         print(f"[train] trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)", flush=True)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    engine = make_engine(cfg, model)
+    engine = deepspeed_engine(cfg, model)
     ref_model = None
     if algorithm.uses_reference(cfg.algorithm):
         # The initial policy, frozen: only loaded when a KL term is on.

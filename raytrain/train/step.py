@@ -20,7 +20,7 @@ from raytrain.train.algorithms import Algorithm
 LOSS_INPUTS = ("old_logprobs", "advantages", "loss_mask")  # per-token tensors of a TrainBatch, not model inputs
 
 
-def make_engine(cfg: Config, model):
+def deepspeed_engine(cfg: Config, model):
     """The DeepSpeed engine over `model`'s trainable parameters: AdamW, or DeepSpeed's CPU Adam when
     `train.offload_optimizer` keeps the optimizer states in host memory (DeepSpeed steps them there)."""
     params = [p for p in model.parameters() if p.requires_grad]

@@ -47,7 +47,7 @@ def placement_or_exit(args: argparse.Namespace, cfg: Config, stages: dict[str, C
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         return None
-    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    print("# resolved config\n" + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
     nodes = planned_nodes(cfg.cluster)
     report = {}
     for name, stage in stages.items():

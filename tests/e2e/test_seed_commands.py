@@ -28,11 +28,12 @@ def _sets(items: list[str]) -> list[str]:
 
 
 def test_sft_with_the_seeds_ds_config_and_cpu_offload_resumes(base_config_dict, tmp_path, ray_local, capsys):
-    raw = {**base_config_dict, "algorithm": {"name": "sft"}}
+    raw = {**base_config_dict, "algorithm": {"name": "sft"}, "train": {**base_config_dict["train"], "num_workers": 1},
+           "data": {**base_config_dict["data"], "decode_concurrency": 1}}
     config = tmp_path / "sft.yaml"
     config.write_text(yaml.safe_dump(raw))
-    # 8 rows, 2 workers x 2 prompts: two steps of two passes each, the Adam states in host memory.
-    args = ["--config", str(config), "--deepspeed", str(REPO / "jobs/configs/ds_config.json"), "--max_samples", "8",
+    # 4 rows, 1 worker x 2 prompts: two steps of two passes each, the Adam states in host memory.
+    args = ["--config", str(config), "--deepspeed", str(REPO / "jobs/configs/ds_config.json"), "--max_samples", "4",
             "--no-eval", *_sets(["train.offload_optimizer=cpu", "train.gradient_accumulation_steps=2"])]
     sft.main([*args, "--set", "train.total_steps=1"])
     storage = Path(raw["run"]["output_dir"]) / STORAGE_DIR
@@ -42,7 +43,7 @@ def test_sft_with_the_seeds_ds_config_and_cpu_offload_resumes(base_config_dict, 
     out = capsys.readouterr().out
     assert "[run] resuming from" in out and "[train] resumed at step 1" in out
     state = TrainerState.load(latest_checkpoint(storage))
-    assert state.step == 2 and len(state.consumed) == 8
+    assert state.step == 2 and len(state.consumed) == 4
     metrics = [json.loads(line) for line in (Path(raw["run"]["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
 

@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
     p = cli.parser(__doc__.splitlines()[0], config_required=False)
     p.add_argument("--model", help="model folder or hub name (default: the config's model.path)")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--data", type=Path, help="manifest to evaluate (default: the config's data.manifest)")
+    source.add_argument("--data", type=Path, help="Parquet manifest, or FILE.jsonl of manifest rows (jobs.prepare_data's test.jsonl) (default: the config's data.manifest)")
     source.add_argument("--folder", "--tiktok", type=Path,
                         help="folder of clips (real/ and fake/ subfolders, a path,label[,category] CSV, or clips of "
                              "one --label); every clip is evaluated")

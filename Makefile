@@ -11,10 +11,16 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 
 .PHONY: env env-vllm demo lint test test-vllm test-recipes
 
+# bitsandbytes (the `qlora` extra) goes apart, into $(VENV)/qlora: peft imports it whenever it is installed, and
+# its import (torch's inductor) would slow every process of the suite; only the QLoRA test puts it on its path.
+# DeepSpeed's CPU Adam (train.offload_optimizer: cpu) is a C++ op JIT-built with g++ and ninja (the venv's)
+# on first use (1.5 min on 2 quiet cores, 5 min on busy ones) and cached in ~/.cache/torch_extensions: built once here, not in a test.
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints-cpu.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps --target $(VENV)/qlora -c constraints-cpu.txt bitsandbytes
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -c "from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load()"
 	touch $(STAMP)
 
 # constraints-vllm.txt is the whole environment, pinned; installed without resolving (see its header

@@ -19,9 +19,12 @@ def main(argv=None) -> dict:
     p.add_argument("--stage", choices=["1", "2", "3", "all"], default="all", help="stage to run (default: all)")
     args = p.parse_args(argv)
     cfg = cli.load(args)
-    from raytrain.recipes.busterx import run_pipeline  # after parsing: --help and config errors need no Ray
+    from raytrain.recipes.busterx import STAGES, run_pipeline, stage_config, stage_steps  # after parsing: no Ray for --help
 
-    return run_pipeline(cfg, args.stage, evaluate=not args.no_eval)
+    # Stage 2 trains on stage 1's answers; its placement (training workers alone) does not depend on which.
+    stages = {f"stage {s}": stage_config(cfg, s, cfg.model.path, fusion_manifest=cfg.data.manifest, fusion_rows=1)
+              for s in STAGES if stage_steps(cfg)[s] and (args.stage == "all" or int(args.stage) == s)}
+    return cli.placement_or_exit(args, cfg, stages) or run_pipeline(cfg, args.stage, evaluate=not args.no_eval)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,39 @@ def recipe_parser(description: str) -> argparse.ArgumentParser:
     p = parser(description)
     p.add_argument("--no-eval", action="store_true",
                    help="skip evaluating the starting and the final model on data.eval_split")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config and each role's CPUs and GPUs against what the cluster has, then exit")
     return p
+
+
+def placement_or_exit(args: argparse.Namespace, cfg: Config, stages: dict[str, Config] | None = None) -> dict | None:
+    """Before a training job starts: under `--dry-run`, print the resolved config and the placement of
+    each of its `stages` (default: `cfg` alone) and return it; else refuse (exit 2) a run the cluster
+    cannot hold, naming what each role asks for, instead of letting its actors wait forever."""
+    import yaml
+
+    from raytrain.cluster import planned_nodes
+    from raytrain.config import placement
+    from raytrain.train.algorithms import ALGORITHMS
+    from raytrain.train.launch import check_placement
+
+    stages = stages or {"run": cfg}
+    if not args.dry_run:
+        try:
+            for stage in stages.values():
+                check_placement(stage)
+        except placement.PlacementError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return None
+    print("# resolved config\n" + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    nodes = planned_nodes(cfg.cluster)
+    report = {}
+    for name, stage in stages.items():
+        plan = placement.roles(stage, ALGORITHMS[stage.algorithm.name].needs_rollouts)
+        print(f"\nplacement ({name}):\n{placement.describe(plan, nodes)}")
+        report[name] = {"roles": [vars(r) for r in plan], "fits": not placement.shortfalls(plan, nodes)}
+    return {"dry_run": report, "nodes": nodes}
 
 
 def load(args: argparse.Namespace, extra: list[str] = (), defaults: dict | None = None) -> Config:
@@ -43,4 +75,4 @@ def train_main(description: str, algorithm: str, argv=None, extra: list[str] = (
 
     args = recipe_parser(description).parse_args(argv)
     cfg = load(args, [f"algorithm.name={algorithm}", *extra])
-    return run_recipe(cfg, tag or algorithm, evaluate=not args.no_eval)
+    return placement_or_exit(args, cfg) or run_recipe(cfg, tag or algorithm, evaluate=not args.no_eval)

@@ -9,8 +9,10 @@ DFDC, FakeAVCeleb, a folder of clips) or takes it from --layout, probes every
 file in parallel Ray Data tasks (duration, fps, frames, resolution, codec;
 --skip-processing only hashes), drops exact duplicates, assigns splits by
 source clip and weights training draws for real/fake balance and the --mix.
-Writes OUT/manifest.parquet, OUT/rejects.parquet (path, source, reason) and
-OUT/summary.json, and prints counts per source x category x split x label.
+Writes OUT/manifest.parquet, OUT/train.jsonl, val.jsonl and test.jsonl (the same rows
+by split, one JSON object a line, as the seed's pipeline wrote), OUT/rejects.parquet
+(path, source, reason) and OUT/summary.json, and prints counts per source x category x
+split x label.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tqdm import tqdm
 
 from raytrain.data.ingest import Inspection, Source, ingest, scan_sources
 from raytrain.data.layouts import LAYOUTS
-from raytrain.data.manifest import write_manifest
+from raytrain.data.manifest import write_manifest, write_split_jsonl
 from raytrain.data.splits import format_table, summarise
 
 _SHOW_REJECTS = 50
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.output.mkdir(parents=True, exist_ok=True)
     write_manifest(ingested.table, args.output / "manifest.parquet")
+    write_split_jsonl(ingested.table, args.output)
     pq.write_table(pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA), args.output / "rejects.parquet")
     summary = summarise(rows, rejects, mix=mix, seed=args.seed)
     summary["sources"] = {source.name: str(source.root.resolve()) for source in scanned.sources}
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  rejected {rej['path']}: {rej['reason']}")
     if len(rejects) > _SHOW_REJECTS:
         print(f"  ... and {len(rejects) - _SHOW_REJECTS} more in rejects.parquet")
-    print(f"wrote {args.output / 'manifest.parquet'}, rejects.parquet, summary.json")
+    print(f"wrote {args.output / 'manifest.parquet'}, train/val/test.jsonl, rejects.parquet, summary.json")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning (full or LoRA): `python -m jobs.sft --config jobs/configs/sft.yaml [--max_samples N] [--num_epochs N]`.
+"""Supervised fine-tuning (full or LoRA): `python -m jobs.sft --config jobs/configs/sft.yaml [--max_samples N] [--num_epochs N] [--deepspeed FILE]`.
 
 Targets are `<think>REASONING</think><answer>LABEL</answer>`: a row's `explanation` where the
 manifest has one, else `sft.think` (`sft.answer: random` teaches only the format, as the demo's
@@ -16,13 +16,16 @@ def main(argv=None) -> dict:
     p.add_argument("--max_samples", type=int, metavar="N", help="train on the first N training rows only (data.max_rows)")
     p.add_argument("--num_epochs", type=int, metavar="N",
                    help="passes over the training rows (data.epochs); the run then lasts until they are used up")
+    p.add_argument("--deepspeed", metavar="FILE", help="DeepSpeed config (JSON or YAML) merged over the generated one (train.deepspeed_config)")
     args = p.parse_args(argv)
     extra = ["algorithm.name=sft"]
+    extra += [f"train.deepspeed_config={args.deepspeed}"] if args.deepspeed else []
     extra += [f"data.max_rows={args.max_samples}"] if args.max_samples else []
     extra += [f"data.epochs={args.num_epochs}", "train.total_steps=null"] if args.num_epochs else []
     from raytrain.recipes.runner import run_recipe  # after parsing: --help and config errors need no Ray
 
-    return run_recipe(cli.load(args, extra), "sft", evaluate=not args.no_eval)
+    cfg = cli.load(args, extra)
+    return cli.placement_or_exit(args, cfg) or run_recipe(cfg, "sft", evaluate=not args.no_eval)
 
 
 if __name__ == "__main__":

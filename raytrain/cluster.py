@@ -21,10 +21,30 @@ def init_ray(cluster: ClusterConfig | None = None, *, num_cpus: int | None = Non
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
-    cluster = cluster or ClusterConfig()
     ray.init(
         address="local",  # never silently join some other Ray left running on this machine
-        num_cpus=num_cpus or cluster.num_cpus or max(8, os.cpu_count() or 1),
-        include_dashboard=cluster.dashboard,
+        num_cpus=num_cpus or local_cpus(cluster),
+        include_dashboard=(cluster or ClusterConfig()).dashboard,
         dashboard_host="127.0.0.1",
     )
+
+
+def local_cpus(cluster: ClusterConfig | None) -> int:
+    """Logical CPUs of the embedded local Ray."""
+    return (cluster and cluster.num_cpus) or max(8, os.cpu_count() or 1)
+
+
+def node_resources() -> list[dict[str, float]]:
+    """Each live node's total resources in the Ray this process has joined."""
+    return [n["Resources"] for n in ray.nodes() if n["Alive"]]
+
+
+def planned_nodes(cluster: ClusterConfig | None) -> list[dict[str, float]]:
+    """The nodes a job would run on, without starting anything: the cluster named by RAY_ADDRESS (joined
+    to read them), else the embedded local Ray's one node (its CPUs, and the GPUs this machine shows)."""
+    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        init_ray(cluster)
+        return node_resources()
+    import torch
+
+    return [{"CPU": float(local_cpus(cluster)), "GPU": float(torch.cuda.device_count())}]

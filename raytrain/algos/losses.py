@@ -53,7 +53,7 @@ def policy_loss(
     mask: Tensor,
     *,
     clip_low: float = 0.2,
-    clip_high: float = 0.28,
+    clip_high: float | None = 0.28,
     clip_ratio_c: float | None = None,
     loss_agg: LossAgg = "token-mean",
     num_tokens: float | None = None,
@@ -64,7 +64,8 @@ def policy_loss(
     Tensors are ``[B, T]`` over response tokens; ``advantages`` may be ``[B]``
     (one per response, broadcast to its tokens) or ``[B, T]``. Per token,
     loss = -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A) with
-    r = exp(logprobs - old_logprobs). ``clip_ratio_c`` (> 1) adds dual clip
+    r = exp(logprobs - old_logprobs); ``clip_high=None`` removes the upper clip
+    (clip(r) = max(r, 1 - clip_low)). ``clip_ratio_c`` (> 1) adds dual clip
     (Ye et al. 2019, arXiv 1912.09729; verl's ``clip_ratio_c``): for A < 0 the
     loss is capped at -c A so a huge ratio cannot blow up the update.
 
@@ -107,7 +108,7 @@ def policy_loss(
     log_ratio = torch.clamp(logprobs - old_logprobs, -_MAX_LOG_RATIO, _MAX_LOG_RATIO)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, None if clip_high is None else 1.0 + clip_high)
     token_loss = torch.maximum(unclipped, clipped)
     if clip_ratio_c is not None:
         token_loss = torch.where(

@@ -15,6 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from raytrain.config.deepspeed import deepspeed_config
+from raytrain.config.deepspeed import user_config as user_deepspeed_config
 from raytrain.config.sections import (
     AlgorithmConfig,
     BusterXConfig,
@@ -57,7 +59,9 @@ class Config(Strict):
         model = self.model.model_copy(update={"path": str(model_path.resolve())}) if model_path.exists() else self.model
         python = self.rollout.python  # made absolute, not resolved: a venv's python links to its base interpreter
         rollout = self.rollout.model_copy(update={"python": str(Path(python).absolute())}) if python and Path(python).exists() else self.rollout
+        # The user's DeepSpeed file is read here, on the driver: workers on other nodes get its content.
         return self.model_copy(update={
+            "train": self.train.model_copy(update={"deepspeed_config": user_deepspeed_config(self) or None}),
             "run": self.run.model_copy(update={"output_dir": self.run.output_dir.resolve()}),
             "data": self.data.model_copy(update={"manifest": self.data.manifest.resolve()}),
             "model": model,
@@ -68,6 +72,18 @@ class Config(Strict):
     def _prpo_needs_paragraphs(self):
         if self.algorithm.name == "prpo" and not self.reward.enabled("paragraph"):
             raise ValueError("algorithm.name prpo needs paragraph rewards: set reward.weights.paragraph")
+        return self
+
+    @model_validator(mode="after")
+    def _deepspeed(self):
+        if self.model.quantization != "none" and self.train.zero_stage == 3:
+            raise ValueError(f"model.quantization {self.model.quantization} needs train.zero_stage 2 "
+                             "(ZeRO-3 cannot shard bitsandbytes' quantized weights)")
+        if self.train.deepspeed_config is not None:
+            try:
+                deepspeed_config(self)
+            except ValueError as e:
+                raise ValueError(f"train.deepspeed_config: {e}") from None
         return self
 
     @model_validator(mode="after")
@@ -171,5 +187,6 @@ def parse_config(raw: dict, source: str = "<config>") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        # A check across sections has no location; its message names its keys.
+        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" if err["loc"] else err["msg"] for err in e.errors()]
         raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(lines)) from None

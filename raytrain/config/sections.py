@@ -62,6 +62,19 @@ class ModelConfig(Strict):
         description="Weight of the binary head's BCE-with-logits beside the LM loss in SFT (families with a head: "
                     "DX-LLaVA; the official DX-LLaVA trains LM + 10 x BCE).",
     )
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        "none",
+        description="QLoRA (Dettmers et al. 2023, arXiv 2305.14314): with `lora.enabled`, the frozen base weights of the "
+                    "policy (trainer and transformers rollout engines) are loaded by bitsandbytes in 4-bit NF4 (double "
+                    "quantization, compute in `dtype`) or 8-bit (LLM.int8()); only the adapter trains. `pip install -e .[qlora]`. "
+                    "ZeRO-2 only. Merged exports, evaluation and vLLM engines use the full-precision base with the adapter.",
+    )
+
+    @model_validator(mode="after")
+    def _quantized_lora(self):
+        if self.quantization != "none" and not self.lora.enabled:
+            raise ValueError(f"quantization {self.quantization} trains a LoRA adapter over frozen quantized weights: set lora.enabled")
+        return self
 
 
 class MediaConfig(Strict):
@@ -267,7 +280,11 @@ class AlgorithmConfig(Strict):
                     "(the options below do not apply).",
     )
     clip_low: float = Field(0.2, ge=0, description="epsilon_low of Clip-Higher.")
-    clip_high: float = Field(0.28, ge=0, description="epsilon_high of Clip-Higher (decoupled; GRPO uses 0.2).")
+    clip_high: float | None = Field(
+        0.28, ge=0,
+        description="epsilon_high of Clip-Higher (decoupled; GRPO uses 0.2). DAPO raises the upper clip to 0.28, it does not "
+                    "remove it; null removes the upper clip (ratios above 1 are never clipped; the lower clip stays).",
+    )
     clip_ratio_c: float | None = Field(None, gt=1, description="Dual-clip constant for negative advantages (verl's clip_ratio_c); off when null.")
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = Field(
         "token-mean", description="token-mean: DAPO token-level loss; seq-mean-token-mean: GRPO; seq-mean-token-sum: Dr.GRPO."
@@ -319,7 +336,16 @@ class TrainConfig(Strict):
         None, gt=0,
         description="Sequences per forward/backward pass (an RL group is G sequences); a step accumulates the "
                     "gradients of all its micro-batches before one optimizer step, with the same loss as one pass. "
-                    "null: a worker's whole batch in one pass. Lower it when activations do not fit.",
+                    "null: a worker's whole batch in one pass (or `gradient_accumulation_steps` passes). Lower it when "
+                    "activations do not fit.",
+    )
+    gradient_accumulation_steps: int | None = Field(
+        None, gt=0,
+        description="Gradient accumulation as the seed and Hugging Face name it: forward/backward passes per optimizer "
+                    "step. A worker's step batch (`prompts_per_worker` prompts; x G sequences for RL) is split into "
+                    "micro-batches of ceil(rows / N) sequences: N passes when N divides it, fewer otherwise. The step's "
+                    "loss and update stay those of the whole batch. HF's per_device_train_batch_size x gradient_accumulation_steps is "
+                    "`prompts_per_worker` here (SFT). Set this or `micro_batch_size`, not both.",
     )
     lr: float = Field(1e-6, gt=0, description="Learning rate (DAPO full fine-tune: 1e-6; LoRA: 1e-5).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -335,6 +361,24 @@ class TrainConfig(Strict):
         description="ZeRO-3: parameters of at most this many elements stay whole on every rank instead of being "
                     "sharded, sparing a gather for each small one (DeepSpeed's default).",
     )
+    offload_optimizer: Literal["none", "cpu"] = Field(
+        "none",
+        description="ZeRO-Offload (Ren et al. 2021, arXiv 2101.06840): `cpu` keeps the Adam states (and the fp32 master "
+                    "weights) in host memory and steps them there with DeepSpeed's CPU Adam (a C++ op JIT-built with g++ "
+                    "and ninja on first use, ~1.5 min on 2 cores, then cached in ~/.cache/torch_extensions).",
+    )
+    offload_params: Literal["none", "cpu"] = Field(
+        "none", description="ZeRO-Infinity parameter offload: `cpu` keeps the sharded weights in host memory between uses. ZeRO-3 only.",
+    )
+    deepspeed_config: Path | dict[str, Any] | None = Field(
+        None,
+        description="A DeepSpeed config file (JSON, or YAML) merged over the one the trainer generates: its keys win "
+                    "(bucket sizes, overlap_comm, communication dtype, a scheduler, ...). Keys the trainer computes are "
+                    "refused with the option that sets them: batch sizes and accumulation (`train.micro_batch_size`, "
+                    "`train.gradient_accumulation_steps`), the optimizer (`train.lr`, `train.weight_decay`), bf16/fp16 "
+                    "(`model.dtype`), the ZeRO stage and offload devices (`train.zero_stage`, `train.offload_*`); "
+                    "`auto` or the trainer's own value is accepted for them. Read at start; a mapping inline works too.",
+    )
     checkpoint_every: int = Field(50, gt=0, description="Steps between checkpoints (the last step always checkpoints).")
     keep_checkpoints: int = Field(2, gt=0, description="Checkpoints kept on storage.")
     max_failures: int = Field(2, ge=0, description="Worker-group restarts from the last checkpoint before giving up.")
@@ -343,6 +387,14 @@ class TrainConfig(Strict):
         description="Times Ray restarts a rollout or reward actor whose process died. Its callers then fail over to the "
                     "last checkpoint (each counts in `max_failures`), which re-sends the policy to the restarted engine.",
     )
+
+    @model_validator(mode="after")
+    def _accumulation_and_offload(self):
+        if self.micro_batch_size is not None and self.gradient_accumulation_steps is not None:
+            raise ValueError("set micro_batch_size (sequences per pass) or gradient_accumulation_steps (passes per step), not both")
+        if self.offload_params == "cpu" and self.zero_stage != 3:
+            raise ValueError("offload_params cpu needs zero_stage 3 (only ZeRO-3 shards parameters)")
+        return self
 
 
 class EvaluationConfig(Strict):

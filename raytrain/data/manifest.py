@@ -10,6 +10,7 @@ human-readable reason instead.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -116,6 +117,53 @@ def read_manifest(path: Path) -> pa.Table:
     for name in _missing_columns(table):
         table = table.append_column(MANIFEST_SCHEMA.field(name), pa.nulls(table.num_rows, MANIFEST_SCHEMA.field(name).type))
     return table
+
+
+JSONL_SOURCE = "jsonl"  # the source of a JSON-lines row that names none
+
+
+def write_split_jsonl(table: pa.Table, out_dir: Path, splits: tuple[str, ...] = ("train", "val", "test")) -> list[Path]:
+    """`out_dir/<split>.jsonl` for each split, one manifest row per line (the seed's train/val/test.jsonl)."""
+    written = []
+    rows = table.to_pylist()
+    for split in splits:
+        path = Path(out_dir) / f"{split}.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r["split"] == split))
+        written.append(path)
+    return written
+
+
+def read_jsonl_manifest(path: Path, split: str) -> pa.Table:
+    """A manifest table from a JSON-lines file, every row in `split` (the file is the split): rows
+    `write_split_jsonl` wrote, or any with at least `path` and `label` (the rest filled in: id from the
+    path, media from its extension, source `jsonl`, category `unknown`). Relative paths are relative to
+    the file. A bad line raises with the file and line number."""
+    path = Path(path)
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            media_path = Path(row["path"])
+            label = str(row["label"]).lower()
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{lineno}: not a manifest row with path and label ({e})") from None
+        if label not in LABELS:
+            raise ValueError(f"{path}:{lineno}: label {row['label']!r} is not real or fake")
+        media_path = media_path if media_path.is_absolute() else path.parent / media_path
+        row_id = row.get("id") or stable_id(row.get("source") or JSONL_SOURCE, media_path.as_posix())
+        rows.append({
+            **row, "id": row_id, "path": str(media_path), "label": label, "split": split,
+            "media": row.get("media") or media_kind(media_path) or "video",
+            "source": row.get("source") or JSONL_SOURCE,
+            "category": "real" if label == "real" else normalise_category(row.get("category") or "unknown"),
+            "domain": row.get("domain") or "", "group": row.get("group") or row_id,
+            "content_hash": row.get("content_hash") or "",
+        })
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows_to_table(rows)
 
 
 def inspect_entry(entry: dict, *, probe_media: bool = True) -> tuple[dict | None, dict | None]:

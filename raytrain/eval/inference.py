@@ -30,11 +30,12 @@ from raytrain.cluster import init_ray
 from raytrain.config import Config
 from raytrain.data.batch import Prompt, Refusal, Sample
 from raytrain.data.ingest import Source, ingest, scan_sources
+from raytrain.data.layouts.labelled import detect_clips
 from raytrain.data.manifest import write_manifest
 from raytrain.data.pipeline import prompts_from_batch, split_rows
 from raytrain.data.sft_targets import sft_batch
 from raytrain.engines.base import make_engine
-from raytrain.eval.metrics import UNREADABLE, evaluation_report
+from raytrain.eval.metrics import RATES, UNREADABLE, evaluation_report, proportion
 from raytrain.eval.report import FULL_SCHEMA, METRICS, PREDICTION_SCHEMA, PREDICTIONS, REPORT, run_markdown
 from raytrain.models.loading import load_family, load_policy, without_lora
 from raytrain.models.logprobs import token_logprobs
@@ -76,12 +77,14 @@ def unreadable_record(*, id: str, path: str, media: str, label: str, category: s
     }
 
 
-def folder_rows(folder: Path) -> tuple[pa.Table, list[dict]]:
+def folder_rows(folder: Path, label: str | None = None) -> tuple[pa.Table, list[dict]]:
     """Manifest rows of a folder of clips (SPEC section 8: `real/`/`fake/` subfolders or a
-    `path,label[,category]` CSV), all in the test split, and unreadable records for the labelled
-    files that cannot be decoded. Files with no label or of an unsupported type are no test items:
-    they are printed and left out. Copies of the same content stay: each is its own test item."""
-    scanned = scan_sources([Source(Path(folder), layout="clips", name=FOLDER_SOURCE)])
+    `path,label[,category]` CSV; with `label`, every clip in it has that label), all in the test split,
+    and unreadable records for the labelled files that cannot be decoded. Files with no label or of an
+    unsupported type are no test items: they are printed and left out. Copies of the same content
+    stay: each is its own test item."""
+    layout = f"clips-{label}" if label else "clips"
+    scanned = scan_sources([Source(Path(folder), layout=layout, name=FOLDER_SOURCE)])
     for reject in scanned.rejects:
         print(f"[evaluate] ignored {reject['path']}: {reject['reason']}", flush=True)
     ingested = ingest(scanned, split="test", deduplicate=False)
@@ -287,17 +290,31 @@ def _claim(out: Path, identity: dict) -> None:
     path.write_text(json.dumps(identity, indent=2))
 
 
+def _unlabelled(group: dict) -> dict:
+    """A group's metrics without the rates that need labels (clips of unknown truth)."""
+    kept = {"format_compliance", "mode_compliance"}
+    return {k: ({"value": None, "low": None, "high": None} if k in RATES and k not in kept else v)
+            for k, v in group.items() if k != "confusion"}
+
+
 def evaluate(cfg: Config, out: Path, *, split: str | None = None, folder: Path | None = None,
-             name: str | None = None) -> dict:
+             name: str | None = None, label: str | None = None) -> dict:
     """Evaluate `cfg.model.path` on a manifest split (default `data.eval_split`) or on every clip of `folder`.
 
-    Writes predictions, metrics and the Markdown report to `out`, resuming saved predictions; returns
-    the summary written to `metrics.json`: {name, model, data, split, mode, overall, groups}.
+    `label` (real/fake) labels every clip of a flat `folder`; a folder without labels (no CSV, no
+    `real/`/`fake/`, no `label`) is still predicted, and its report gives only the share called fake
+    and format compliance (`labelled: false`). Writes predictions, metrics and the Markdown report to
+    `out`, resuming saved predictions; returns the summary written to `metrics.json`: {name, model,
+    data, split, mode, labelled, called_fake, overall, groups}.
     """
     out = Path(out).resolve()
     cfg = cfg.with_absolute_paths()
+    labelled, identity_label = True, {}
     if folder is not None:
-        rows, unreadable = folder_rows(folder)
+        if label is None and not detect_clips(Path(folder)):
+            labelled, label = False, "fake"  # a placeholder the rates that need labels never show
+        identity_label = {"label": label, "labelled": labelled} if label else {}
+        rows, unreadable = folder_rows(folder, label)
         out.mkdir(parents=True, exist_ok=True)
         write_manifest(rows, out / FOLDER_MANIFEST)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"manifest": out / FOLDER_MANIFEST})})
@@ -312,7 +329,7 @@ def evaluate(cfg: Config, out: Path, *, split: str | None = None, folder: Path |
         "model": cfg.model.path, "model_fingerprint": _model_fingerprint(cfg.model.path), "data": data, "split": split,
         "mode": cfg.data.mode, "prompt": cfg.data.prompt, "answer_format": cfg.data.answer_format,
         "num_frames": cfg.data.num_frames, "max_pixels": cfg.data.max_pixels, "min_pixels": cfg.data.min_pixels,
-        "max_new_tokens": cfg.rollout.sampling.max_new_tokens, "max_rows": cfg.data.max_rows,
+        "max_new_tokens": cfg.rollout.sampling.max_new_tokens, "max_rows": cfg.data.max_rows, **identity_label,
     }
     _claim(out, identity)
     init_ray(cfg.cluster)
@@ -320,8 +337,13 @@ def evaluate(cfg: Config, out: Path, *, split: str | None = None, folder: Path |
     records = run_inference(served, rows, out, unreadable, weights=adapter)
     report = evaluation_report(records, confidence=cfg.evaluation.confidence,
                                resamples=cfg.evaluation.bootstrap_resamples, seed=cfg.run.seed)
+    if not labelled:
+        report = {"overall": _unlabelled(report["overall"]),
+                  "groups": {k: {v: _unlabelled(g) for v, g in groups.items()} for k, groups in report["groups"].items()}}
+    scored = [r for r in records if r["status"] != UNREADABLE]
+    called_fake = proportion(sum(r["answer"] == "fake" for r in scored), len(scored), cfg.evaluation.confidence)
     summary = {"name": name or out.name, "model": cfg.model.path, "data": data, "split": split, "mode": cfg.data.mode,
-               "confidence": cfg.evaluation.confidence, **report,
+               "labelled": labelled, "called_fake": called_fake, "confidence": cfg.evaluation.confidence, **report,
                "unreadable": [{"path": r["path"], "reason": r["error"]} for r in records if r["status"] == UNREADABLE]}
     (out / METRICS).write_text(json.dumps(summary, indent=2))
     (out / REPORT).write_text(run_markdown(summary))

@@ -66,12 +66,20 @@ def run_markdown(summary: dict) -> str:
         f"{overall['total']} items: {overall['n']} scored, {overall['unreadable']} unreadable (media that could not "
         f"be decoded; not scored), {overall['unparsable']} unparsable responses (format errors, scored as wrong).", "",
     ]
+    called = summary.get("called_fake")
+    if called and called["value"] is not None:
+        lines += [f"Called fake: {called['k']} of {called['n']} scored items ({called['value']:.3f}, {level}% interval "
+                  f"[{called['low']:.3f}, {called['high']:.3f}]).", ""]
+    if not summary.get("labelled", True):
+        lines += ["The clips carry no labels (no labels CSV, no real/ and fake/ folders, no --label): only the share "
+                  "called fake and format compliance are measured.", ""]
     if overall["n"]:
         lines += [f"## Overall (fake is the positive class; {level}% intervals: Wilson, F1 bootstrap)", ""]
         lines += _table(["metric", "value", f"{level}% interval"],
                         [[TITLES[m], _value(overall[m]["value"]),
                           _NONE if overall[m].get("low") is None else f"[{overall[m]['low']:.3f}, {overall[m]['high']:.3f}]"]
                          for m in RATES])
+    if overall["n"] and "confusion" in overall:
         matrix = overall["confusion"]["matrix"]
         lines += ["", "## Confusion matrix (rows: truth, columns: answer)", ""]
         lines += _table(["", *CONFUSION_COLUMNS], [[label, *map(str, counts)] for label, counts in zip(("real", "fake"), matrix)])

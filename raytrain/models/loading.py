@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict, prepare_model_for_kbit_training, set_peft_model_state_dict
 from transformers import AutoConfig, AutoProcessor
 
 from raytrain.config.sections import ModelConfig
@@ -56,14 +56,39 @@ def load_policy(cfg: ModelConfig, *, weights: str | Path | None = None):
         source = str(weights)
     config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     model = family_class(config).auto_class.from_pretrained(
-        source, config=config, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code, use_safetensors=True
+        source, config=config, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
+        **_quantized(cfg),
     )
+    if cfg.lora.enabled and cfg.quantization != "none":
+        # Norms and the output layer in float32, inputs that carry gradients into the adapters.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     if weights is not None and (Path(weights) / "adapter_config.json").exists():
         return PeftModel.from_pretrained(model, str(weights), is_trainable=cfg.lora.enabled)
     if cfg.lora.enabled:
         return wrap_lora(model, cfg)
     freeze(model, trainable_modules(model, cfg))
     return model
+
+
+def _quantized(cfg: ModelConfig) -> dict:
+    """`from_pretrained` arguments of a QLoRA base (`model.quantization`): bitsandbytes loads the frozen
+    weights in 4-bit NF4 or 8-bit, on this process's GPU where it has one. Only under LoRA: a base
+    loaded without an adapter (reference model, merge, evaluation) stays in full precision."""
+    if cfg.quantization == "none" or not cfg.lora.enabled:
+        return {}
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise RuntimeError(f"model.quantization {cfg.quantization} needs bitsandbytes: pip install -e '.[qlora]'") from None
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "4bit":
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=DTYPES[cfg.dtype])
+    else:
+        quant = BitsAndBytesConfig(load_in_8bit=True)
+    device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else None
+    return {"quantization_config": quant, "device_map": device_map}
 
 
 def trainable_modules(model, cfg: ModelConfig) -> list[str] | None:

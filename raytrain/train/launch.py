@@ -11,8 +11,8 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from actors.reward import RewardActor
 from actors.rollout import start_rollout_actors
-from raytrain.cluster import init_ray
-from raytrain.config import Config
+from raytrain.cluster import init_ray, node_resources
+from raytrain.config import Config, placement
 from raytrain.data.pipeline import split_rows
 from raytrain.models.loading import merge_adapter
 from raytrain.models.prompts import build_dataset
@@ -25,16 +25,17 @@ FINAL_DIR = "final"  # under run.output_dir: the last checkpoint's Hugging Face 
 MERGED_DIR = "final-merged"  # under run.output_dir: with `model.lora.export_merged`, base + adapter in one model
 
 
-def _worker_gpu_share(cfg: Config) -> float:
-    """A whole GPU per worker, or what a colocated rollout engine leaves of it (Ray packs the
-    fractional requests of workers and engines onto shared GPUs)."""
-    return 1 - cfg.rollout.num_gpus if cfg.rollout.vllm.mode == "colocated" else 1
+def check_placement(cfg: Config) -> None:
+    """Join (or start) Ray and refuse, with what each role asks for, a run the cluster cannot hold:
+    its actors would otherwise wait for resources forever (`raytrain.config.placement`)."""
+    init_ray(cfg.cluster)
+    placement.check(placement.roles(cfg, ALGORITHMS[cfg.algorithm.name].needs_rollouts), node_resources())
 
 
 def train(cfg: Config) -> Path:
     """Run (or resume) training; returns the final Hugging Face export folder."""
     cfg = cfg.with_absolute_paths()
-    init_ray(cfg.cluster)
+    check_placement(cfg)
     out = cfg.run.output_dir
     storage = out / STORAGE_DIR
     previous = latest_checkpoint(storage)
@@ -58,7 +59,7 @@ def train(cfg: Config) -> Path:
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker,
-                                  **({"GPU": _worker_gpu_share(cfg)} if cfg.train.use_gpu else {})},
+                                  **({"GPU": placement.worker_gpu_share(cfg)} if cfg.train.use_gpu else {})},
         ),
         run_config=RunConfig(
             name=STORAGE_DIR,

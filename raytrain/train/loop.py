@@ -14,7 +14,6 @@ import math
 import time
 from pathlib import Path
 
-import deepspeed
 import ray
 import ray.train
 import torch
@@ -26,7 +25,7 @@ from raytrain.train.checkpoint import DEEPSPEED_TAG, TrainerState, save_checkpoi
 from raytrain.train.experience import PromptFeed
 from raytrain.train.metrics import log_metrics, step_metrics
 from raytrain.train.policy_sync import gathered_weights, push_policy, weight_group
-from raytrain.train.step import deepspeed_config, sum_across_ranks, train_step
+from raytrain.train.step import deepspeed_engine, sum_across_ranks, train_step
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -48,9 +47,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         print(f"[train] trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)", flush=True)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
+    engine = deepspeed_engine(cfg, model)
     ref_model = None
     if algorithm.uses_reference(cfg.algorithm):
         # The initial policy, frozen: only loaded when a KL term is on.

@@ -3,10 +3,15 @@ that keeps every ZeRO rank in step."""
 
 from __future__ import annotations
 
+import math
+
+import deepspeed
 import torch
 import torch.distributed as dist
 
 from raytrain.config import Config
+from raytrain.config.deepspeed import deepspeed_config
+from raytrain.config.sections import TrainConfig
 from raytrain.data.batch import TrainBatch
 from raytrain.models.family import ModelFamily, head_bce
 from raytrain.models.logprobs import policy_outputs, token_logprobs
@@ -15,22 +20,26 @@ from raytrain.train.algorithms import Algorithm
 LOSS_INPUTS = ("old_logprobs", "advantages", "loss_mask")  # per-token tensors of a TrainBatch, not model inputs
 
 
-def deepspeed_config(cfg: Config) -> dict:
-    zero = {"stage": cfg.train.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
-    if cfg.train.zero_stage == 3:
-        zero["stage3_param_persistence_threshold"] = cfg.train.zero3_param_persistence_threshold
-    return {
-        "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": 1,
-        "gradient_clipping": cfg.train.max_grad_norm,
-        "zero_optimization": zero,
-        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
-        "fp16": {"enabled": cfg.model.dtype == "float16"},
-        "zero_allow_untested_optimizer": True,
-        # A step is as many micro-batches as the data gives (`train_step`): `engine.step()` is the boundary.
-        "managed_gradient_accumulation": False,
-        "steps_per_print": 1 << 30,
-    }
+def deepspeed_engine(cfg: Config, model):
+    """The DeepSpeed engine over `model`'s trainable parameters: AdamW, or DeepSpeed's CPU Adam when
+    `train.offload_optimizer` keeps the optimizer states in host memory (DeepSpeed steps them there)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.train.offload_optimizer == "cpu":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam  # JIT-builds its C++ op on first use
+
+        optimizer = DeepSpeedCPUAdam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, adamw_mode=True)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
+    return engine
+
+
+def micro_batch_rows(train: TrainConfig, rows: int) -> int:
+    """Sequences per pass: `train.micro_batch_size`, or `rows` split by `train.gradient_accumulation_steps`
+    (ceil(rows / N): N passes when N divides the batch, fewer otherwise), or all `rows` in one pass."""
+    if train.micro_batch_size:
+        return train.micro_batch_size
+    return max(1, math.ceil(rows / (train.gradient_accumulation_steps or 1)))
 
 
 def sum_across_ranks(values: list[float]) -> list[float]:
@@ -68,7 +77,8 @@ def micro_batch_loss(cfg: Config, algorithm: Algorithm, family: ModelFamily, eng
 
 def train_step(cfg: Config, algorithm: Algorithm, family: ModelFamily, engine, ref_model, batch: TrainBatch | None,
                global_tokens: float, global_seqs: float, world: int, padding: dict) -> dict:
-    """Forward and backward in micro-batches of `train.micro_batch_size` rows, one optimizer step.
+    """Forward and backward in micro-batches of `train.micro_batch_size` rows (or the batch split into
+    `train.gradient_accumulation_steps` of them), one optimizer step.
 
     ZeRO reduces gradients in every backward (and ZeRO-3 gathers parameters in every forward), so every
     rank runs as many passes as the rank with the most micro-batches: the others add passes over
@@ -76,8 +86,7 @@ def train_step(cfg: Config, algorithm: Algorithm, family: ModelFamily, engine, r
 
     Returns the summed micro-batch losses (`loss`), whether this rank had rows (`ranks_trained`), and the
     loss stats: `loss_sums` added up, `loss_means` weighted by each micro-batch's loss tokens."""
-    size = cfg.train.micro_batch_size or (len(batch) if batch else 1)
-    micro = batch.micro_batches(size, family.collate) if batch else []
+    micro = batch.micro_batches(micro_batch_rows(cfg.train, len(batch)), family.collate) if batch else []
     count = torch.tensor(float(len(micro)))
     dist.all_reduce(count, op=dist.ReduceOp.MAX)
     num_tokens, num_seqs = max(global_tokens, 1.0) / world, max(global_seqs, 1.0) / world

@@ -71,6 +71,10 @@ def test_outputs_and_summary(prepared, sources, capsys):
     assert mix["source_share"]["ffpp"] == pytest.approx(4 * mix["source_share"]["dfr5"], rel=0.02)
     train = [r for r in rows if r["split"] == "train"]
     assert np.mean([r["weight"] for r in train]) == pytest.approx(1.0)
+    # The seed's train/val/test.jsonl: the manifest's rows, by split, one JSON object a line.
+    for split in ("train", "val", "test"):
+        lines = (prepared / f"{split}.jsonl").read_text().splitlines()
+        assert [json.loads(line) for line in lines] == [r for r in rows if r["split"] == split]
     assert all(r["weight"] is None for r in rows if r["split"] != "train")
 
 

@@ -19,23 +19,10 @@ import torch
 import torch.multiprocessing as mp
 
 from raytrain.config import parse_config
-from raytrain.data.batch import TrainBatch, response_positions
+from tests.helpers.train_batches import rank_batch
 
 RUNS = [("full", 2), ("full", 3), ("lora", 2), ("lora", 3)]  # (fine-tuning, ZeRO stage)
 DEADLOCK_S = 300
-
-
-def _rank_batch(prompts, rank: int, seed: int) -> TrainBatch:
-    video, image = prompts[0], prompts[2]
-    rows = [image, image, image] if rank == 0 else [video, image]
-    gen = torch.Generator().manual_seed(seed + rank)
-    responses = [torch.randint(10, 200, (n,), generator=gen).tolist() for n in (5, 7, 4)[:len(rows)]]
-    mask = response_positions(rows, responses)
-    return TrainBatch(rows, responses, {
-        "old_logprobs": -torch.rand(mask.shape, generator=gen) * mask - 3.0 * mask,
-        "advantages": torch.randn(mask.shape, generator=gen) * mask,
-        "loss_mask": mask,
-    })
 
 
 def _config(raw: dict, tuning: str, stage: int):
@@ -66,7 +53,7 @@ def _worker(rank: int, world: int, port: int, raw: dict, prompts, out: Path, res
         # is lr * sign(gradient) wherever the gradient is far above eps, and ill-conditioned where it is not.
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
-        batch = _rank_batch(prompts, rank, seed=1)
+        batch = rank_batch(prompts, rank, seed=1)
         mask = batch.per_token["loss_mask"]
         tokens, seqs = sum_across_ranks([float(mask.sum()), float((mask.sum(-1) > 0).sum())])
         stats = train_step(cfg, ALGORITHMS[cfg.algorithm.name], family, engine, None, batch, tokens, seqs, world, padding)
@@ -126,7 +113,7 @@ def _single_process_step(cfg, media_prompts) -> dict[str, torch.Tensor]:
     family = load_family(cfg.model)
     torch.manual_seed(0)
     model = load_policy(cfg.model)
-    batches = [_rank_batch(media_prompts, rank, seed=1) for rank in range(2)]
+    batches = [rank_batch(media_prompts, rank, seed=1) for rank in range(2)]
     tokens = sum(float(b.per_token["loss_mask"].sum()) for b in batches)
     for batch in batches:
         for part in batch.micro_batches(cfg.train.micro_batch_size, family.collate):

@@ -32,7 +32,16 @@ from raytrain.data.layouts.faces import (
     scan_fakeavceleb,
     scan_ffpp,
 )
-from raytrain.data.layouts.labelled import detect_clips, detect_dfr5, detect_genbuster, scan_clips, scan_dfr5, scan_genbuster
+from raytrain.data.layouts.labelled import (
+    detect_clips,
+    detect_dfr5,
+    detect_genbuster,
+    scan_clips,
+    scan_dfr5,
+    scan_fake_clips,
+    scan_genbuster,
+    scan_real_clips,
+)
 
 Scanner = Callable[[Path, str], tuple[list[dict], list[dict]]]
 # Detection order matters: the specific layouts first, the generic label folders last.
@@ -44,6 +53,9 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Scanner]] = {
     "dfr5": (detect_dfr5, scan_dfr5),
     "genbuster": (detect_genbuster, scan_genbuster),
     "clips": (detect_clips, scan_clips),
+    # A flat folder of clips of one label (the seed's TikTok folder); named, never detected.
+    "clips-fake": (lambda root: False, scan_fake_clips),
+    "clips-real": (lambda root: False, scan_real_clips),
 }
 
 

@@ -126,6 +126,24 @@ def scan_clips(root: Path, source: str = "clips") -> tuple[list[dict], list[dict
     return scan.result()
 
 
+def _scan_one_label(root: Path, source: str, label: str) -> tuple[list[dict], list[dict]]:
+    """Every media file under ``root`` (any depth) with ``label``; fakes of unknown category."""
+    scan = LayoutScan(root, source)
+    for file, kind in scan.files(root):
+        scan.add(file, kind, label=label, category="unknown", clips=[file.relative_to(root).as_posix()])
+    return scan.result()
+
+
+def scan_fake_clips(root: Path, source: str = "clips-fake") -> tuple[list[dict], list[dict]]:
+    """A folder of clips that are all fake (layout ``clips-fake``: ``jobs.evaluate --label fake``)."""
+    return _scan_one_label(root, source, "fake")
+
+
+def scan_real_clips(root: Path, source: str = "clips-real") -> tuple[list[dict], list[dict]]:
+    """A folder of clips that are all real (layout ``clips-real``: ``jobs.evaluate --label real``)."""
+    return _scan_one_label(root, source, "real")
+
+
 # ---------------------------------------------------------------- DF-R5
 
 def _dfr5_domains(root: Path) -> list[Path]:

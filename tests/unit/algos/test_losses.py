@@ -34,6 +34,23 @@ def test_policy_loss_clip_higher(ratio, advantage, expected_loss, clipped):
     assert stats["approx_kl"] == pytest.approx(-math.log(ratio))
 
 
+@pytest.mark.parametrize(
+    "ratio, advantage, expected_loss, clipped",
+    [
+        (1.5, 1.0, -1.5, False),  # no upper clip: -r A (0.28 would give -1.28)
+        (3.0, 1.0, -3.0, False),
+        (0.5, -1.0, 0.8, True),  # the lower clip stays: -(1 - 0.2) A
+        (3.0, -1.0, 3.0, False),
+    ],
+)
+def test_policy_loss_without_upper_clip(ratio, advantage, expected_loss, clipped):
+    loss, stats, logprobs = _loss([[math.log(ratio)]], [advantage], clip_high=None)
+    assert loss.item() == pytest.approx(expected_loss)
+    assert stats["clip_frac"] == (1.0 if clipped else 0.0)
+    loss.backward()  # d(-r A)/d logp = -r A where unclipped; 0 on the clipped branch
+    assert logprobs.grad.item() == pytest.approx(0.0 if clipped else -ratio * advantage)
+
+
 def test_policy_loss_aggregation_modes():
     # Responses of 1 and 3 tokens, ratio 1: per-token losses -1 | +1 +1 +1.
     args = ([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], [1.0, -1.0], [[1, 0, 0], [1, 1, 1]])

@@ -109,7 +109,7 @@ class WandB:
         mode = t.wandb_mode or os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
         (out / WANDB_DIR).mkdir(parents=True, exist_ok=True)
         # console="off": W&B would wrap stdout, and Ray Train's print then doubles every line.
-        self.run = wandb.init(project=t.wandb_project, entity=t.wandb_entity, name=run.name, id=run_id or wandb.util.generate_id(),
+        self.run = wandb.init(project=t.wandb_project, entity=t.wandb_entity, name=run.name, id=run_id,
                               resume="allow", dir=str(out), mode=mode, config=config,
                               settings=wandb.Settings(console="off", silent=True))
         self.run_id = self.run.id

@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import pytest
 from mlflow.tracking import MlflowClient
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from raytrain.config import ConfigError, parse_config
 from raytrain.config.sections import RunConfig
-from raytrain.observe.trackers import MLFLOW_DIR, TENSORBOARD_DIR, Trackers, flatten
+from raytrain.observe.trackers import MLFLOW_DIR, Trackers, flatten
 from raytrain.train.metrics import log_metrics
-from tests.helpers.wandb_offline import history, run_files
+from tests.helpers.trackers import history, run_files, tensorboard_scalars
 
 
 def _record(step: int) -> dict:
     return {"step": step, "policy_version": step, "loss": 0.5 / step, "reward/total": 0.25 * step,
             "reward/accuracy/face_swap": 1.0 / step, "groups_kept": 3, "time/rollout_s": 1.25}
-
-
-def tensorboard_scalars(out) -> dict[str, dict[int, float]]:
-    events = EventAccumulator(str(out / TENSORBOARD_DIR))
-    events.Reload()
-    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
 
 
 def mlflow_run(out):

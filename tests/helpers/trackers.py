@@ -1,5 +1,6 @@
-"""Reads the history of a W&B offline run file (`run-<id>.wandb`) without W&B's server: the file is a
-LevelDB-style log (7-byte header, 32 KiB blocks of checksummed chunks) of `wandb_internal_pb2.Record`s."""
+"""What the trackers wrote, read back: TensorBoard's event files (its `EventAccumulator`) and the history of a
+W&B offline run file (`run-<id>.wandb`) without W&B's server: that file is a LevelDB-style log (7-byte
+header, 32 KiB blocks of checksummed chunks) of `wandb_internal_pb2.Record`s."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import json
 import struct
 from pathlib import Path
 
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from wandb.proto import wandb_internal_pb2
+
+from raytrain.observe.trackers import TENSORBOARD_DIR
 
 BLOCK = 32 * 1024
 HEADER = 7  # ":W&B", a 2-byte magic and a version byte
@@ -51,3 +55,10 @@ def history(run_file: Path) -> list[dict]:
 def run_files(out_dir: Path) -> list[Path]:
     """The offline runs' files under `out_dir/wandb/` (one per tracker start; a resumed run adds one with the same id)."""
     return sorted(Path(out_dir).glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def tensorboard_scalars(out_dir: Path) -> dict[str, dict[int, float]]:
+    """tag -> step -> value, over every event file of `out_dir/tensorboard/` (a resume adds one)."""
+    events = EventAccumulator(str(Path(out_dir) / TENSORBOARD_DIR))
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}

@@ -94,19 +94,18 @@ class RewardScorer:
         ]
         scores, failed = {}, set()
         for batch, ref in zip(batches, refs):
-            t0 = time.perf_counter()
+            t0, ok = time.perf_counter(), False
             try:
                 scores.update(zip(batch, ray.get(ref, timeout=cfg.timeout_s)))
-                if self.metrics:
-                    self.metrics.judged(len(batch), False, time.perf_counter() - t0)
-            except Exception as e:
-                if self.metrics:
-                    self.metrics.judged(len(batch), True, time.perf_counter() - t0)  # timeout, dead judge, undecodable media: 0 for this batch, training goes on
+                ok = True
+            except Exception as e:  # timeout, dead judge, undecodable media: 0 for this batch, training goes on
                 ray.cancel(ref)
                 failed.update(batch)
                 self.judge_failures += len(batch)
                 print(f"[reward] judge failed on {len(batch)} response(s) ({type(e).__name__}: {e}); "
                       f"{self.judge_failures} judge failures so far", flush=True)
+            if self.metrics:
+                self.metrics.judged(len(batch), not ok, time.perf_counter() - t0)
         return scores, failed
 
     def _paragraphs(self, texts: list[str], media: list[MediaRef | None]) -> list[list[ParagraphScore]]:

@@ -14,8 +14,8 @@ def init_ray(cluster: ClusterConfig | None = None, *, num_cpus: int | None = Non
 
     `num_cpus` (else `cluster.num_cpus`, else at least 8) sizes the embedded Ray: logical CPUs above the
     physical count let actors, workers and decode tasks share a small machine. Its dashboard, when
-    `cluster.dashboard` asks for one, binds to 127.0.0.1; so does its metrics endpoint on
-    `cluster.metrics_export_port` (Ray binds it to the node's address, here 127.0.0.1).
+    `cluster.dashboard` asks for one, binds to 127.0.0.1. Its metrics endpoint takes
+    `cluster.metrics_export_port` when set (Ray binds it on the node's interfaces, as `ray start` does).
     """
     if ray.is_initialized():
         return
@@ -28,6 +28,5 @@ def init_ray(cluster: ClusterConfig | None = None, *, num_cpus: int | None = Non
         num_cpus=num_cpus or cluster.num_cpus or max(8, os.cpu_count() or 1),
         include_dashboard=cluster.dashboard,
         dashboard_host="127.0.0.1",
-        **({"_metrics_export_port": cluster.metrics_export_port, "_node_ip_address": "127.0.0.1"}
-           if cluster.metrics_export_port else {}),
+        **({"_metrics_export_port": cluster.metrics_export_port} if cluster.metrics_export_port else {}),
     )

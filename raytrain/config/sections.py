@@ -406,6 +406,7 @@ class ClusterConfig(Strict):
     metrics_export_port: int | None = Field(
         None, gt=0, lt=65536,
         description="Port of the embedded Ray's Prometheus metrics endpoint (what `ray start --metrics-export-port` sets "
-                    "on a cluster), bound to 127.0.0.1; null: a port Ray picks. Ray writes the service-discovery file "
+                    "on a cluster); null: a port Ray picks. Ray binds it on the node's network interfaces "
+                    "(keep the port firewalled on a shared host). Ray writes the service-discovery file "
                     "Prometheus reads (`monitoring/prometheus.yml`) either way.",
     )

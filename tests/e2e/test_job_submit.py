@@ -101,7 +101,7 @@ def test_prpo_job_under_ray_job_submit_watched_by_prometheus_and_trackers(base_c
     prometheus = None
     try:
         subprocess.run(
-            [ray_cli, "start", "--head", f"--port={_free_port()}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+            [ray_cli, "start", "--head", f"--port={_free_port()}", "--dashboard-host=127.0.0.1",
              f"--dashboard-port={dashboard_port}", f"--metrics-export-port={_free_port()}", "--num-cpus=8",
              f"--temp-dir={temp_dir}", "--disable-usage-stats"],
             check=True, env=env, capture_output=True, timeout=180,
@@ -123,16 +123,22 @@ def test_prpo_job_under_ray_job_submit_watched_by_prometheus_and_trackers(base_c
         expected = {(METRICS[name].exported, tuple(sorted(tags.items()))): value for name, tags, value in step_series(last)}
         found = {}
         for _ in range(20):
-            series = _query(prometheus_url, '{__name__=~"ray_deepfake_rl_.+", run="job-submit", algorithm="prpo"}')
+            # The last sample of each series: once the job's processes exit, their series go stale.
+            series = _query(prometheus_url, 'last_over_time({__name__=~"ray_deepfake_rl_.+", run="job-submit", algorithm="prpo"}[15m])')
             found = {(s["metric"]["__name__"], tuple(sorted((k, v) for k, v in s["metric"].items() if k in ("component", "category", "outcome", "phase", "stat")))):
                      float(s["value"][1]) for s in series}
             if all(found.get(k) == pytest.approx(v, rel=1e-6) for k, v in expected.items()):
                 break
             time.sleep(1)
         assert {k: found.get(k) for k in expected} == pytest.approx(expected, rel=1e-6)
-        # The actors' own metrics: the rollout actor's tokens equal what the two steps sampled, the reward actor scored every response.
-        assert _query(prometheus_url, 'sum(ray_deepfake_rl_rollout_generated_tokens_total{run="job-submit"})')
-        assert _query(prometheus_url, 'sum(ray_deepfake_rl_reward_scored_total{run="job-submit"})')
+        # The actors' own counters: the reward actor scored every response the rollout actor generated.
+        def total(name: str) -> float:
+            (result,) = _query(prometheus_url, f'sum(last_over_time({name}{{run="job-submit", algorithm="prpo"}}[15m]))')
+            return float(result["value"][1])
+
+        responses = sum(r["responses"] for r in records)
+        assert total("ray_deepfake_rl_rollout_responses_total") == total("ray_deepfake_rl_reward_scored_total") == responses
+        assert total("ray_deepfake_rl_rollout_generated_tokens_total") == pytest.approx(sum(r["response_tokens_mean"] * r["responses"] for r in records))
     finally:
         if prometheus is not None:
             prometheus.terminate()

@@ -101,8 +101,11 @@ def test_prpo_job_under_ray_job_submit_watched_by_prometheus_and_trackers(base_c
     prometheus = None
     try:
         subprocess.run(
+            # Every port its own: another Ray on this machine may hold the defaults (the job agent's 52365, say).
             [ray_cli, "start", "--head", f"--port={_free_port()}", "--dashboard-host=127.0.0.1",
              f"--dashboard-port={dashboard_port}", f"--metrics-export-port={_free_port()}", "--num-cpus=8",
+             f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+             f"--runtime-env-agent-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
              f"--temp-dir={temp_dir}", "--disable-usage-stats"],
             check=True, env=env, capture_output=True, timeout=180,
         )

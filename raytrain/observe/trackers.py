@@ -58,9 +58,15 @@ class TensorBoard:
         self.writer.close()
 
 
+def mlflow_name(name: str) -> str:
+    """A metrics.jsonl name as MLflow keeps it: `/` as `.`. MLflow's file store makes each name a path, and
+    `reward/accuracy` (a file) cannot also be the folder of `reward/accuracy/<category>`."""
+    return name.replace("/", ".")
+
+
 class MLflow:
     """One MLflow run in `run.tracking.mlflow_experiment`, on `run.tracking.mlflow_tracking_uri` or a local
-    file store in `run.output_dir/mlruns`."""
+    file store in `run.output_dir/mlruns`; metric names as `mlflow_name` writes them."""
 
     def __init__(self, run: RunConfig, out: Path, config: dict, run_id: str | None, step: int):
         uri = run.tracking.mlflow_tracking_uri
@@ -92,7 +98,7 @@ class MLflow:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
+        self.client.log_batch(self.run_id, metrics=[Metric(mlflow_name(k), v, now, step) for k, v in values.items()])
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)

@@ -8,13 +8,13 @@ from mlflow.tracking import MlflowClient
 
 from raytrain.config import ConfigError, parse_config
 from raytrain.config.sections import RunConfig
-from raytrain.observe.trackers import MLFLOW_DIR, Trackers, flatten
+from raytrain.observe.trackers import MLFLOW_DIR, Trackers, flatten, mlflow_name
 from raytrain.train.metrics import log_metrics
 from tests.helpers.trackers import history, run_files, tensorboard_scalars
 
 
 def _record(step: int) -> dict:
-    return {"step": step, "policy_version": step, "loss": 0.5 / step, "reward/total": 0.25 * step,
+    return {"step": step, "policy_version": step, "loss": 0.5 / step, "reward/total": 0.25 * step, "reward/accuracy": 0.5,
             "reward/accuracy/face_swap": 1.0 / step, "groups_kept": 3, "time/rollout_s": 1.25}
 
 
@@ -53,8 +53,8 @@ def test_trackers_read_back_and_a_resume_continues_the_same_runs(tmp_path, monke
     client, runs = mlflow_run(out)
     assert len(runs) == 1 and runs[0].info.run_name == "unit"
     run_id = runs[0].info.run_id
-    assert runs[0].data.metrics == pytest.approx(expected[3])
-    assert [m.value for m in client.get_metric_history(run_id, "reward/total")] == [0.25, 0.5, 0.5, 0.75]
+    assert runs[0].data.metrics == pytest.approx({mlflow_name(k): v for k, v in expected[3].items()})
+    assert [m.value for m in client.get_metric_history(run_id, "reward.total")] == [0.25, 0.5, 0.5, 0.75]
     # Parameters: the first run's config, plus what the resume changed under a key it had not logged (none here).
     assert runs[0].data.params == flatten(config) == {"run.name": "unit", "train.lr": "0.001", "train.total_steps": "3"}
 

@@ -9,7 +9,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: env env-vllm demo lint test test-vllm test-recipes
+.PHONY: env env-vllm demo lint test test-vllm test-recipes prometheus
 
 # bitsandbytes (the `qlora` extra) goes apart, into $(VENV)/qlora: peft imports it whenever it is installed, and
 # its import (torch's inductor) would slow every process of the suite; only the QLoRA test puts it on its path.
@@ -56,7 +56,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-test: lint $(VLLM_STAMP)
+# The Prometheus that tests/e2e/test_job_submit.py starts (Debian's package; installed when missing, as root).
+prometheus:
+	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
+		echo "prometheus is missing and cannot be installed here (not root): its test will be skipped"
+
+test: lint $(VLLM_STAMP) prometheus
 	$(PY) -m pytest -q
 	$(VLLM_PY) -m pytest -q tests_vllm
 

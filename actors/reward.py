@@ -9,6 +9,7 @@ the returned scores (`judge_failed`) and printed, and never stalls training.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -20,6 +21,7 @@ from raytrain.config.sections import RewardConfig
 from raytrain.data.media import MediaError, decode_media
 from raytrain.models.clip import ClipEncoder
 from raytrain.models.thinking_judge import JudgeRequest
+from raytrain.observe.ray_metrics import RewardMetrics
 from rewards.answer import parse_answer
 from rewards.outcome import accuracy_reward, score_response
 from rewards.paragraphs import make_keyphrase_extractor, paragraph_rewards, segment_paragraphs, vcr_phrases
@@ -29,9 +31,11 @@ MediaRef = tuple[str, str]  # (path, "video" | "image")
 
 
 class RewardScorer:
-    """The reward actor's body (`RewardActor` below); `judges` overrides the judge actors it would start."""
+    """The reward actor's body (`RewardActor` below); `judges` overrides the judge actors it would start;
+    `tags` (`raytrain.observe.ray_metrics.run_tags`): export Ray metrics under them."""
 
-    def __init__(self, reward: RewardConfig, answer_format: str, judges: list | None = None):
+    def __init__(self, reward: RewardConfig, answer_format: str, judges: list | None = None, tags: dict[str, str] | None = None):
+        self.metrics = RewardMetrics(tags) if tags else None
         self.cfg = reward
         self.answer_format = answer_format
         self.judges = [] if not reward.enabled("thinking") else judges or start_judge_actors(reward.judge)
@@ -53,6 +57,7 @@ class RewardScorer:
         `modes` (default think), `media` (path and kind of the prompt's file; the G responses of a prompt
         share one decode and one embedding) and `questions` (the user prompt, for the judge) are per response.
         """
+        t0 = time.perf_counter()
         n = len(texts)
         modes = list(modes or ["think"] * n)
         media = list(media or [None] * n)
@@ -70,6 +75,8 @@ class RewardScorer:
         if self.cfg.enabled("paragraph"):
             for sc, paragraphs in zip(results, self._paragraphs(texts, media)):
                 sc.paragraphs = paragraphs
+        if self.metrics:
+            self.metrics.scored(n, time.perf_counter() - t0)
         return results
 
     def _judge(self, texts, labels, modes, media, questions) -> tuple[dict[int, float], set[int]]:
@@ -87,14 +94,18 @@ class RewardScorer:
         ]
         scores, failed = {}, set()
         for batch, ref in zip(batches, refs):
+            t0, ok = time.perf_counter(), False
             try:
                 scores.update(zip(batch, ray.get(ref, timeout=cfg.timeout_s)))
+                ok = True
             except Exception as e:  # timeout, dead judge, undecodable media: 0 for this batch, training goes on
                 ray.cancel(ref)
                 failed.update(batch)
                 self.judge_failures += len(batch)
                 print(f"[reward] judge failed on {len(batch)} response(s) ({type(e).__name__}: {e}); "
                       f"{self.judge_failures} judge failures so far", flush=True)
+            if self.metrics:
+                self.metrics.judged(len(batch), not ok, time.perf_counter() - t0)
         return scores, failed
 
     def _paragraphs(self, texts: list[str], media: list[MediaRef | None]) -> list[list[ParagraphScore]]:

@@ -4,6 +4,7 @@ weight-sync sender (`raytrain.weight_sync.sender`) reach a list of them."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 
 import ray
@@ -12,18 +13,26 @@ import torch
 from raytrain.config.sections import ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.data.batch import Prompt, Refusal, Sample
 from raytrain.engines.base import make_engine
+from raytrain.observe.ray_metrics import RolloutMetrics
 from raytrain.weight_sync.group import GroupAddress
 from raytrain.weight_sync.protocol import BucketMeta, Shape
 
 
 @ray.remote
 class RolloutActor:
-    def __init__(self, model: ModelConfig, rollout: RolloutConfig, weights: str | None = None):
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, weights: str | None = None,
+                 tags: dict[str, str] | None = None):
         torch.set_num_threads(rollout.torch_threads)
         self.engine = make_engine(model, rollout, weights=weights)
+        self.metrics = RolloutMetrics(tags) if tags else None  # a training run's actors export Ray metrics
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, greedy: bool = False) -> list[list[Sample] | Refusal]:
-        return self.engine.generate(prompts, sampling, greedy=greedy)
+        t0 = time.perf_counter()
+        groups = self.engine.generate(prompts, sampling, greedy=greedy)
+        if self.metrics:
+            samples = [s for group in groups if not isinstance(group, Refusal) for s in group]
+            self.metrics.generated([len(s.token_ids) for s in samples], sum(s.truncated for s in samples), time.perf_counter() - t0)
+        return groups
 
     def begin_update(self, version: int, plan: dict[str, Shape], group: GroupAddress | None = None) -> None:
         self.engine.begin_update(version, plan, group)
@@ -75,11 +84,12 @@ class RolloutActors:
 
 
 def start_rollout_actors(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None, name_prefix: str | None = None,
-                         max_restarts: int = 0) -> list:
+                         max_restarts: int = 0, tags: dict[str, str] | None = None) -> list:
     """`rollout.num_actors` actors; named (and so findable by Ray Train workers) when `name_prefix` is set.
     Ray restarts a dead one up to `max_restarts` times, serving `weights` (version 0) until a sync.
     With `rollout.python` they run in that interpreter's environment (Ray's per-actor `py_executable`:
-    on CPU, vLLM's own torch in .venv-vllm beside the trainer's .venv)."""
+    on CPU, vLLM's own torch in .venv-vllm beside the trainer's .venv). `tags`
+    (`raytrain.observe.ray_metrics.run_tags`): export Ray metrics under them."""
     actors = []
     for i in range(rollout.num_actors):
         options = {"num_cpus": rollout.num_cpus, "num_gpus": rollout.num_gpus, "max_restarts": max_restarts}
@@ -87,6 +97,6 @@ def start_rollout_actors(model: ModelConfig, rollout: RolloutConfig, *, weights:
             options["name"] = f"{name_prefix}-rollout-{i}"
         if rollout.python:
             options["runtime_env"] = {"py_executable": rollout.python}
-        actors.append(RolloutActor.options(**options).remote(model, rollout, weights))
+        actors.append(RolloutActor.options(**options).remote(model, rollout, weights, tags))
     ray.get([a.version.remote() for a in actors])  # surface load errors here, not mid-training
     return actors

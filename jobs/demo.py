@@ -21,8 +21,8 @@ from pathlib import Path
 from jobs import compare, make_synthetic
 from raytrain.config import load_config
 from raytrain.eval.inference import evaluate
-from raytrain.eval.plots import plot_training
 from raytrain.models.tiny import save_tiny_model
+from raytrain.observe.curves import plot_training
 from raytrain.train.launch import FINAL_DIR, train
 
 SHOWN = ("accuracy", "precision", "recall", "f1", "false_negative_rate", "format_compliance")

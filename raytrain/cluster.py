@@ -14,7 +14,8 @@ def init_ray(cluster: ClusterConfig | None = None, *, num_cpus: int | None = Non
 
     `num_cpus` (else `cluster.num_cpus`, else at least 8) sizes the embedded Ray: logical CPUs above the
     physical count let actors, workers and decode tasks share a small machine. Its dashboard, when
-    `cluster.dashboard` asks for one, binds to 127.0.0.1.
+    `cluster.dashboard` asks for one, binds to 127.0.0.1. Its metrics endpoint takes
+    `cluster.metrics_export_port` when set (Ray binds it on the node's interfaces, as `ray start` does).
     """
     if ray.is_initialized():
         return
@@ -26,6 +27,7 @@ def init_ray(cluster: ClusterConfig | None = None, *, num_cpus: int | None = Non
         num_cpus=num_cpus or local_cpus(cluster),
         include_dashboard=(cluster or ClusterConfig()).dashboard,
         dashboard_host="127.0.0.1",
+        **({"_metrics_export_port": cluster.metrics_export_port} if cluster.metrics_export_port else {}),
     )
 
 

@@ -20,10 +20,43 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class TrackingConfig(Strict):
+    """Where the experiment trackers of `run.loggers` write (`raytrain.observe.trackers`)."""
+
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (`http://host:5000`, `databricks`, ...); null: a local file store in "
+                          "`run.output_dir/mlruns` (`mlflow ui --backend-store-uri` that folder).",
+    )
+    mlflow_experiment: str = Field("deepfake-rl", description="MLflow experiment the run is logged under (created when missing).")
+    wandb_project: str = Field("deepfake-rl", description="Weights & Biases project.")
+    wandb_entity: str | None = Field(None, description="Weights & Biases team or user; null: the account's default.")
+    wandb_mode: Literal["online", "offline"] | None = Field(
+        None, description="null: `online` when an account is configured (WANDB_API_KEY, or WANDB_MODE in the environment), "
+                          "else `offline` (the run is kept in `run.output_dir/wandb/`; `wandb sync` uploads it later).",
+    )
+
+
 class RunConfig(Strict):
-    name: str = Field("run", description="Run name; checkpoints and metrics go to `output_dir`.")
+    name: str = Field("run", description="Run name; checkpoints and metrics go to `output_dir`. Also the `run` tag of the "
+                                         "run's Ray metrics and its name in the experiment trackers.")
     output_dir: Path = Field(Path("runs/run"), description="Where checkpoints, metrics and reports are written. Re-running with the same directory resumes.")
     seed: int = Field(0, description="Seed for data order, sampling and initialisation.")
+    loggers: list[Literal["jsonl", "tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="Where training rank 0 logs each step's scalars, under the names of `metrics.jsonl`: `jsonl` "
+                    "(`run.output_dir/metrics.jsonl`, always written: the curves and a resume read it), `tensorboard` "
+                    "(`run.output_dir/tensorboard/`), `mlflow`, `wandb` (see `run.tracking`). The trackers also get "
+                    "the resolved config as parameters; a resumed run continues the same tracker run. A tracker that "
+                    "cannot write is reported once and dropped; the run goes on.",
+    )
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    console: Literal["auto", "bar", "lines"] = Field(
+        "auto", description="Progress of training steps and evaluation batches: `bar` (tqdm; a training worker's bar is drawn "
+                            "by the driver), `lines` (a plain line per step, and per evaluation batch at most every 30 s), "
+                            "`auto`: `bar` when the driver's stdout is a terminal.",
+    )
+    ray_progress_bars: bool = Field(False, description="Show Ray Data's own streaming progress bars (its `DataContext` settings); "
+                                                        "off, they redraw between the training lines.")
 
 
 class LoraConfig(Strict):
@@ -442,3 +475,10 @@ class BusterXConfig(Strict):
 class ClusterConfig(Strict):
     num_cpus: int | None = Field(None, gt=0, description="Logical CPUs of the embedded local Ray (ignored when joining a cluster).")
     dashboard: bool = Field(False, description="Start the dashboard with the embedded Ray (bound to 127.0.0.1).")
+    metrics_export_port: int | None = Field(
+        None, gt=0, lt=65536,
+        description="Port of the embedded Ray's Prometheus metrics endpoint (what `ray start --metrics-export-port` sets "
+                    "on a cluster); null: a port Ray picks. Ray binds it on the node's network interfaces "
+                    "(keep the port firewalled on a shared host). Ray writes the service-discovery file "
+                    "Prometheus reads (`monitoring/prometheus.yml`) either way.",
+    )

@@ -24,7 +24,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import torch
-from tqdm import tqdm
 
 from raytrain.cluster import init_ray
 from raytrain.config import Config
@@ -40,6 +39,7 @@ from raytrain.eval.report import FULL_SCHEMA, METRICS, PREDICTION_SCHEMA, PREDIC
 from raytrain.models.loading import load_family, load_policy, without_lora
 from raytrain.models.logprobs import token_logprobs
 from raytrain.models.prompts import build_dataset
+from raytrain.observe.console import Progress, quiet_ray_data, use_bar
 from rewards.answer import parse_answer
 from rewards.modes import hybrid_reward
 from rewards.outcome import format_reward
@@ -235,6 +235,7 @@ def run_inference(cfg: Config, rows: pa.Table, out: Path, unreadable: list[dict]
         print(f"[evaluate] resuming: {len(done)} predictions saved, {todo.num_rows} to go", flush=True)
     if todo.num_rows:
         batch_size = cfg.evaluation.batch_size
+        quiet_ray_data(cfg.run)
         actors = inference_actors(cfg, math.ceil(todo.num_rows / batch_size))
         predictions = build_dataset(cfg, todo).map_batches(
             Predictor,
@@ -244,13 +245,14 @@ def run_inference(cfg: Config, rows: pa.Table, out: Path, unreadable: list[dict]
             num_cpus=cfg.rollout.num_cpus,
             num_gpus=cfg.rollout.num_gpus,
         )
-        with tqdm(total=todo.num_rows, desc="evaluate", unit="item") as bar:
-            for table in predictions.iter_batches(batch_size=None, batch_format="pyarrow"):
-                ids = table["id"].to_pylist()
-                for column in ROW_COLUMNS:
-                    table = table.append_column(column, pa.array([extra[column][i] for i in ids], pa.string()))
-                _save_part(out, table.select(FULL_SCHEMA.names).cast(FULL_SCHEMA))
-                bar.update(table.num_rows)
+        progress = Progress(todo.num_rows, "[evaluate]", bar=use_bar(cfg.run), unit="item")
+        for table in predictions.iter_batches(batch_size=None, batch_format="pyarrow"):
+            ids = table["id"].to_pylist()
+            for column in ROW_COLUMNS:
+                table = table.append_column(column, pa.array([extra[column][i] for i in ids], pa.string()))
+            _save_part(out, table.select(FULL_SCHEMA.names).cast(FULL_SCHEMA))
+            progress.update(table.num_rows)
+        progress.close()
     return _consolidate(out, set(rows["id"].to_pylist()) | {r["id"] for r in unreadable})
 
 

@@ -1,37 +1,11 @@
-"""Pictures a person can look at instead of reading JSON: training curves, evaluation comparisons."""
+"""Pictures of evaluations a person can look at instead of reading JSON: comparisons of runs by group,
+confusion matrices. Training curves are `raytrain.observe.curves`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on training nodes
-import matplotlib.pyplot as plt  # noqa: E402
-
-PANELS = (
-    ("reward/total", "total reward"),
-    ("reward/accuracy", "accuracy (sampled)"),
-    ("reward/format", "format reward"),
-    ("groups_dropped", "groups dropped by dynamic sampling"),
-)
-
-
-def plot_training(metrics_jsonl: Path, out_png: Path) -> Path:
-    """One panel per metric against the optimizer step (the last record of a step wins after a resume)."""
-    by_step = {}
-    for line in Path(metrics_jsonl).read_text().splitlines():
-        record = json.loads(line)
-        by_step[record["step"]] = record
-    steps = sorted(by_step)
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2))
-    for ax, (key, title) in zip(axes, PANELS):
-        ax.plot(steps, [by_step[s].get(key, float("nan")) for s in steps], marker=".")
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    return _save(fig, out_png)
+from raytrain.observe.curves import plt, save_figure  # curves picks the file-only backend first
 
 
 def plot_rate_by_group(reports: dict[str, dict], metric: str, group_by: str, out_png: Path, title: str) -> Path:
@@ -58,7 +32,7 @@ def plot_rate_by_group(reports: dict[str, dict], metric: str, group_by: str, out
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # never over a bar
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_confusion_matrices(reports: dict[str, dict], out_png: Path) -> Path:
@@ -80,13 +54,4 @@ def plot_confusion_matrices(reports: dict[str, dict], out_png: Path) -> Path:
         ax.set_xlabel("answer")
         ax.set_ylabel("truth")
         ax.set_title(name)
-    return _save(fig, out_png)
-
-
-def _save(fig, out_png: Path) -> Path:
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)

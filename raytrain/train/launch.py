@@ -16,6 +16,9 @@ from raytrain.config import Config, placement
 from raytrain.data.pipeline import split_rows
 from raytrain.models.loading import merge_adapter
 from raytrain.models.prompts import build_dataset
+from raytrain.observe.console import quiet_ray_data, use_bar
+from raytrain.observe.curves import plot_training
+from raytrain.observe.ray_metrics import run_tags
 from raytrain.train.algorithms import ALGORITHMS
 from raytrain.train.checkpoint import MODEL_DIR, TrainerState, latest_checkpoint
 from raytrain.train.loop import train_loop_per_worker
@@ -23,6 +26,7 @@ from raytrain.train.loop import train_loop_per_worker
 STORAGE_DIR = "ray"  # under run.output_dir: Ray Train's checkpoints and run state
 FINAL_DIR = "final"  # under run.output_dir: the last checkpoint's Hugging Face export
 MERGED_DIR = "final-merged"  # under run.output_dir: with `model.lora.export_merged`, base + adapter in one model
+CURVES = "training.png"  # under run.output_dir: the curves of metrics.jsonl, drawn at the end of every run
 
 
 def check_placement(cfg: Config) -> None:
@@ -36,6 +40,7 @@ def train(cfg: Config) -> Path:
     """Run (or resume) training; returns the final Hugging Face export folder."""
     cfg = cfg.with_absolute_paths()
     check_placement(cfg)
+    quiet_ray_data(cfg.run)
     out = cfg.run.output_dir
     storage = out / STORAGE_DIR
     previous = latest_checkpoint(storage)
@@ -48,12 +53,15 @@ def train(cfg: Config) -> Path:
     restarts = cfg.train.actor_restarts
     rollouts, reward = [], None
     if ALGORITHMS[cfg.algorithm.name].needs_rollouts:
-        rollouts = start_rollout_actors(cfg.model, cfg.rollout, max_restarts=restarts)
+        tags = run_tags(cfg.run, cfg.algorithm)
+        rollouts = start_rollout_actors(cfg.model, cfg.rollout, max_restarts=restarts, tags=tags)
         encoder_gpus = cfg.reward.paragraph.num_gpus if cfg.reward.enabled("paragraph") else 0
-        reward = RewardActor.options(num_gpus=encoder_gpus, max_restarts=restarts).remote(cfg.reward, cfg.data.answer_format)
+        reward = RewardActor.options(num_gpus=encoder_gpus, max_restarts=restarts).remote(cfg.reward, cfg.data.answer_format,
+                                                                                         tags=tags)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "rollout_actors": rollouts, "reward_actor": reward},
+        train_loop_config={"config": cfg.model_dump(mode="json"), "rollout_actors": rollouts, "reward_actor": reward,
+                           "console_bar": use_bar(cfg.run)},
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
@@ -82,6 +90,8 @@ def train(cfg: Config) -> Path:
         shutil.copytree(Path(d) / MODEL_DIR, final)
         state = TrainerState.load(d)
     _report_skipped(state.skipped)
+    if (out / "metrics.jsonl").is_file():
+        print(f"[run] curves: {plot_training(out / 'metrics.jsonl', out / CURVES)}", flush=True)
     if cfg.model.lora.enabled and cfg.model.lora.export_merged:
         shutil.rmtree(out / MERGED_DIR, ignore_errors=True)
         print(f"[run] merged weights: {merge_adapter(final, out / MERGED_DIR, cfg.model)}", flush=True)

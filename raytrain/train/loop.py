@@ -5,7 +5,8 @@ The algorithm (`raytrain.train.algorithms`, by `algorithm.name`) says what diffe
 and SFT: how a rank's batch is collected (rollouts with dynamic sampling, or supervised targets), the
 loss, and whether rollout engines need the new weights. Every rank takes one DeepSpeed step on its
 batch (`raytrain.train.step`); rank 0 then pushes the new weights (or only the LoRA adapter) to every
-rollout actor, versioned (`raytrain.train.policy_sync`).
+rollout actor, versioned (`raytrain.train.policy_sync`), and shows the step: metrics.jsonl, the trackers of
+`run.loggers`, Ray's metrics (`raytrain.observe`) and a progress bar or line on the console.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ import torch
 
 from raytrain.config import parse_config
 from raytrain.models.loading import load_family, load_policy, without_lora
+from raytrain.observe.console import Progress, say
+from raytrain.observe.ray_metrics import StepGauges, run_tags
+from raytrain.observe.trackers import Trackers
 from raytrain.train.algorithms import ALGORITHMS
 from raytrain.train.checkpoint import DEEPSPEED_TAG, TrainerState, save_checkpoint
 from raytrain.train.experience import PromptFeed
-from raytrain.train.metrics import log_metrics, step_metrics
+from raytrain.train.metrics import BAR_SHOWN, SHOWN, log_metrics, step_metrics, step_text
 from raytrain.train.policy_sync import gathered_weights, push_policy, weight_group
 from raytrain.train.step import deepspeed_engine, sum_across_ranks, train_step
 
@@ -44,7 +48,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if rank == 0:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        print(f"[train] trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)", flush=True)
+        say(f"[train] trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     engine = deepspeed_engine(cfg, model)
@@ -61,8 +65,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             engine.load_checkpoint(d, tag=DEEPSPEED_TAG, load_module_strict=not cfg.model.lora.enabled)
             state = TrainerState.load(d)
         if rank == 0:
-            print(f"[train] resumed at step {state.step} (policy version {state.version}, "
-                  f"{len(state.consumed)} prompts consumed)", flush=True)
+            say(f"[train] resumed at step {state.step} (policy version {state.version}, {len(state.consumed)} prompts consumed)")
     # After a restart the engines may serve another version: a later one (synced before the step's
     # checkpoint was recorded), their initial weights (a restarted rollout actor) or part of a sync
     # whose sender died. Rank 0 looks and every rank learns the answer, so all push or none.
@@ -77,45 +80,68 @@ def train_loop_per_worker(loop_config: dict) -> None:
     out_dir = Path(cfg.run.output_dir)
     engine.train()
     total_steps = cfg.train.total_steps or math.inf  # null: until the data runs out
-    while state.step < total_steps:
-        t0 = time.perf_counter()
-        batch, stats = algorithm.collect(cfg, feed, rollout, reward_actor, state.version, family)
-        t_rollout = time.perf_counter() - t0
-        mask = batch.per_token["loss_mask"] if batch is not None else torch.zeros(0, 0)
-        global_tokens, global_rows, global_seqs, ranks_with_data = sum_across_ranks(
-            [float(mask.sum()), float(mask.shape[0]), float((mask.sum(-1) > 0).sum()), float(not feed.exhausted)]
-        )
-        if global_rows == 0 and ranks_with_data == 0:
-            # Every rank has run out of data: record the final data position (skipped media
-            # drawn in this last round included) and stop.
-            save_checkpoint(engine, family.processor, cfg, state, rank, feed, {"step": state.step, "data_exhausted": 1},
-                            gathered_weights(engine, cfg), "_end")
-            break
-        if global_rows == 0:
+    if rank == 0:
+        bar = loop_config["console_bar"]
+        progress = Progress(cfg.train.total_steps, "[train] step", bar=bar, remote=True, unit="step", start=state.step)
+        gauges, trackers = StepGauges(run_tags(cfg.run, cfg.algorithm)), Trackers(cfg.run, loop_config["config"], state.step)
+    try:
+        t_idle_from = None  # end of the previous step's weight sync: its checkpoint and logging are idle time
+        while state.step < total_steps:
+            t0 = time.perf_counter()
+            t_idle = t0 - t_idle_from if t_idle_from is not None else 0.0
+            batch, stats = algorithm.collect(cfg, feed, rollout, reward_actor, state.version, family)
+            t_rollout = time.perf_counter() - t0
+            mask = batch.per_token["loss_mask"] if batch is not None else torch.zeros(0, 0)
+            global_tokens, global_rows, global_seqs, ranks_with_data = sum_across_ranks(
+                [float(mask.sum()), float(mask.shape[0]), float((mask.sum(-1) > 0).sum()), float(not feed.exhausted)]
+            )
+            if global_rows == 0 and ranks_with_data == 0:
+                # Every rank has run out of data: record the final data position (skipped media
+                # drawn in this last round included) and stop.
+                save_checkpoint(engine, family.processor, cfg, state, rank, feed, {"step": state.step, "data_exhausted": 1},
+                                gathered_weights(engine, cfg), "_end")
+                break
+            if global_rows == 0:
+                if rank == 0:
+                    say(f"[train] no informative groups in {cfg.algorithm.max_generation_rounds} generation rounds; "
+                        "drawing new prompts without an update")
+                continue
+
+            t1 = time.perf_counter()
+            stats.update(train_step(cfg, algorithm, family, engine, ref_model, batch, global_tokens, global_seqs, world, padding))
+            state.step += 1
+            state.version += 1
+            sync = algorithm.needs_rollouts
+            checkpoint_now = state.step % cfg.train.checkpoint_every == 0 or state.step >= total_steps
+            # Under ZeRO-3 the weight gather is a collective over the whole model: once for the sync and the export.
+            t2 = time.perf_counter()
+            gathered = gathered_weights(engine, cfg) if sync or checkpoint_now else None
+            sync_bytes = push_policy(engine, cfg, rollouts, state.version, rank, group, gathered) if sync else 0
+            t_idle_from = time.perf_counter()
+            t_sync = t_idle_from - t2 if sync else 0.0
+            t_train = t_idle_from - t1 - t_sync
+
+            metrics = step_metrics(algorithm, state, stats, global_tokens, len(feed.skipped))
+            metrics.update({"time/rollout_s": t_rollout, "time/train_s": t_train, "time/weight_sync_s": t_sync, "time/idle_s": t_idle,
+                            "throughput/train_tokens_per_s": global_tokens / max(t_train, 1e-9)})
+            if "response_tokens_mean" in metrics:
+                metrics["throughput/rollout_tokens_per_s"] = metrics["response_tokens_mean"] * metrics["responses"] / max(t_rollout, 1e-9)
+            if sync:
+                metrics["weight_sync/bytes"] = sync_bytes
             if rank == 0:
-                print(f"[train] no informative groups in {cfg.algorithm.max_generation_rounds} generation rounds; "
-                      "drawing new prompts without an update", flush=True)
-            continue
-
-        t1 = time.perf_counter()
-        stats.update(train_step(cfg, algorithm, family, engine, ref_model, batch, global_tokens, global_seqs, world, padding))
-        state.step += 1
-        state.version += 1
-        sync = algorithm.needs_rollouts
-        checkpoint_now = state.step % cfg.train.checkpoint_every == 0 or state.step >= total_steps
-        # Under ZeRO-3 the weight gather is a collective over the whole model: once for the sync and the export.
-        t2 = time.perf_counter()
-        gathered = gathered_weights(engine, cfg) if sync or checkpoint_now else None
-        if sync:
-            push_policy(engine, cfg, rollouts, state.version, rank, group, gathered)
-        t_sync = time.perf_counter() - t2 if sync else 0.0
-        t_train = time.perf_counter() - t1 - t_sync
-
-        metrics = step_metrics(algorithm, state, stats, global_tokens, len(feed.skipped))
-        metrics.update({"time/rollout_s": t_rollout, "time/train_s": t_train, "time/weight_sync_s": t_sync})
+                _show(log_metrics(out_dir, metrics), progress, gauges, trackers, bar)
+            if checkpoint_now:
+                save_checkpoint(engine, family.processor, cfg, state, rank, feed, metrics, gathered)
+            else:
+                ray.train.report(metrics)
+    finally:
         if rank == 0:
-            log_metrics(out_dir, metrics)
-        if checkpoint_now:
-            save_checkpoint(engine, family.processor, cfg, state, rank, feed, metrics, gathered)
-        else:
-            ray.train.report(metrics)
+            progress.close()
+            trackers.close()
+
+
+def _show(record: dict, progress: Progress, gauges: StepGauges, trackers: Trackers, bar: bool) -> None:
+    """Rank 0: the step's record to Ray's metrics, the trackers and the console (a bar, or a line per step)."""
+    gauges.record(record)
+    trackers.log(record)
+    progress.update(1, step_text(record, BAR_SHOWN if bar else SHOWN), always=True)

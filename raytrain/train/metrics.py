@@ -1,5 +1,5 @@
 """A step's metrics: every rank's stats summed by key, read by the algorithm, logged to
-`run.output_dir/metrics.jsonl` and printed on one line."""
+`run.output_dir/metrics.jsonl` (and from that record to the trackers and Ray's metrics) and shown on the console."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from raytrain.train.algorithms import Algorithm
 from raytrain.train.checkpoint import TrainerState
 
 SHOWN = ("loss", "reward/total", "reward/accuracy", "reward/format", "groups_kept", "groups_dropped", "sft_nll")
+BAR_SHOWN = ("reward/total", "reward/accuracy", "sft_nll")  # beside a progress bar: what says it learns
 
 
 def sum_by_key(local: dict) -> dict:
@@ -41,15 +42,24 @@ def step_metrics(algorithm: Algorithm, state: TrainerState, stats: dict, global_
     metrics = {"step": state.step, "policy_version": state.version, "tokens": global_tokens,
                "media_skipped": int(totals["media_skipped"])}
     if "rollout_version" in stats:
+        # The step trained policy version `state.version - 1` on these rollouts.
         metrics["rollout_version"] = stats["rollout_version"]
+        metrics["rollout_staleness"] = state.version - 1 - stats["rollout_version"]
     metrics.update(algorithm.report(totals, global_tokens))
     return metrics
 
 
-def log_metrics(out_dir: Path, metrics: dict) -> None:
+def log_metrics(out_dir: Path, metrics: dict) -> dict:
+    """Append the step's record, floats rounded, to `metrics.jsonl`; returns that record (what the trackers
+    and Ray's metrics get, so every view holds the same numbers)."""
+    record = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}) + "\n")
-    shown = {k: metrics[k] for k in SHOWN if k in metrics}
-    text = " | ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
-    print(f"[train] step {metrics['step']} | {text} | {metrics['time/rollout_s'] + metrics['time/train_s']:.1f}s", flush=True)
+        f.write(json.dumps(record) + "\n")
+    return record
+
+
+def step_text(record: dict, keys: tuple[str, ...] = SHOWN) -> str:
+    """The figures of `keys` the record has, as `name value | ...`."""
+    shown = {k: record[k] for k in keys if k in record}
+    return " | ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())

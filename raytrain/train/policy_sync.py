@@ -9,6 +9,7 @@ import torch.distributed as dist
 from actors.rollout import RolloutActors
 from raytrain.config import Config
 from raytrain.models.loading import sync_state
+from raytrain.observe.console import say
 from raytrain.weight_sync.group import WeightGroup
 from raytrain.weight_sync.sender import open_weight_group, push_weights
 
@@ -20,8 +21,7 @@ def weight_group(cfg: Config, rollouts: list) -> WeightGroup | None:
     backend = "nccl" if cfg.train.use_gpu else "gloo"
     ranks = cfg.rollout.vllm.tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
     group = open_weight_group(RolloutActors(rollouts), backend, cfg.rollout.weight_group_timeout_s, ranks)
-    print(f"[train] weight sync: {backend} broadcast to {len(rollouts)} rollout actor(s), "
-          f"{group.address.world_size} ranks", flush=True)
+    say(f"[train] weight sync: {backend} broadcast to {len(rollouts)} rollout actor(s), {group.address.world_size} ranks")
     return group
 
 
@@ -35,11 +35,14 @@ def gathered_weights(engine, cfg: Config) -> dict[str, torch.Tensor] | None:
 
 
 def push_policy(engine, cfg: Config, rollouts: list, version: int, rank: int, group: WeightGroup | None,
-                gathered: dict[str, torch.Tensor] | None) -> None:
+                gathered: dict[str, torch.Tensor] | None) -> int:
     """Rank 0 sends the policy (the adapter alone under LoRA; `gathered`: `gathered_weights`) in
-    buckets; every rank waits for it."""
+    buckets; every rank waits for it. Returns the bytes sent to each engine (0 on other ranks)."""
+    sent = 0
     if rank == 0:
         # A broadcast flattens each bucket from the live weights (on the GPU under NCCL: no host round trip).
         state = sync_state(engine.module, gathered, cpu_copy=group is None)
         push_weights(RolloutActors(rollouts), state, version, cfg.rollout.weight_bucket_mb << 20, group)
+        sent = sum(t.numel() * t.element_size() for t in state.values())
     dist.barrier()
+    return sent

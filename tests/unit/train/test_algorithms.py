@@ -19,7 +19,7 @@ from raytrain.models.tiny import build_tiny_processor
 from raytrain.train.algorithms import ALGORITHMS
 from raytrain.train.checkpoint import TrainerState
 from raytrain.train.experience import Group, paragraph_tensors, rollout_stats
-from raytrain.train.metrics import log_metrics, step_metrics
+from raytrain.train.metrics import log_metrics, step_metrics, step_text
 from rewards.score import ParagraphScore, Score
 
 TEXT = "The jaw line shows a blending seam in frame two.\n\n<answer>fake</answer>"
@@ -149,7 +149,8 @@ def test_rl_step_metrics_sum_the_ranks_by_key_when_one_has_no_data(groups, monke
     metrics = step_metrics(ALGORITHMS["dapo"], TrainerState(step=4, version=4), stats, 40.0, 1)
     tokens = sum(len(s.token_ids) for g in groups for s in g.samples)
     assert metrics == {
-        "step": 4, "policy_version": 4, "tokens": 40.0, "media_skipped": 3, "rollout_version": 3, "loss": 0.5,
+        "step": 4, "policy_version": 4, "tokens": 40.0, "media_skipped": 3, "rollout_version": 3, "rollout_staleness": 0,
+        "loss": 0.5,
         "responses": 4, "groups_drawn": 3, "groups_dropped": 1, "groups_kept": 2, "generation_rounds": 2,
         "response_tokens_mean": tokens / 4, "truncated_mean": 0.25,
         # Mean paragraph rewards 0.625, 0 (no paragraphs), 0.625 and 1.
@@ -168,10 +169,10 @@ def test_sft_step_metrics(monkeypatch):
                        "sft_nll": 2.0}
 
 
-def test_log_metrics_appends_rounded_json_and_prints_a_line(tmp_path, capsys):
+def test_log_metrics_appends_rounded_json_and_returns_the_record(tmp_path):
     metrics = {"step": 2, "loss": 0.123456789, "reward/total": 0.5, "groups_kept": 3, "time/rollout_s": 1.0, "time/train_s": 0.5}
-    log_metrics(tmp_path / "out", metrics)
+    first = log_metrics(tmp_path / "out", metrics)
     log_metrics(tmp_path / "out", {**metrics, "step": 3})
     records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [2, 3] and records[0]["loss"] == 0.123457
-    assert "[train] step 2 | loss 0.123 | reward/total 0.500 | groups_kept 3 | 1.5s" in capsys.readouterr().out
+    assert [r["step"] for r in records] == [2, 3] and records[0]["loss"] == 0.123457 and records[0] == first
+    assert step_text(first) == "loss 0.123 | reward/total 0.500 | groups_kept 3"

@@ -65,6 +65,13 @@ class Config(Strict):
     def _prpo_needs_paragraphs(self):
         if self.algorithm.name == "prpo" and not self.reward.enabled("paragraph"):
             raise ValueError("algorithm.name prpo needs paragraph rewards: set reward.weights.paragraph")
+        if self.algorithm.name == "prpo" and self.algorithm.prpo_group_by == "response" and self.algorithm.dynamic_sampling:
+            raise ValueError("algorithm.prpo_group_by response normalises within each response, so there are no "
+                             "prompt groups to filter: set algorithm.dynamic_sampling false")
+        if (self.algorithm.name == "prpo" and self.algorithm.prpo_group_by == "response"
+                and self.algorithm.prpo_outcome_weight > 0 and self.rollout.sampling.group_size < 2):
+            raise ValueError("algorithm.prpo_outcome_weight under prpo_group_by response compares a prompt's responses: "
+                             "set rollout.sampling.group_size >= 2 (or the weight to 0, the label-free official run)")
         return self
 
     @model_validator(mode="after")

@@ -58,7 +58,7 @@ def prediction_record(prompt: Prompt, sample: Sample, *, answer_format: str, mod
         "id": prompt.id, "path": prompt.path, "media": "video" if prompt.is_video else "image",
         "label": prompt.label.lower(), "category": prompt.category,
         "status": "ok" if answer is not None else "unparsable", "error": "",
-        "response": sample.text, "answer": answer, "format_ok": format_reward(sample.text) == 0.0,
+        "response": sample.text, "answer": answer, "format_ok": format_reward(sample.text, answer_format) == 0.0,
         "mode_ok": None if mode is None else hybrid_reward(sample.text, mode) == 0.0,
         "truncated": sample.truncated, "num_tokens": len(sample.token_ids), "latency_s": latency_s,
     }

@@ -61,6 +61,7 @@ def prediction_record(prompt: Prompt, sample: Sample, *, answer_format: str, mod
         "response": sample.text, "answer": answer, "format_ok": format_reward(sample.text, answer_format) == 0.0,
         "mode_ok": None if mode is None else hybrid_reward(sample.text, mode) == 0.0,
         "truncated": sample.truncated, "num_tokens": len(sample.token_ids), "latency_s": latency_s,
+        "head_prob": sample.extra.get("head_prob"),  # a binary head's probability of fake (DX-LLaVA)
     }
 
 
@@ -69,7 +70,7 @@ def unreadable_record(*, id: str, path: str, media: str, label: str, category: s
     return {
         "id": id, "path": path, "media": media, "label": label.lower(), "category": category,
         "status": UNREADABLE, "error": reason, "response": None, "answer": None, "format_ok": False,
-        "mode_ok": None, "truncated": False, "num_tokens": 0, "latency_s": None,
+        "mode_ok": None, "truncated": False, "num_tokens": 0, "latency_s": None, "head_prob": None,
     }
 
 

@@ -7,6 +7,10 @@ parsed answer, format and mode compliance, latency), `OUT/metrics.json` and `OUT
 format and mode compliance, with intervals, overall and per category, source and domain, and the
 confusion matrix). Re-running with the same OUT resumes a killed evaluation.
 
+`--questions FILE.jsonl` evaluates a DX-LLaVA question file (`jobs.make_questions`; images relative
+to `--image-folder`, default the file's folder) and `--answers OUT.jsonl` also writes the answers in
+the official fields (question_id, prompt, text, predict, label; `head_prob` with a binary head).
+
 `--config FILE` (with `--set` overrides) takes every setting from a config and evaluates its
 `model.path` on `data.eval_split`; the flags override it. Without `--config`, the defaults of
 `raytrain/config.py` apply, with float32 CPU actors or, where this machine sees a GPU, bfloat16
@@ -18,7 +22,8 @@ from pathlib import Path
 import torch
 
 from jobs import cli
-from raytrain.eval.inference import FOLDER_MANIFEST, evaluate
+from raytrain.data.questions import answers, read_questions, write_jsonl
+from raytrain.eval.inference import FOLDER_MANIFEST, evaluate, saved_predictions
 
 
 def _defaults(args) -> dict:
@@ -37,6 +42,9 @@ def main(argv=None) -> dict:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--data", type=Path, help="manifest to evaluate (default: the config's data.manifest)")
     source.add_argument("--folder", type=Path, help="folder of clips (real/ and fake/ subfolders or a path,label[,category] CSV); every clip is evaluated")
+    source.add_argument("--questions", type=Path, help="DX-LLaVA question file (JSON lines: question_id, image, text, label)")
+    p.add_argument("--image-folder", type=Path, help="folder the --questions images are relative to (default: the file's folder)")
+    p.add_argument("--answers", type=Path, help="with --questions: also write the answers here (JSON lines)")
     p.add_argument("--split", help="manifest split (default: data.eval_split)")
     p.add_argument("--name", help="run name in reports and comparisons (default: the output folder's name)")
     p.add_argument("--output", type=Path, help="output folder (default: <run.output_dir>/eval)")
@@ -44,14 +52,23 @@ def main(argv=None) -> dict:
     mode.add_argument("--think", dest="mode", action="store_const", const="think", help="append /think to the prompt")
     mode.add_argument("--no-think", dest="mode", action="store_const", const="no_think", help="append /no_think to the prompt")
     args = p.parse_args(argv)
-    if args.config is None and not (args.model and (args.data or args.folder) and args.output):
-        p.error("without --config, give --model, --data or --folder, and --output")
+    if args.answers and not args.questions:
+        p.error("--answers needs --questions")
+    if args.output is None and args.answers:
+        args.output = args.answers.with_suffix("")  # OUT.jsonl -> the folder OUT/ beside it
+    if args.config is None and not (args.model and (args.data or args.folder or args.questions) and args.output):
+        p.error("without --config, give --model, --data, --folder or --questions, and --output")
     extra = [f"model.path={args.model}"] if args.model else []
     extra += [f"data.manifest={args.data}"] if args.data else []
     extra += [f"data.mode={args.mode}"] if args.mode else []
     cfg = cli.load(args, extra, _defaults(args) if args.config is None else None)
     out = args.output or Path(cfg.run.output_dir) / "eval"
-    summary = evaluate(cfg, out, split=args.split, folder=args.folder, name=args.name)
+    summary = evaluate(cfg, out, split=args.split, folder=args.folder, questions=args.questions,
+                       image_folder=args.image_folder, name=args.name)
+    if args.answers:
+        by_id = {r["id"]: r for r in saved_predictions(out)}
+        write_jsonl(answers(read_questions(args.questions), by_id, summary["model"]), args.answers)
+        print(f"answers written to {args.answers}")
     overall = summary["overall"]
     print(f"{summary['name']}: {overall['total']} items, {overall['n']} scored, {overall['unreadable']} unreadable, "
           f"{overall['unparsable']} unparsable")

@@ -29,9 +29,10 @@ from tqdm import tqdm
 from raytrain.cluster import init_ray
 from raytrain.config import Config
 from raytrain.data.batch import Prompt, Sample
-from raytrain.data.ingest import Source, ingest, scan_sources
-from raytrain.data.manifest import write_manifest
+from raytrain.data.ingest import Scanned, Source, ingest, scan_sources
+from raytrain.data.manifest import media_kind, write_manifest
 from raytrain.data.pipeline import prompts_from_batch, split_rows
+from raytrain.data.questions import question_prompt, read_questions
 from raytrain.data.sft_targets import sft_batch
 from raytrain.engines.base import make_engine
 from raytrain.eval.metrics import UNREADABLE, evaluation_report
@@ -45,8 +46,9 @@ from rewards.outcome import format_reward
 
 PARTS_DIR = "parts"
 IDENTITY = "evaluation.json"  # what OUT holds predictions of; a resume with anything else is refused
-FOLDER_MANIFEST = "folder_manifest.parquet"  # the scanned clip folder, kept with the results
+FOLDER_MANIFEST = "folder_manifest.parquet"  # the scanned clip folder (or question file), kept with the results
 FOLDER_SOURCE = "folder"
+QUESTIONS_SOURCE = "questions"
 # Added by the driver from the rows: the decode pipeline carries only what the model needs.
 ROW_COLUMNS = ("source", "domain")
 
@@ -82,11 +84,29 @@ def folder_rows(folder: Path) -> tuple[pa.Table, list[dict]]:
     scanned = scan_sources([Source(Path(folder), layout="clips", name=FOLDER_SOURCE)])
     for reject in scanned.rejects:
         print(f"[evaluate] ignored {reject['path']}: {reject['reason']}", flush=True)
+    return _test_rows(scanned, FOLDER_SOURCE)
+
+
+def question_rows(questions: list[dict], image_folder: Path) -> tuple[pa.Table, list[dict]]:
+    """Manifest rows of DX-LLaVA evaluation questions (`raytrain.data.questions`), one per question with
+    the question id as its id, images relative to `image_folder`; unreadable records for images that
+    cannot be decoded."""
+    entries = []
+    for q in questions:
+        path, label = Path(image_folder) / q["image"], str(q["label"]).lower()
+        entries.append({"id": str(q["question_id"]), "path": str(path.resolve()), "rel": str(q["image"]),
+                        "media": media_kind(path) or "image", "label": label, "source": QUESTIONS_SOURCE,
+                        "category": "unknown" if label == "fake" else "real", "domain": q.get("domain") or "",
+                        "clips": [str(q["question_id"])], "official_split": "test"})
+    return _test_rows(Scanned([Source(Path(image_folder), name=QUESTIONS_SOURCE)], entries, []), QUESTIONS_SOURCE)
+
+
+def _test_rows(scanned: Scanned, source: str) -> tuple[pa.Table, list[dict]]:
     ingested = ingest(scanned, split="test", deduplicate=False)
     unreadable = [unreadable_record(
         id=entry["id"], path=entry["path"], label=entry["label"], category=entry["category"], media=entry["media"],
         reason=entry["reason"],
-    ) | {"source": FOLDER_SOURCE, "domain": entry["domain"]} for entry in ingested.unreadable]
+    ) | {"source": source, "domain": entry["domain"]} for entry in ingested.unreadable]
     return ingested.table, unreadable
 
 
@@ -282,23 +302,32 @@ def _claim(out: Path, identity: dict) -> None:
 
 
 def evaluate(cfg: Config, out: Path, *, split: str | None = None, folder: Path | None = None,
-             name: str | None = None) -> dict:
-    """Evaluate `cfg.model.path` on a manifest split (default `data.eval_split`) or on every clip of `folder`.
+             questions: Path | None = None, image_folder: Path | None = None, name: str | None = None) -> dict:
+    """Evaluate `cfg.model.path` on a manifest split (default `data.eval_split`), on every clip of `folder`,
+    or on a DX-LLaVA question file (`questions`, images relative to `image_folder`, by default the file's
+    folder; its question becomes `data.prompt`).
 
     Writes predictions, metrics and the Markdown report to `out`, resuming saved predictions; returns
     the summary written to `metrics.json`: {name, model, data, split, mode, overall, groups}.
     """
     out = Path(out).resolve()
     cfg = cfg.with_absolute_paths()
-    if folder is not None:
-        rows, unreadable = folder_rows(folder)
+    if folder is not None or questions is not None:
+        if folder is not None:
+            rows, unreadable = folder_rows(folder)
+            data = str(Path(folder).resolve())
+        else:
+            asked = read_questions(questions)
+            rows, unreadable = question_rows(asked, Path(image_folder or Path(questions).parent))
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"prompt": question_prompt(asked)})})
+            data = str(Path(questions).resolve())
         out.mkdir(parents=True, exist_ok=True)
         write_manifest(rows, out / FOLDER_MANIFEST)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"manifest": out / FOLDER_MANIFEST})})
         rows = rows.append_column("key", rows["id"])
         if cfg.data.max_rows is not None:
             rows = rows.slice(0, cfg.data.max_rows)
-        data, split = str(Path(folder).resolve()), None
+        split = None
     else:
         split = split or cfg.data.eval_split
         rows, unreadable, data = split_rows(cfg.data, split, seed=cfg.run.seed), [], str(cfg.data.manifest)

@@ -3,7 +3,6 @@ bad entries rejected with their ids, undecodable images skipped and reported; in
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,42 +10,12 @@ import pytest
 from raytrain.data.ingest import Source, ingest, scan_sources
 from raytrain.data.layouts import detect_layout
 from raytrain.data.layouts.llava import reasoning
-from tests.helpers.layout_trees import dfr5, write_image
-
-QUESTION = "<image>\nIs this image real or fake? Give your reasoning, then ### Answer: real or fake."
-
-
-def _item(id_, image, answer, binary_label=None, human=QUESTION):
-    item = {"id": id_, "image": image, "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]}
-    if binary_label is not None:
-        item["binary_label"] = binary_label
-    return item
+from tests.helpers.layout_trees import llava
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
-    root = dfr5(tmp_path_factory.mktemp("llava"))  # ddim/ and StyleGAN3/ with {train,val,test}/{real,fake}/
-    write_image(root / "extra" / "loose.png")
-    (root / "ddim" / "train" / "fake" / "broken.png").write_bytes(b"not a png at all")
-    train = [
-        _item("f0", "ddim/train/fake/fake_0.png", "**Seam**: a hard edge around the face. ### Answer: fake", 1),
-        _item("r0", "ddim/train/real/real_0.png", "**Light**: natural, even skin pores.\n\n### Answer: real", 0),
-        _item("s0", "StyleGAN3/train/fake/fake_0.png", "**Texture**: too smooth.\n\n### Answer: fake"),  # label from the answer
-        _item("loose", "extra/loose.png", "Looks fine.", "0"),  # no answer line: the label alone
-        _item("no-image", "StyleGAN3/train/real/real_0.png", "### Answer: real", 0, human="Is it real?"),
-        {"id": "no-gpt", "image": "ddim/val/real/real_0.png", "conversations": [{"from": "human", "value": QUESTION}],
-         "binary_label": 0},
-        _item("contradiction", "ddim/val/fake/fake_0.png", "### Answer: real", 1),
-        _item("unlabelled", "StyleGAN3/val/fake/fake_0.png", "No verdict here."),
-        _item("missing", "ddim/train/fake/gone.png", "### Answer: fake", 1),
-        _item("outside", "../elsewhere.png", "### Answer: fake", 1),
-        _item("broken", "ddim/train/fake/broken.png", "**Cue**: noise. ### Answer: fake", 1),
-        "not an object",
-    ]
-    (root / "train.json").write_text(json.dumps(train))
-    (root / "test_subset.json").write_text(json.dumps([
-        _item("t0", "ddim/test/fake/fake_0.png", "**Cue**: grid. ### Answer: fake", 1)]))
-    return root
+    return llava(tmp_path_factory.mktemp("llava"))
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from raytrain.config.sections import (
     BusterXConfig,
     ClusterConfig,
     DataConfig,
+    DXLLaVAConfig,
     EvaluationConfig,
     ModelConfig,
     RewardConfig,
@@ -42,6 +43,7 @@ class Config(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     busterx: BusterXConfig = Field(default_factory=BusterXConfig)
+    dx_llava: DXLLaVAConfig = Field(default_factory=DXLLaVAConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     def with_model(self, path: str | Path) -> Config:

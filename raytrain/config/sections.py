@@ -382,6 +382,30 @@ class BusterXConfig(Strict):
         return self
 
 
+class DXLLaVAConfig(Strict):
+    """The DX-LLaVA pipeline of `jobs.dx_llava` (SPEC section 7, seed 001; the official `tuanrpt/PRPO` code).
+
+    Stage `align` (feature alignment: projector and head train), `instruct` (visual instruction tuning:
+    projector, head and language model, the official DX-LLaVA training) and `prpo` (PRPO on the language
+    model). Every stage is this config with its settings (algorithm and `model.trainable`), its overrides
+    below (dotted keys, as `--set`; the stage's steps are `train.total_steps`, or with it null
+    `data.epochs` passes, the official run's "epochs per domain"), the previous stage's weights and
+    `run.output_dir/<stage>` as its output.
+    """
+
+    align: dict[str, Any] = Field(default_factory=dict, description="Overrides of stage 1, feature alignment (SFT), e.g. `train.lr: 1.0e-3`.")
+    instruct: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of stage 2, visual instruction tuning (SFT; official: lr 2e-5, 1 epoch per domain).",
+    )
+    prpo: dict[str, Any] = Field(
+        default_factory=lambda: {"algorithm.prpo_group_by": "response", "algorithm.dynamic_sampling": False,
+                                 "rollout.sampling.group_size": 1, "reward.weights.paragraph": 1.0},
+        description="Overrides of stage 3, PRPO; by default the official grouping: each response's paragraphs "
+                    "(`prpo_group_by: response`, one response per prompt, no dynamic sampling) with the paragraph "
+                    "reward. Replacing the mapping replaces these defaults too.",
+    )
+
+
 class ClusterConfig(Strict):
     num_cpus: int | None = Field(None, gt=0, description="Logical CPUs of the embedded local Ray (ignored when joining a cluster).")
     dashboard: bool = Field(False, description="Start the dashboard with the embedded Ray (bound to 127.0.0.1).")

@@ -388,9 +388,10 @@ class DXLLaVAConfig(Strict):
     Stage `align` (feature alignment: projector and head train), `instruct` (visual instruction tuning:
     projector, head and language model, the official DX-LLaVA training) and `prpo` (PRPO on the language
     model). Every stage is this config with its settings (algorithm and `model.trainable`), its overrides
-    below (dotted keys, as `--set`; the stage's steps are `train.total_steps`, or with it null
-    `data.epochs` passes, the official run's "epochs per domain"), the previous stage's weights and
-    `run.output_dir/<stage>` as its output.
+    below (dotted keys, as `--set`; a mapping merges into the section it names, so
+    `rollout.sampling: {top_p: 0.7}` keeps the other sampling keys and a reward is switched off with weight
+    0; the stage's steps are `train.total_steps`, or with it null `data.epochs` passes, the official run's
+    "epochs per domain"), the previous stage's weights and `run.output_dir/<stage>` as its output.
     """
 
     align: dict[str, Any] = Field(default_factory=dict, description="Overrides of stage 1, feature alignment (SFT), e.g. `train.lr: 1.0e-3`.")

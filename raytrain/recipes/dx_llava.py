@@ -15,6 +15,7 @@ held-out responses (`paragraph_pcr`). `jobs.dx_llava` is its command line.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from raytrain.config import Config, parse_config, set_dotted
@@ -48,10 +49,24 @@ def stage_overrides(cfg: Config, stage: str, model_path: str | Path) -> dict:
     return {**STAGE_SETTINGS[stage], **getattr(cfg.dx_llava, stage), **forced}
 
 
+def merge_dotted(raw: dict, dotted: str, value) -> None:
+    """`set_dotted`, except that a mapping merges into the section it names instead of replacing it: an
+    override `rollout.sampling: {top_p: 0.7}` (or `--set dx_llava.prpo.train.lr=...`, which arrives as
+    `train: {lr: ...}`) keeps the section's other keys."""
+    target = raw
+    for key in dotted.split("."):
+        target = target.get(key) if isinstance(target, dict) else None
+    if isinstance(value, dict) and isinstance(target, dict):
+        for key, item in value.items():
+            merge_dotted(raw, f"{dotted}.{key}", item)
+    else:
+        set_dotted(raw, dotted, value)
+
+
 def stage_config(cfg: Config, stage: str, model_path: str | Path) -> Config:
     raw = cfg.model_dump(mode="json")
     for key, value in stage_overrides(cfg, stage, model_path).items():
-        set_dotted(raw, key, value)
+        merge_dotted(raw, key, value)
     return parse_config(raw, source=f"dx_llava stage {stage}")
 
 
@@ -126,6 +141,7 @@ def run_pipeline(cfg: Config, which: str = "all", *, evaluate: bool = True) -> d
             print(f"[dx_llava] {stage}: training from {start}", flush=True)
             train(stage_config(cfg, stage, start))
             report.pop(stage, None)
+            shutil.rmtree(stage_dir(cfg, stage) / EVAL_DIR, ignore_errors=True)  # an earlier model's predictions
         elif finished(cfg, stage):
             print(f"[dx_llava] {stage}: finished ({stage_dir(cfg, stage) / FINAL_DIR})", flush=True)
         else:

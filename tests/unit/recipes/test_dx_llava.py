@@ -64,3 +64,15 @@ def test_paragraph_pcr_of_held_out_responses(cfg):
     ]
     assert paragraph_pcr(predictions, cfg) == pytest.approx(0.5)
     assert paragraph_pcr(predictions[3:], cfg) is None
+
+
+def test_stage_overrides_merge_into_sections(base_config_dict):
+    from raytrain.recipes.dx_llava import merge_dotted
+
+    raw = {"train": {"lr": 1.0, "total_steps": 5}, "reward": {"weights": {"format": 1.0}}}
+    merge_dotted(raw, "train", {"total_steps": 2})  # as `--set dx_llava.prpo.train.total_steps=2` arrives
+    merge_dotted(raw, "reward.weights", {"paragraph": 1.0})
+    merge_dotted(raw, "rollout.sampling.top_p", 0.7)
+    merge_dotted(raw, "reward.weights.format", 0.0)
+    assert raw == {"train": {"lr": 1.0, "total_steps": 2}, "reward": {"weights": {"format": 0.0, "paragraph": 1.0}},
+                   "rollout": {"sampling": {"top_p": 0.7}}}

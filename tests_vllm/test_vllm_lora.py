@@ -37,7 +37,7 @@ def engine(lora_cfg, rollout_cfg):
 
 def _trainer(lora_cfg, text_model_dir, seed: int):
     """A trainer-side LoRA policy whose adapter moved away from the zero-initialised lora_B."""
-    model = wrap_lora(AutoModelForCausalLM.from_pretrained(text_model_dir, dtype=torch.float32), lora_cfg.lora)
+    model = wrap_lora(AutoModelForCausalLM.from_pretrained(text_model_dir, dtype=torch.float32), lora_cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -49,6 +49,19 @@ class ModelConfig(Strict):
     trust_remote_code: bool = Field(False, description="Run model code shipped with a checkpoint. Off unless you trust it.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory in the trainer.")
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    trainable: list[str] | None = Field(
+        None,
+        description="Top-level submodules of the model that train; the rest stay frozen. null: the model family's "
+                    "default (every weight for Qwen2.5-VL; `[projector, head, language_model]` for DX-LLaVA). DX-LLaVA "
+                    "(SPEC section 7, the official code): `[projector, head]` for stage 1 feature alignment, "
+                    "`[projector, head, language_model]` for stage 2, `[language_model]` for PRPO; its vision tower is "
+                    "always frozen. Under LoRA, `language_model` gets the adapters and the others train whole.",
+    )
+    head_loss_weight: float = Field(
+        10.0, ge=0,
+        description="Weight of the binary head's BCE-with-logits beside the LM loss in SFT (families with a head: "
+                    "DX-LLaVA; the official DX-LLaVA trains LM + 10 x BCE).",
+    )
 
 
 class MediaConfig(Strict):

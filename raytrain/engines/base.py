@@ -24,6 +24,9 @@ class RolloutEngine(Protocol):
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample]]:
         """`sampling.group_size` samples per prompt (one when `greedy`)."""
 
+    def head_probs(self, prompts: list[Prompt]) -> list[float | None]:
+        """The model's binary head's probability of fake per prompt (DX-LLaVA); None where there is no head."""
+
     def begin_update(self, version: int, plan: dict[str, Shape], group: GroupAddress | None = None) -> None:
         """Announce a sync: the names and shapes of every tensor that will follow (checked now), and
         the weight group its buckets will come over (None: they come as tensors)."""

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-from peft import PeftModel, get_peft_model_state_dict
 
 from raytrain.config.sections import ModelConfig, SamplingConfig
 from raytrain.data.batch import Prompt, Sample
-from raytrain.models.loading import apply_sync_state, load_family, load_policy
+from raytrain.models.loading import apply_sync_state, load_family, load_policy, sync_state
 from raytrain.models.logprobs import masked_logprobs
 from raytrain.weight_sync.group import GroupAddress, WeightGroup
 from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, Shape, tensor_spec
@@ -27,7 +26,7 @@ class TransformersEngine(BucketReceiver):
         self._group: WeightGroup | None = None
         self._received: dict[str, torch.Tensor] | None = None
         # What a sync carries: the adapter alone under LoRA, every weight otherwise.
-        self._spec = tensor_spec(get_peft_model_state_dict(self.model) if isinstance(self.model, PeftModel) else self.model.state_dict())
+        self._spec = tensor_spec(sync_state(self.model, cpu_copy=False))
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample]]:
@@ -70,6 +69,12 @@ class TransformersEngine(BucketReceiver):
                 version=self.version,
             ))
         return samples
+
+    def head_probs(self, prompts: list[Prompt]) -> list[float | None]:
+        """The binary head's probability of fake per prompt (None for a family without a head)."""
+        if not self.family.has_head:
+            return [None] * len(prompts)
+        return self.family.head_probs(self.model, prompts)
 
     def sync_spec(self) -> dict[str, Shape]:
         return self._spec

@@ -200,6 +200,10 @@ class VLLMEngine(BucketReceiver):
 
     # -- weight sync --------------------------------------------------------------------------
 
+    def head_probs(self, prompts: list[Prompt]) -> list[float | None]:
+        """vLLM holds no binary head (only the language model): the transformers engine reports it."""
+        return [None] * len(prompts)
+
     def sync_spec(self) -> dict[str, Shape]:
         return self._spec
 

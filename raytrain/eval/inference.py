@@ -53,8 +53,10 @@ QUESTIONS_SOURCE = "questions"
 ROW_COLUMNS = ("source", "domain")
 
 
-def prediction_record(prompt: Prompt, sample: Sample, *, answer_format: str, mode: str | None, latency_s: float) -> dict:
-    """One readable item's prediction: the raw response, its parsed answer and its compliance flags."""
+def prediction_record(prompt: Prompt, sample: Sample, *, answer_format: str, mode: str | None, latency_s: float,
+                      head_prob: float | None = None) -> dict:
+    """One readable item's prediction: the raw response, its parsed answer and its compliance flags, and the
+    model's binary head's probability of fake when it has one (DX-LLaVA)."""
     answer = parse_answer(sample.text, answer_format)
     return {
         "id": prompt.id, "path": prompt.path, "media": "video" if prompt.is_video else "image",
@@ -63,7 +65,7 @@ def prediction_record(prompt: Prompt, sample: Sample, *, answer_format: str, mod
         "response": sample.text, "answer": answer, "format_ok": format_reward(sample.text, answer_format) == 0.0,
         "mode_ok": None if mode is None else hybrid_reward(sample.text, mode) == 0.0,
         "truncated": sample.truncated, "num_tokens": len(sample.token_ids), "latency_s": latency_s,
-        "head_prob": sample.extra.get("head_prob"),  # a binary head's probability of fake (DX-LLaVA)
+        "head_prob": head_prob,
     }
 
 
@@ -126,10 +128,11 @@ class Predictor:
         start = time.perf_counter()
         samples = self.engine.generate(prompts, self.cfg.rollout.sampling, greedy=True) if prompts else []
         latency = (time.perf_counter() - start) / max(len(prompts), 1)
+        heads = self.engine.head_probs(prompts) if prompts else []
         records = [
             prediction_record(p, s, answer_format=self.cfg.data.answer_format, mode=p.mode if self.cfg.data.mode else None,
-                              latency_s=latency)
-            for p, (s,) in zip(prompts, samples)
+                              latency_s=latency, head_prob=h)
+            for p, (s,), h in zip(prompts, samples, heads)
         ]
         row_of = {str(key): i for i, key in enumerate(batch["key"])}
         for skip in skipped:

@@ -19,8 +19,7 @@ PREDICTION_SCHEMA = pa.schema([
     ("category", pa.string()), ("status", pa.string()), ("error", pa.string()), ("response", pa.string()),
     ("answer", pa.string()), ("format_ok", pa.bool_()), ("mode_ok", pa.bool_()), ("truncated", pa.bool_()),
     ("num_tokens", pa.int64()), ("latency_s", pa.float64()),
-    # A binary head's probability of fake (DX-LLaVA), from the engine's `Sample.extra["head_prob"]`; null without one.
-    ("head_prob", pa.float64()),
+    ("head_prob", pa.float64()),  # a binary head's probability of fake (DX-LLaVA); null without a head
 ])
 FULL_SCHEMA = PREDICTION_SCHEMA.append(pa.field("source", pa.string())).append(pa.field("domain", pa.string()))
 

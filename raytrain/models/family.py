@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from raytrain.data.batch import Prompt, TrainBatch
+from raytrain.data.batch import Prompt, TrainBatch, response_positions
 
 
 def processor_size(budget) -> dict[str, int]:
@@ -22,11 +22,22 @@ def processor_size(budget) -> dict[str, int]:
     return {"longest_edge": budget.max_pixels, "shortest_edge": budget.min_pixels}
 
 
+def head_bce(head_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A binary head's BCE-with-logits (labels 1 = fake) summed over the rows: the trainer divides by the
+    step's row count, so the step's loss holds the mean over its rows."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(head_logits.float(), labels.float(), reduction="sum")
+
+
 class ModelFamily:
     model_types: ClassVar[tuple[str, ...]]  # the `model_type`s of the checkpoints this family serves
     auto_class: ClassVar[type]  # the transformers Auto class that loads them
     end_token: ClassVar[str]  # ends an assistant turn: generation stops at it, SFT targets end with it
     vision_tokens: ClassVar[tuple[str, ...]] = ()  # special tokens of the prompt's media, never sampled
+    has_head: ClassVar[bool] = False  # a binary real/fake head beside the LM (`forward(head=True)`, `head_probs`)
+    # Top-level submodules that never train and never travel to rollout engines (which hold their own copy).
+    frozen_modules: ClassVar[tuple[str, ...]] = ()
+    # Top-level submodules that train when `model.trainable` is null; None: every weight.
+    default_trainable: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, processor):
         self.processor = processor  # a bare tokenizer for a text-only model
@@ -84,8 +95,16 @@ class ModelFamily:
     # -- model inputs -----------------------------------------------------------------------------
 
     def collate(self, prompts: list[Prompt], responses: list[list[int]]) -> dict[str, torch.Tensor]:
-        """Right-padded prompt+response rows as model inputs, with `response_mask` marking response tokens."""
-        raise NotImplementedError
+        """Right-padded prompt+response rows as model inputs, with `response_mask` marking response tokens
+        (the token rows alone here; families with media add their pixels)."""
+        seqs = [np.concatenate([p.input_ids, np.asarray(r, dtype=np.int64)]) for p, r in zip(prompts, responses)]
+        response_mask = response_positions(prompts, responses)
+        input_ids = torch.full(response_mask.shape, self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for i, seq in enumerate(seqs):
+            input_ids[i, : len(seq)] = torch.from_numpy(seq)
+            attention_mask[i, : len(seq)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
 
     def generation_inputs(self, prompt: Prompt) -> dict[str, torch.Tensor]:
         """One prompt as `generate` inputs (a batch of one)."""
@@ -96,6 +115,15 @@ class ModelFamily:
         """[B, L, V] logits of a `collate` batch."""
         inputs = {k: v for k, v in batch.items() if k != "response_mask"}
         return model(**inputs, use_cache=False).logits
+
+    def forward(self, model, batch: dict[str, torch.Tensor], *, head: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The logits of a `collate` batch and, with `head` on a family with a binary head, the head's [B]
+        logits of fake on the batch's head view, from one forward pass (None otherwise)."""
+        return self.logits(model, batch), None
+
+    def head_probs(self, model, prompts: list[Prompt]) -> list[float]:
+        """The binary head's probability of fake for each prompt (`has_head` families only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no binary head")
 
     def processor_inputs(self, texts: list[str], images: list, videos: list, budget):
         """A padded batch of chat texts with their media through the processor, as `generate` inputs (the

@@ -10,14 +10,15 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoConfig, AutoProcessor
 
-from raytrain.config.sections import LoraConfig, ModelConfig
+from raytrain.config.sections import ModelConfig
+from raytrain.models.dx_llava import DxLlava
 from raytrain.models.family import ModelFamily
 from raytrain.models.qwen2_5_vl import Qwen2_5_VL, Qwen2Text
 from raytrain.weight_sync.protocol import Shape, tensor_spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Every model family, by the `model_type` of the checkpoints it serves.
-FAMILIES: dict[str, type[ModelFamily]] = {t: family for family in (Qwen2_5_VL, Qwen2Text) for t in family.model_types}
+FAMILIES: dict[str, type[ModelFamily]] = {t: family for family in (Qwen2_5_VL, Qwen2Text, DxLlava) for t in family.model_types}
 
 
 def family_class(config) -> type[ModelFamily]:
@@ -44,7 +45,8 @@ def without_lora(cfg: ModelConfig) -> ModelConfig:
 
 
 def load_policy(cfg: ModelConfig, *, weights: str | Path | None = None):
-    """The policy model, with a fresh LoRA adapter when `cfg.lora.enabled`.
+    """The policy model, with a fresh LoRA adapter when `cfg.lora.enabled`, and only `trainable_modules`
+    trainable.
 
     `weights`, when given, is an exported checkpoint folder (`export_weights`):
     full safetensors weights, or an adapter for the base model `cfg.path`.
@@ -58,15 +60,45 @@ def load_policy(cfg: ModelConfig, *, weights: str | Path | None = None):
     )
     if weights is not None and (Path(weights) / "adapter_config.json").exists():
         return PeftModel.from_pretrained(model, str(weights), is_trainable=cfg.lora.enabled)
-    return wrap_lora(model, cfg.lora) if cfg.lora.enabled else model
+    if cfg.lora.enabled:
+        return wrap_lora(model, cfg)
+    freeze(model, trainable_modules(model, cfg))
+    return model
 
 
-def wrap_lora(model, lora: LoraConfig):
-    """A fresh adapter on `lora.target_modules` where the model's family puts adapters (Qwen2.5-VL: the
-    language model; its vision tower stays frozen)."""
+def trainable_modules(model, cfg: ModelConfig) -> list[str] | None:
+    """The top-level submodules that train: `model.trainable`, else the family's default (None: all)."""
+    family = family_class(model.config)
+    modules = cfg.trainable if cfg.trainable is not None else family.default_trainable
+    if modules is None:
+        return None
+    children = dict(model.named_children())
+    for name in modules:
+        if name not in children:
+            raise ValueError(f"model.trainable: {name!r} is no top-level submodule of the model "
+                             f"(it has: {', '.join(children)})")
+        if name in family.frozen_modules:
+            raise ValueError(f"model.trainable: {name!r} stays frozen in the {family.__name__} family")
+    return list(modules)
+
+
+def freeze(model, modules: list[str] | None) -> None:
+    """Only `modules` (top-level names; None: every one but the family's frozen ones) keep gradients."""
+    frozen = family_class(model.config).frozen_modules
+    for name, child in model.named_children():
+        child.requires_grad_((modules is None or name in modules) and name not in frozen)
+
+
+def wrap_lora(model, cfg: ModelConfig):
+    """A fresh adapter on `cfg.lora.target_modules` where the model's family puts adapters (the language
+    model; Qwen2.5-VL's and DX-LLaVA's vision towers stay frozen); the other `trainable_modules` (DX-LLaVA's
+    projector and head) train whole beside it."""
+    lora = cfg.lora
     target = family_class(model.config).lora_target(lora.target_modules)
+    whole = [m for m in trainable_modules(model, cfg) or () if m != "language_model"]
     return get_peft_model(
-        model, PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target)
+        model, PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
+                              modules_to_save=whole or None)
     )
 
 
@@ -79,7 +111,14 @@ def sync_state(model, gathered: dict[str, torch.Tensor] | None = None, *, cpu_co
         state = get_peft_model_state_dict(model, state_dict=gathered)
     else:
         state = model.state_dict() if gathered is None else gathered
+    state = synced(model, state)
     return {k: v.detach().to("cpu", copy=True) if cpu_copy else v.detach() for k, v in state.items()}
+
+
+def synced(model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` without the family's frozen modules (DX-LLaVA's tower): engines hold their own copy."""
+    frozen = tuple(f"{m}." for m in family_class(model.config).frozen_modules)
+    return {k: v for k, v in state.items() if not k.startswith(frozen)} if frozen else state
 
 
 def sync_spec(cfg: ModelConfig) -> dict[str, Shape]:
@@ -89,9 +128,8 @@ def sync_spec(cfg: ModelConfig) -> dict[str, Shape]:
     with torch.device("meta"):
         model = family_class(config).auto_class.from_config(config, trust_remote_code=cfg.trust_remote_code)
         if cfg.lora.enabled:
-            model = wrap_lora(model, cfg.lora)
-    state = get_peft_model_state_dict(model) if isinstance(model, PeftModel) else model.state_dict()
-    return tensor_spec(state)
+            model = wrap_lora(model, cfg)
+    return tensor_spec(sync_state(model, cpu_copy=False))
 
 
 def apply_sync_state(model, state: dict[str, torch.Tensor]) -> None:

@@ -22,6 +22,14 @@ def token_logprobs(family, model, batch: dict[str, torch.Tensor], *, temperature
     """log pi(token_t | tokens_<t) for every position t >= 1 (position 0 gets 0), shape [B, L], with the
     family's vision special tokens suppressed. `family` (`raytrain.models.family.ModelFamily`) runs the
     forward: for Qwen2.5-VL, media through the vision tower in one call."""
-    logits = family.logits(model, batch)[:, :-1]
-    logp = masked_logprobs(logits, batch["input_ids"][:, 1:], temperature=temperature, suppress_ids=family.suppress_ids)
-    return torch.nn.functional.pad(logp, (1, 0))
+    return policy_outputs(family, model, batch, temperature=temperature)[0]
+
+
+def policy_outputs(family, model, batch: dict[str, torch.Tensor], *, temperature: float = 1.0,
+                   head: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`token_logprobs` and, with `head` on a family with a binary head (DX-LLaVA), the head's [B] logits on
+    the batch's head view, from the same forward pass (None otherwise)."""
+    logits, head_logits = family.forward(model, batch, head=head)
+    logp = masked_logprobs(logits[:, :-1], batch["input_ids"][:, 1:], temperature=temperature,
+                           suppress_ids=family.suppress_ids)
+    return torch.nn.functional.pad(logp, (1, 0)), head_logits

@@ -28,16 +28,6 @@ class Qwen2Text(ModelFamily):
     # Qwen's vocabulary carries the vision tokens even without a tower: never sample them.
     vision_tokens = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
 
-    def collate(self, prompts: list[Prompt], responses: list[list[int]]) -> dict[str, torch.Tensor]:
-        seqs = [np.concatenate([p.input_ids, np.asarray(r, dtype=np.int64)]) for p, r in zip(prompts, responses)]
-        response_mask = response_positions(prompts, responses)
-        input_ids = torch.full(response_mask.shape, self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for i, seq in enumerate(seqs):
-            input_ids[i, : len(seq)] = torch.from_numpy(seq)
-            attention_mask[i, : len(seq)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
-
 
 class Qwen2_5_VL(Qwen2Text):
     model_types = ("qwen2_5_vl",)

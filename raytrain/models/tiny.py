@@ -215,3 +215,65 @@ def save_tiny_text_model(out: Path, *, seed: int = 0, hidden_size: int = 64, lay
     build_tiny_text_model(tokenizer, hidden_size=hidden_size, layers=layers, seed=seed).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+# The tiny DX-LLaVA's OpenCLIP model: the real one's shape (a timm ConvNeXt trunk, stride 32) with timm's
+# smallest ConvNeXt, at 64 px (2 x 2 = 4 image tokens). Its text tower is built and dropped, as the real one's.
+TINY_TOWER = "dx_llava_tiny_convnext"
+TINY_TOWER_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"timm_model_name": "convnext_atto", "timm_model_pretrained": False, "timm_pool": "", "timm_proj": "mlp",
+                   "timm_drop": 0.0, "timm_drop_path": 0.0, "image_size": 64},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+}
+_LLAVA_CORPUS = [
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+    " USER: Is this image real or fake? ASSISTANT:",
+    " **Cue**: The texture repeats like a generator grid and the edges are too smooth.\n\n### Answer: fake",
+    " **Cue**: Lighting, noise and edges look natural and consistent.\n\n### Answer: real",
+    "Answer: real Answer: fake",
+]
+
+
+def _train_llama_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE with LLaMA's special tokens (`<unk>`, `<s>` prepended, `</s>` ending a turn) and `<image>`."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<image>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_LLAVA_CORPUS * 20, trainer=trainer)
+    tok.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<unk>", additional_special_tokens=["<image>"])
+
+
+def save_tiny_dx_llava(out: Path, *, seed: int = 0, hidden_size: int = 64, layers: int = 2) -> Path:
+    """A tiny random DX-LLaVA (tiny ConvNeXt tower, tiny LLaMA with head_dim 32, the official projector and
+    head) with its processor, saved like a real one (safetensors): `from_pretrained` loads it by path."""
+    from transformers import LlamaConfig
+
+    from raytrain.models.dx_llava import END_TOKEN, IMAGE_TOKEN, DxLlavaConfig, DxLlavaForConditionalGeneration, build_processor
+
+    tokenizer = _train_llama_tokenizer()
+    processor = build_processor(tokenizer, TINY_TOWER_CONFIG["vision_cfg"]["image_size"])
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                       num_hidden_layers=layers, num_attention_heads=hidden_size // 32, num_key_value_heads=1,
+                       max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.convert_tokens_to_ids(END_TOKEN), pad_token_id=tokenizer.pad_token_id,
+                       tie_word_embeddings=False)
+    config = DxLlavaConfig(text_config=text.to_dict(), vision_tower=TINY_TOWER, vision_pretrained=None,
+                           vision_tower_config=TINY_TOWER_CONFIG, mm_hidden_size=320,  # convnext_atto's last stage
+                           image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+    torch.manual_seed(seed)
+    model = DxLlavaForConditionalGeneration(config)
+    model.generation_config.eos_token_id = text.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

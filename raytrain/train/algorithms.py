@@ -110,6 +110,7 @@ class SFT(Algorithm):
     """Supervised fine-tuning on the rows' targets (`raytrain.data.sft_targets`): the token NLL, no rollouts."""
 
     needs_rollouts = False
+    trains_head = True  # DX-LLaVA's SFT: LM loss + head_loss_weight x BCE (the official dual loss)
 
     def uses_reference(self, algo):
         return False
@@ -126,5 +127,10 @@ class SFT(Algorithm):
     def report(self, totals, global_tokens):
         # `loss` is the sum of the ranks' losses, as SFT has always logged it (the world size times
         # `sft_nll` when every rank trains); `sft_nll` is the step's mean over all target tokens.
-        return {"loss": totals["loss"], "prompts": int(totals["prompts"]),
-                "sft_nll": totals["loss_sums"]["sft_nll_sum"] / max(global_tokens, 1.0)}
+        sums = totals["loss_sums"]
+        metrics = {"loss": totals["loss"], "prompts": int(totals["prompts"]),
+                   "sft_nll": sums["sft_nll_sum"] / max(global_tokens, 1.0)}
+        if "head_rows_sum" in sums:  # a family with a binary head: its BCE and training accuracy
+            rows = max(sums["head_rows_sum"], 1.0)
+            metrics.update({"head_bce": sums["head_bce_sum"] / rows, "head_accuracy": sums["head_correct_sum"] / rows})
+        return metrics

@@ -8,8 +8,8 @@ import torch.distributed as dist
 
 from raytrain.config import Config
 from raytrain.data.batch import TrainBatch
-from raytrain.models.family import ModelFamily
-from raytrain.models.logprobs import token_logprobs
+from raytrain.models.family import ModelFamily, head_bce
+from raytrain.models.logprobs import policy_outputs, token_logprobs
 from raytrain.train.algorithms import Algorithm
 
 LOSS_INPUTS = ("old_logprobs", "advantages", "loss_mask")  # per-token tensors of a TrainBatch, not model inputs
@@ -49,12 +49,21 @@ def micro_batch_loss(cfg: Config, algorithm: Algorithm, family: ModelFamily, eng
     temperature = algorithm.logprob_temperature(cfg)
     # Through the engine, not its module: DeepSpeed counts micro-batches in its forward, and ZeRO-3
     # accumulates a step's gradients only across the passes it counted.
-    logp = token_logprobs(family, engine, model_inputs, temperature=temperature)
+    head = algorithm.trains_head and family.has_head
+    logp, head_logits = policy_outputs(family, engine, model_inputs, temperature=temperature, head=head)
     ref_logp = None
     if ref_model is not None:
         with torch.no_grad():
             ref_logp = token_logprobs(family, ref_model, model_inputs, temperature=temperature)
-    return algorithm.loss(cfg.algorithm, logp, ref_logp, batch, num_tokens, num_seqs)
+    loss, stats = algorithm.loss(cfg.algorithm, logp, ref_logp, batch, num_tokens, num_seqs)
+    if head_logits is not None:
+        # The binary head's BCE beside the LM loss (DX-LLaVA: LM + 10 x BCE), a mean over the step's rows.
+        bce = head_bce(head_logits, batch["binary_labels"])
+        loss = loss + cfg.model.head_loss_weight * bce / num_seqs
+        correct = ((head_logits > 0).float() == batch["binary_labels"]).sum()
+        stats.update({"head_bce_sum": float(bce.detach()), "head_correct_sum": float(correct),
+                      "head_rows_sum": float(len(head_logits))})
+    return loss, stats
 
 
 def train_step(cfg: Config, algorithm: Algorithm, family: ModelFamily, engine, ref_model, batch: TrainBatch | None,

@@ -37,11 +37,13 @@ def test_vision_special_tokens_are_suppressed_and_the_turn_ends_with_im_end(fami
 
 def test_lora_goes_on_the_language_model_only(tiny_model_dir, tmp_path):
     lora = LoraConfig(enabled=True, r=2)
-    model = wrap_lora(load_policy(ModelConfig(path=str(tiny_model_dir), dtype="float32")), lora)
+    cfg = ModelConfig(path=str(tiny_model_dir), dtype="float32", lora=lora)
+    model = wrap_lora(load_policy(cfg.model_copy(update={"lora": LoraConfig()})), cfg)
     adapted = {name for name, _ in model.named_modules() if name.endswith("lora_A")}
     assert adapted and all(".language_model." in name for name in adapted)
     assert not any(".visual." in name for name in adapted)
-    text = wrap_lora(load_policy(ModelConfig(path=str(save_tiny_text_model(tmp_path / "text")), dtype="float32")), lora)
+    text_cfg = ModelConfig(path=str(save_tiny_text_model(tmp_path / "text")), dtype="float32")
+    text = wrap_lora(load_policy(text_cfg), text_cfg.model_copy(update={"lora": lora}))
     assert any(name.endswith("lora_A") for name, _ in text.named_modules())  # a model without a tower: adapters anywhere
 
 

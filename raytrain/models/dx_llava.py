@@ -1,0 +1,421 @@
+"""DX-LLaVA (Nguyen et al. 2025, "PRPO: Paragraph-level Policy Optimization for Vision-Language Deepfake
+Detection", SPEC section 7): LLaVA-1.5 whose vision tower is a frozen OpenCLIP ConvNeXt, with a two-layer
+GELU projector and a binary real/fake head; and its model family.
+
+Read from the official code (`tuanrpt/PRPO`, the DX-LLaVA training code) and written anew:
+- Tower: OpenCLIP `convnext_large_d_320` (pretrained `laion2b_s29b_b131k_ft_soup`), frozen; the stem and
+  all four trunk stages run, and the 1536-channel map of a 320 px image (stride 32: 10 x 10) is flattened
+  into 100 image tokens.
+- Projector `mlp2x_gelu`: Linear(mm_hidden, hidden), GELU, Linear(hidden, hidden).
+- Language model: LLaMA/Vicuna (`LlamaForCausalLM`), from `liuhaotian/llava-v1.5-7b` (its CLIP tower and
+  projector dropped) or any LLaMA checkpoint (`build_dx_llava`).
+- Head: the projected image tokens clamped to [-10, 10], mean-pooled, Linear(hidden, 512), ReLU,
+  Linear(512, 1), Xavier init. Its logit is P(fake); it trains with BCE beside the LM loss
+  (`model.head_loss_weight`, 10 officially) on its own augmented view of the image (`head_view`).
+
+`DxLlavaForConditionalGeneration` is an ordinary transformers model registered with the Auto classes
+when this module is imported (`raytrain.models.loading` does), so `from_pretrained` loads a saved one
+(safetensors, tower included) without `trust_remote_code`. The tower is built by its OpenCLIP name from
+the OpenCLIP model config stored in the model's config (`vision_tower_config`): the real one is
+OpenCLIP's own `convnext_large_d_320`, the tests' tiny one a registered config whose trunk is timm's
+`convnext_atto`, through the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    CLIPImageProcessor,
+    GenerationMixin,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlavaProcessor,
+    PreTrainedModel,
+)
+from transformers import initialization as init
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.modeling_outputs import ModelOutput
+
+from raytrain.data.batch import Prompt, TrainBatch, response_positions
+from raytrain.models.family import ModelFamily
+
+IMAGE_TOKEN = "<image>"
+END_TOKEN = "</s>"  # LLaVA v1's sep2: ends an assistant turn
+# LLaVA v1 (`conv_vicuna_v1`): system line, `USER: <image>\n{question} ASSISTANT:`, answers end with `</s>`.
+SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+          "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+CHAT_TEMPLATE = (
+    SYSTEM
+    + "{% for message in messages %}"
+    "{% if message['role'] == 'user' %} USER: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}<image>\n{% elif 'text' in c %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% elif message['role'] == 'assistant' %} ASSISTANT: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for c in message['content'] %}{% if 'text' in c %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "</s>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+)
+TOWER_STRIDE = 32  # ConvNeXt: a stride-4 stem and three stride-2 downsamples
+HEAD_CLAMP = 10.0  # the official head clamps the projected tokens to [-10, 10]
+# OpenCLIP's (OpenAI) normalisation of `convnext_large_d_320`; its preprocessing is a bicubic resize of
+# the short side to 320 and a 320 px centre crop.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@strict
+class DxLlavaConfig(PreTrainedConfig):
+    """DX-LLaVA: a LLaMA `text_config`, the OpenCLIP tower by name, the projector and the head."""
+
+    model_type = "dx_llava"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+
+    text_config: dict | PreTrainedConfig | None = None
+    vision_tower: str = "convnext_large_d_320"  # OpenCLIP model name
+    vision_pretrained: str | None = "laion2b_s29b_b131k_ft_soup"  # OpenCLIP tag of the tower's weights
+    # OpenCLIP's model config of `vision_tower` (null: OpenCLIP's registered one); stored so that a saved
+    # model rebuilds its tower without OpenCLIP knowing the name (the tiny test tower).
+    vision_tower_config: dict | None = None
+    mm_hidden_size: int = 1536  # the tower's channels (ConvNeXt-Large's last stage)
+    projector_type: str = "mlp2x_gelu"
+    head_hidden_size: int = 512
+    image_token_id: int = 32000
+    tie_word_embeddings: bool = False
+
+    def tower_config(self) -> dict:
+        if self.vision_tower_config is not None:
+            return self.vision_tower_config
+        import open_clip
+
+        config = open_clip.get_model_config(self.vision_tower)
+        if config is None:
+            raise ValueError(f"OpenCLIP has no model named {self.vision_tower!r}")
+        return config
+
+    @property
+    def image_size(self) -> int:
+        size = self.tower_config()["vision_cfg"]["image_size"]
+        return size if isinstance(size, int) else size[0]
+
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.image_size // TOWER_STRIDE) ** 2
+
+
+def open_clip_trunk(name: str, tower_config: dict, pretrained: str | None = None) -> nn.Module:
+    """The timm ConvNeXt trunk of OpenCLIP model `name` whose OpenCLIP config is `tower_config` (`pretrained`:
+    an OpenCLIP weight tag to download; None builds it randomly, as `from_pretrained` does before loading
+    the saved weights)."""
+    import open_clip
+
+    if open_clip.get_model_config(name) != tower_config:
+        # OpenCLIP registers model configs from files: the stored config under the stored name.
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / f"{name}.json"
+            path.write_text(json.dumps(tower_config))
+            open_clip.add_model_config(path)
+    # Built where the caller builds (transformers builds on the meta device before loading weights).
+    device = torch.empty(0).device
+    return open_clip.create_model(name, pretrained=pretrained, device=device).visual.trunk
+
+
+class BinaryHead(nn.Module):
+    """The official head: Linear(hidden, 512), ReLU, Linear(512, 1) on the mean-pooled clamped tokens."""
+
+    def __init__(self, hidden: int, width: int):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, width)
+        self.fc2 = nn.Linear(width, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        pooled = tokens.clamp(-HEAD_CLAMP, HEAD_CLAMP).mean(dim=1)
+        return self.fc2(torch.relu(self.fc1(pooled))).squeeze(-1)
+
+
+def build_projector(config: DxLlavaConfig) -> nn.Sequential:
+    if config.projector_type != "mlp2x_gelu":
+        raise ValueError(f"projector_type {config.projector_type!r}: only mlp2x_gelu (the official one) is built")
+    hidden = config.text_config.hidden_size
+    return nn.Sequential(nn.Linear(config.mm_hidden_size, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+
+
+@dataclass
+class DxLlavaOutput(ModelOutput):
+    logits: torch.Tensor | None = None
+    past_key_values: object | None = None
+    head_logits: torch.Tensor | None = None  # [B]: the binary head's logit of fake, when head pixels were given
+
+
+class DxLlavaForConditionalGeneration(PreTrainedModel, GenerationMixin):
+    """Top-level submodules (what `model.trainable` names): `vision_tower` (always frozen), `projector`,
+    `head`, `language_model`."""
+
+    config_class = DxLlavaConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LlamaDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    def __init__(self, config: DxLlavaConfig):
+        super().__init__(config)
+        self.vision_tower = open_clip_trunk(config.vision_tower, config.tower_config()).requires_grad_(False)
+        if self.vision_tower.num_features != config.mm_hidden_size:
+            raise ValueError(f"tower {config.vision_tower!r} has {self.vision_tower.num_features} channels, "
+                             f"the config's mm_hidden_size is {config.mm_hidden_size}")
+        self.projector = build_projector(config)
+        self.head = BinaryHead(config.text_config.hidden_size, config.head_hidden_size)
+        self.language_model = LlamaForCausalLM(config.text_config)
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, BinaryHead):  # after its Linear children (init runs children first)
+            for linear in (module.fc1, module.fc2):
+                init.xavier_uniform_(linear.weight)
+                init.zeros_(linear.bias)
+
+    def train(self, mode: bool = True):
+        # The tower is frozen: no stochastic depth or other train-mode behaviour in it, ever.
+        super().train(mode)
+        self.vision_tower.eval()
+        return self
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] normalised pixels -> [B, (S/32)^2, hidden] projected image tokens."""
+        with torch.no_grad():
+            stem = self.vision_tower.stem[0].weight
+            x = self.vision_tower.stages(self.vision_tower.stem(pixel_values.to(stem.device, stem.dtype)))
+        return self.projector(x.flatten(2).transpose(1, 2).to(self.projector[0].weight.dtype))
+
+    def head_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B] logits of fake for [B, 3, S, S] pixels."""
+        return self.head(self.image_tokens(pixel_values))
+
+    def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with the `<image>` placeholders replaced by the image tokens, in order."""
+        embeds = self.get_input_embeddings()(input_ids)
+        slots = input_ids == self.config.image_token_id
+        if image_tokens is None:
+            if slots.any():
+                raise ValueError("the prompt holds <image> tokens but no pixel_values were given")
+            return embeds
+        if int(slots.sum()) != image_tokens.shape[0] * image_tokens.shape[1]:
+            raise ValueError(f"{int(slots.sum())} <image> tokens for {image_tokens.shape[0]} images of "
+                             f"{image_tokens.shape[1]} tokens each")
+        return embeds.masked_scatter(slots.unsqueeze(-1), image_tokens.to(embeds.dtype))
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
+                pixel_values=None, head_pixel_values=None, use_cache=None, logits_to_keep=0, **kwargs) -> DxLlavaOutput:
+        """`pixel_values`: the generation view; `head_pixel_values`: the head's own view (its logits come back
+        as `head_logits`). Both go through the tower in one call."""
+        tokens = head_tokens = None
+        if pixel_values is not None or head_pixel_values is not None:
+            views = [v for v in (pixel_values, head_pixel_values) if v is not None]
+            encoded = self.image_tokens(torch.cat(views))
+            if pixel_values is not None:
+                tokens, encoded = encoded[: len(pixel_values)], encoded[len(pixel_values):]
+            head_tokens = encoded if head_pixel_values is not None else None
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids, tokens)
+        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                  past_key_values=past_key_values, use_cache=use_cache, logits_to_keep=logits_to_keep,
+                                  **kwargs)
+        return DxLlavaOutput(logits=out.logits, past_key_values=out.past_key_values,
+                             head_logits=None if head_tokens is None else self.head(head_tokens))
+
+
+AutoConfig.register("dx_llava", DxLlavaConfig)
+AutoModelForImageTextToText.register(DxLlavaConfig, DxLlavaForConditionalGeneration)
+AutoProcessor.register(DxLlavaConfig, LlavaProcessor)
+
+
+def build_processor(tokenizer, image_size: int) -> LlavaProcessor:
+    """transformers' LLaVA processor for DX-LLaVA: `tokenizer` (given the `<image>` token, the v1 chat
+    template and `</s>` as its end) and OpenCLIP's preprocessing as a CLIP image processor; each `<image>`
+    becomes (size / 32)^2 placeholders."""
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or END_TOKEN
+    tokenizer.chat_template = CHAT_TEMPLATE
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        resample=3, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD),  # 3: bicubic, as OpenCLIP
+    )
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=TOWER_STRIDE,
+                          vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE, image_token=IMAGE_TOKEN)
+
+
+def _llama_config(source: str) -> LlamaConfig:
+    """The LLaMA config of a LLaMA or LLaVA checkpoint: LLaVA's `mm_*` and other keys of its own left out."""
+    raw, _ = LlamaConfig.get_config_dict(source)
+    known = LlamaConfig().to_dict()
+    return LlamaConfig(**{k: v for k, v in raw.items() if k in known and k not in ("model_type", "architectures")})
+
+
+def build_dx_llava(language_model: str, out: str | Path, *, vision_tower: str = "convnext_large_d_320",
+                   vision_pretrained: str | None = "laion2b_s29b_b131k_ft_soup", vision_tower_config: dict | None = None,
+                   dtype: torch.dtype = torch.bfloat16) -> Path:
+    """A fresh DX-LLaVA folder from a language model and an OpenCLIP tower, both by name or path: the LM of
+    `language_model` (a LLaMA, or `liuhaotian/llava-v1.5-7b` whose CLIP tower and projector weights are
+    dropped), the tower `vision_tower` with the OpenCLIP weights `vision_pretrained`, a new projector
+    (torch's default init, as LLaVA's) and head (Xavier). The tokenizer gains `<image>`."""
+    from transformers import AutoTokenizer
+
+    text_config = _llama_config(language_model)
+    tokenizer = AutoTokenizer.from_pretrained(language_model)
+    lm = LlamaForCausalLM.from_pretrained(language_model, config=text_config, dtype=dtype)  # extra LLaVA keys: dropped
+    if vision_tower_config is None:
+        import open_clip
+
+        vision_tower_config = open_clip.get_model_config(vision_tower)
+    trunk = open_clip_trunk(vision_tower, vision_tower_config, vision_pretrained).requires_grad_(False)
+    image_size = vision_tower_config["vision_cfg"]["image_size"]
+    processor = build_processor(tokenizer, image_size if isinstance(image_size, int) else image_size[0])
+    if len(tokenizer) != lm.get_input_embeddings().num_embeddings:
+        lm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    config = DxLlavaConfig(text_config=lm.config.to_dict(), vision_tower=vision_tower, vision_pretrained=vision_pretrained,
+                           vision_tower_config=vision_tower_config, mm_hidden_size=trunk.num_features,
+                           image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+    with torch.device("meta"):  # the pretrained parts replace the meta ones: no 7B random init
+        model = DxLlavaForConditionalGeneration(config)
+    model.vision_tower, model.language_model = trunk, lm
+    model.projector = build_projector(config)
+    model.head = BinaryHead(config.text_config.hidden_size, config.head_hidden_size)
+    for linear in (model.head.fc1, model.head.fc2):
+        nn.init.xavier_uniform_(linear.weight)
+        nn.init.zeros_(linear.bias)
+    model.to(dtype)
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def head_view(images: torch.Tensor) -> torch.Tensor:
+    """The head's own augmented view of [B, 3, S, S] pixels in [0, 1], each image drawn apart (the
+    official binary pipeline: RandomResizedCrop 224 at scale 0.7-1, flip, ColorJitter 0.3/0.3/0.3/0.15,
+    rotation 20 degrees, grayscale p 0.1, Gaussian blur 3 at sigma 0.1-2), then resized back to S as the
+    official preprocessing does. The crop keeps the official 224/320 ratio at other sizes (the tiny tower)."""
+    from torchvision.transforms import v2
+
+    size = images.shape[-1]
+    augment = v2.Compose([
+        v2.RandomResizedCrop(round(size * 224 / 320), scale=(0.7, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.15),
+        v2.RandomRotation(degrees=20),
+        v2.RandomGrayscale(p=0.1),
+        v2.GaussianBlur(kernel_size=3, sigma=(0.1, 2.0)),
+        v2.Resize((size, size), antialias=True),
+    ])
+    return torch.stack([augment(image) for image in images]).clamp(0.0, 1.0)
+
+
+class DxLlava(ModelFamily):
+    """The DX-LLaVA family: LLaVA v1 prompts with one image (`<image>` expanded to the tower's tokens), the
+    `</s>` turn end, the frozen tower, and the binary head trained beside the language model.
+
+    A prompt's `pixel_values` are the preprocessed image in [0, 1] ([3, S, S], not yet normalised), so that
+    `collate` can draw the head's augmented view from it; both views are normalised here. A video row is
+    asked about its middle frame (DX-LLaVA is an image detector)."""
+
+    model_types = ("dx_llava",)
+    auto_class = AutoModelForImageTextToText
+    end_token = END_TOKEN
+    vision_tokens = (IMAGE_TOKEN,)
+    has_head = True
+    frozen_modules = ("vision_tower",)
+    default_trainable: ClassVar[tuple[str, ...]] = ("projector", "head", "language_model")
+
+    def __init__(self, processor):
+        super().__init__(processor)
+        image = processor.image_processor
+        self.mean = torch.tensor(image.image_mean).view(3, 1, 1)
+        self.std = torch.tensor(image.image_std).view(3, 1, 1)
+
+    @classmethod
+    def lora_target(cls, modules: list[str]) -> str:
+        """Adapters on the language model alone (the projector and head train whole: `modules_to_save`)."""
+        return rf".*language_model.*\.({'|'.join(modules)})$"
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+    # -- prompts ----------------------------------------------------------------------------------
+
+    def encode_prompt(self, text: str, frames: np.ndarray, is_video: bool, budget, duration_s: float | None) -> dict:
+        out = self.processor(text=[text], images=[frames[len(frames) // 2]], return_tensors="np",
+                             images_kwargs={"do_normalize": False})
+        return {"input_ids": out["input_ids"][0].astype(np.int64), "pixel_values": out["pixel_values"][0].astype(np.float32),
+                "grid_thw": np.zeros(3, np.int64), "second_per_grid_t": 1.0}
+
+    def padding_batch(self) -> TrainBatch:
+        """A prompt with a black image, so tower, projector and head run too (ZeRO-3 gathers per module)."""
+        encoded = self.encode_prompt(self.chat_text("", "image"), np.zeros((1, 32, 32, 3), np.uint8), False, None, None)
+        prompt = Prompt(key="", id="padding", path="", label="real", category="", input_ids=encoded["input_ids"],
+                        pixel_values=encoded["pixel_values"], grid_thw=encoded["grid_thw"], is_video=False)
+        response = [self.end_id]
+        zeros = torch.zeros(response_positions([prompt], [response]).shape)
+        return TrainBatch([prompt], [response], {"old_logprobs": zeros, "advantages": zeros, "loss_mask": zeros})
+
+    # -- model inputs -----------------------------------------------------------------------------
+
+    @staticmethod
+    def pixels(prompts: list[Prompt]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([p.pixel_values for p in prompts])).float()
+
+    def collate(self, prompts: list[Prompt], responses: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Text rows plus the generation view, the head's augmented view and the rows' binary labels (1 = fake)."""
+        batch = super().collate(prompts, responses)
+        images = self.pixels(prompts)
+        batch["pixel_values"] = self.normalize(images)
+        batch["head_pixel_values"] = self.normalize(head_view(images))
+        batch["binary_labels"] = torch.tensor([float(p.label.lower() == "fake") for p in prompts])
+        return batch
+
+    def generation_inputs(self, prompt: Prompt) -> dict[str, torch.Tensor]:
+        return {**super().generation_inputs(prompt), "pixel_values": self.normalize(self.pixels([prompt]))}
+
+    def forward(self, model, batch: dict[str, torch.Tensor], *, head: bool = False):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
+                    head_pixel_values=batch["head_pixel_values"] if head else None, use_cache=False)
+        return out.logits, out.head_logits
+
+    def logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.forward(model, batch)[0]
+
+    @torch.no_grad()
+    def head_probs(self, model, prompts: list[Prompt]) -> list[float]:
+        """The head's probability of fake for each prompt's image (the generation view: no augmentation)."""
+        device = next(model.parameters()).device
+        logits = model.head_logits(self.normalize(self.pixels(prompts)).to(device))
+        return torch.sigmoid(logits.float()).cpu().tolist()

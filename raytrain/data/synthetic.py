@@ -268,14 +268,10 @@ def make_synthetic_dataset(
 
 # What a DX-LLaVA target says about each kind of synthetic image: its cue, in paragraphs (PRPO's unit).
 EXPLANATIONS = {
-    REAL_CATEGORY: "**Lighting**: natural, consistent lighting over a smooth gradient background.\n\n"
-                   "**Face**: the face and mouth look coherent and intact, with no seams or artifacts.",
-    "face-swap": "**Blending seam**: a hard rectangular seam frames the face, with a fine high-contrast blending "
-                 "pattern over the skin.\n\n**Colour mismatch**: the face colour is unnatural for the scene.",
-    "lip-sync": "**Mouth artifacts**: striped, distorted bars fill the mouth where lips should be.\n\n"
-                "**Region**: only the mouth looks edited; the rest of the face is plain.",
-    "text-to-video": "**Generator texture**: a high-frequency checkerboard artifact covers most of the frame.\n\n"
-                     "**Surface**: the synthetic grid distorts the background gradient.",
+    REAL_CATEGORY: "**Light**: natural, consistent lighting.\n\n**Face**: intact, with no seams.",
+    "face-swap": "**Seam**: a hard seam frames the face.\n\n**Skin**: blending artifacts, unnatural colour.",
+    "lip-sync": "**Mouth**: distorted, striped lips.\n\n**Region**: only the mouth looks edited.",
+    "text-to-video": "**Texture**: a checkerboard artifact.\n\n**Grid**: a synthetic grid over the frame.",
 }
 
 

@@ -33,6 +33,7 @@ class Algorithm(ABC):
     """The decisions of one training algorithm; instances are stateless, one per name in `ALGORITHMS`."""
 
     needs_rollouts: bool  # rollout and reward actors, and a weight sync to them after every step
+    trains_head = False  # a binary head's BCE (DX-LLaVA) joins the loss: SFT's only; RL leaves the head alone
 
     @abstractmethod
     def uses_reference(self, algo: AlgorithmConfig) -> bool:

@@ -14,6 +14,10 @@ writes to train/val/test.jsonl (all of them evaluated); `--output FILE.json` wri
 that file and the rest to the folder beside it (FILE without `.json`); without `--output`, results go
 to `runs/eval/NAME`.
 
+`--questions FILE.jsonl` evaluates a DX-LLaVA question file (`jobs.make_questions`; images relative
+to `--image-folder`, default the file's folder) and `--answers OUT.jsonl` also writes the answers in
+the official fields (question_id, prompt, text, predict, label; `head_prob` with a binary head).
+
 `--config FILE` (with `--set` overrides) takes every setting from a config and evaluates its
 `model.path` on `data.eval_split`; the flags override it. Without `--config`, the defaults of
 `raytrain/config.py` apply, with float32 CPU actors or, where this machine sees a GPU, bfloat16
@@ -27,7 +31,8 @@ import torch
 
 from jobs import cli
 from raytrain.data.manifest import read_jsonl_manifest, write_manifest
-from raytrain.eval.inference import FOLDER_MANIFEST, evaluate
+from raytrain.data.questions import answers, read_questions, write_jsonl
+from raytrain.eval.inference import FOLDER_MANIFEST, evaluate, saved_predictions
 from raytrain.eval.report import METRICS
 
 JSONL_MANIFEST = "jsonl_manifest.parquet"  # `--data FILE.jsonl` as a manifest, kept with the results
@@ -67,6 +72,9 @@ def main(argv=None) -> dict:
                         help="folder of clips (real/ and fake/ subfolders, a path,label[,category] CSV, or clips of "
                              "one --label); every clip is evaluated")
     p.add_argument("--label", choices=["fake", "real"], help="the label of every clip of a flat --folder/--tiktok")
+    source.add_argument("--questions", type=Path, help="DX-LLaVA question file (JSON lines: question_id, image, text, label)")
+    p.add_argument("--image-folder", type=Path, help="folder the --questions images are relative to (default: the file's folder)")
+    p.add_argument("--answers", type=Path, help="with --questions: also write the answers here (JSON lines)")
     p.add_argument("--split", help="manifest split (default: data.eval_split)")
     p.add_argument("--name", help="run name in reports and comparisons (default: the output folder's name)")
     p.add_argument("--output", type=Path, help="output folder, or FILE.json for the metrics with the rest in FILE/ "
@@ -75,8 +83,12 @@ def main(argv=None) -> dict:
     mode.add_argument("--think", dest="mode", action="store_const", const="think", help="append /think to the prompt")
     mode.add_argument("--no-think", dest="mode", action="store_const", const="no_think", help="append /no_think to the prompt")
     args = p.parse_args(argv)
-    if args.config is None and not (args.model and (args.data or args.folder)):
-        p.error("without --config, give --model and --data or --folder (--tiktok)")
+    if args.answers and not args.questions:
+        p.error("--answers needs --questions")
+    if args.output is None and args.answers:
+        args.output = args.answers.with_suffix("")  # OUT.jsonl -> the folder OUT/ beside it
+    if args.config is None and not (args.model and (args.data or args.folder or args.questions)):
+        p.error("without --config, give --model and --data, --folder (--tiktok) or --questions")
     if args.label and not args.folder:
         p.error("--label labels the clips of --folder/--tiktok")
     args.output, metrics_file = _outputs(args)
@@ -93,9 +105,14 @@ def main(argv=None) -> dict:
         except (OSError, ValueError) as e:
             p.exit(2, f"error: {e}\n")
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"manifest": manifest})})
-    summary = evaluate(cfg, out, split=split, folder=args.folder, name=args.name, label=args.label)
+    summary = evaluate(cfg, out, split=split, folder=args.folder, questions=args.questions,
+                       image_folder=args.image_folder, name=args.name, label=args.label)
     if metrics_file is not None:
         shutil.copyfile(out / METRICS, metrics_file)
+    if args.answers:
+        by_id = {r["id"]: r for r in saved_predictions(out)}
+        write_jsonl(answers(read_questions(args.questions), by_id, summary["model"]), args.answers)
+        print(f"answers written to {args.answers}")
     overall = summary["overall"]
     print(f"{summary['name']}: {overall['total']} items, {overall['n']} scored, {overall['unreadable']} unreadable, "
           f"{overall['unparsable']} unparsable")

@@ -5,7 +5,8 @@
         [--mix NAME=WEIGHT ...] [--seed S]
 
 Recognises each source's layout (GenBuster, DF-R5, FaceForensics++, Celeb-DF,
-DFDC, FakeAVCeleb, a folder of clips) or takes it from --layout, probes every
+DFDC, FakeAVCeleb, a folder of clips, DX-LLaVA's LLaVA JSON lists beside their
+images, with the reasoning kept as each row's explanation) or takes it from --layout, probes every
 file in parallel Ray Data tasks (duration, fps, frames, resolution, codec;
 --skip-processing only hashes), drops exact duplicates, assigns splits by
 source clip and weights training draws for real/fake balance and the --mix.

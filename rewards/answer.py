@@ -3,7 +3,8 @@
 Responses look like ``<think>...</think><answer>real</answer>``. The answer
 vocabulary is configuration: the plain words ``real``/``fake`` or the letter
 form of the official BusterX++ code (``A) real``, ``B) fake``, the choice
-given as ``\\boxed{A}``).
+given as ``\\boxed{A}``), or the DX-LLaVA heading form of the official PRPO
+code (paragraphs of reasoning ending in ``### Answer: fake``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Literal, get_args
 
-AnswerFormat = Literal["word", "letter"]
+AnswerFormat = Literal["word", "letter", "heading"]
 
 _OPEN = "<answer>"
 _CLOSE = "</answer>"
@@ -22,6 +23,11 @@ _WORD_RE = re.compile(r"(real|fake)\.?", re.IGNORECASE | re.ASCII)
 _BOXED_RE = re.compile(r"\\boxed\{\s*([AB])\s*\}", re.IGNORECASE | re.ASCII)
 _LETTER_RE = re.compile(r"([AB])(?:\)\s*(real|fake))?\.?", re.IGNORECASE | re.ASCII)
 _LETTER_TO_WORD = {"A": "real", "B": "fake"}
+# The heading form's answer: `### Answer: fake` to the end of its line, at a line's start or after the
+# reasoning on the same line (the official targets: `**Cue**: ... ### Answer: fake`). The look-behind
+# starts a match only at the first `#` of a run, and [^\S\n] keeps it on one line: linear in the text.
+HEADING_ANSWER_RE = re.compile(r"(?<!#)#+[^\S\n]*answer[^\S\n]*:[^\S\n]*([^\n]*)", re.IGNORECASE | re.ASCII)
+_HEADING_VERDICT_RE = re.compile(r"\**[^\S\n]*(real|fake)[^\S\n]*\**[^\S\n]*\.?[^\S\n]*", re.IGNORECASE | re.ASCII)
 
 
 def last_answer(text: str) -> str | None:
@@ -56,16 +62,29 @@ def _parse_letter(content: str) -> str | None:
     return verdict
 
 
+def heading_answer(text: str) -> str | None:
+    """The verdict of the last ``### Answer:`` line of ``text`` (the DX-LLaVA targets' form), or None
+    when there is no such line or its rest is not ``real``/``fake`` (optionally bold, trailing period)."""
+    lines = HEADING_ANSWER_RE.findall(text)
+    if not lines:
+        return None
+    match = _HEADING_VERDICT_RE.fullmatch(lines[-1].rstrip())
+    return match.group(1).lower() if match else None
+
+
 def parse_answer(text: str, answer_format: AnswerFormat = "word") -> str | None:
-    """Return ``"real"``, ``"fake"`` or ``None`` from the last answer tag of ``text``.
+    """Return ``"real"``, ``"fake"`` or ``None`` from the last answer of ``text``.
 
     ``"word"``: the stripped answer is ``real`` or ``fake`` (any case, optional
     trailing period). ``"letter"``: the last ``\\boxed{A|B}`` inside the
     answer, else a bare ``A``/``B`` or ``A) real``/``B) fake``; A is real, B
-    is fake. Never raises on a ``str``.
+    is fake. ``"heading"``: the last ``### Answer: real|fake`` line (`heading_answer`), no tags.
+    Never raises on a ``str``.
     """
     if answer_format not in get_args(AnswerFormat):
         raise ValueError(f"answer_format must be one of {get_args(AnswerFormat)}, got {answer_format!r}")
+    if answer_format == "heading":
+        return heading_answer(text)
     content = last_answer(text)
     if content is None:
         return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from rewards.answer import AnswerFormat, parse_answer
+from rewards.answer import HEADING_ANSWER_RE, AnswerFormat, heading_answer, parse_answer
 from rewards.modes import hybrid_reward, thinking_reward
 from rewards.score import Score
 
@@ -20,12 +20,16 @@ SCALAR_COMPONENTS = ("format", "overlong", "accuracy", "hybrid", "thinking")
 COMPONENTS = (*SCALAR_COMPONENTS, "paragraph")
 
 
-def format_reward(text: str) -> float:
+def format_reward(text: str, answer_format: AnswerFormat = "word") -> float:
     """0.0 for exactly one ``<think>...</think><answer>...</answer>``, only whitespace around, else -1.0.
 
     Requiring each tag exactly once both rejects duplicates and keeps tags
     out of the think/answer content, and the check stays linear in the text.
+    Under the ``heading`` answer format (DX-LLaVA) the form is reasoning, then exactly one
+    ``### Answer: real|fake`` as the end of the response (`heading_format_ok`).
     """
+    if answer_format == "heading":
+        return 0.0 if heading_format_ok(text) else -1.0
     body = text.strip()
     if any(body.count(tag) != 1 for tag in _TAGS):
         return -1.0
@@ -38,6 +42,15 @@ def format_reward(text: str) -> float:
         and not body[think_end:answer_start].strip()
     )
     return 0.0 if well_formed else -1.0
+
+
+def heading_format_ok(text: str) -> bool:
+    """Reasoning (any non-blank text) followed by exactly one ``### Answer: real|fake``, which ends the response."""
+    matches = list(HEADING_ANSWER_RE.finditer(text))
+    if len(matches) != 1 or heading_answer(text) is None:
+        return False
+    answer = matches[0]
+    return bool(text[:answer.start()].strip()) and not text[answer.end():].strip()
 
 
 def accuracy_reward(text: str, label: str, answer_format: AnswerFormat = "word") -> float:
@@ -84,7 +97,7 @@ def score_response(
     if unknown:
         raise ValueError(f"unknown reward components {unknown}; known: {list(COMPONENTS)}")
     compute = {
-        "format": lambda: format_reward(text),
+        "format": lambda: format_reward(text, answer_format),
         "overlong": lambda: overlong_reward(num_tokens, max_len, buffer),
         "accuracy": lambda: accuracy_reward(text, label, answer_format),
         "hybrid": lambda: hybrid_reward(text, mode),

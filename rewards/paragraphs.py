@@ -20,6 +20,8 @@ from importlib import resources
 
 import torch
 
+from rewards.answer import HEADING_ANSWER_RE
+
 VCR_FAILURE = 0.5  # the paper's score when no keyphrase or embedding can be had
 # YAKE's cost grows faster than linearly; a paragraph of a 1024-token response fits well within this.
 KEYPHRASE_MAX_CHARS = 5000
@@ -41,14 +43,15 @@ class Paragraph:
 
 
 def _is_answer(text: str) -> bool:
-    return "<answer>" in text or _ANSWER_LINE_RE.search(text) is not None
+    # A `### Answer:` heading counts after reasoning on its line too (DX-LLaVA's `**Cue**: ... ### Answer: fake`).
+    return "<answer>" in text or _ANSWER_LINE_RE.search(text) is not None or HEADING_ANSWER_RE.search(text) is not None
 
 
 def segment_paragraphs(text: str, *, min_chars: int = 20, max_paragraphs: int = 8) -> list[Paragraph]:
     """Split ``text`` on blank lines; keep paragraphs longer than ``min_chars`` or holding an answer line.
 
-    Answer lines: ``Answer:``, ``### Answer:``, ``Final Answer:``, ``Conclusion:`` (any case) or an
-    ``<answer>`` tag. Beyond ``max_paragraphs`` (PRPO's K), the first K-1 and the last are kept: the
+    Answer lines: ``Answer:``, ``### Answer:`` (also after text on its line), ``Final Answer:``,
+    ``Conclusion:`` (any case) or an ``<answer>`` tag. Beyond ``max_paragraphs`` (PRPO's K), the first K-1 and the last are kept: the
     last one usually carries the conclusion that PCR checks.
     """
     kept: list[Paragraph] = []

@@ -182,11 +182,60 @@ def dr_grpo_advantages(x: AdvantageInputs, algo) -> Tensor:
     return group_advantages(x.rewards, x.group_size, scale="none").unsqueeze(-1) * x.response_mask
 
 
+def response_paragraph_advantages(
+    paragraph_rewards: Tensor,
+    paragraph_token_masks: Tensor,
+    group_size: int,
+    *,
+    outcome_rewards: Tensor | None = None,
+    outcome_weight: float = 0.0,
+    response_mask: Tensor | None = None,
+    eps: float = 1e-8,
+) -> Tensor:
+    """PRPO advantages with each response's paragraphs as their own pool, per token ``[B, T]``: the
+    official PRPO code's grouping (a verl fork with ``rollout.n = 1``, where the group is the paragraphs of
+    one response; label-free).
+
+    Shapes as `paragraph_advantages`. A_k = (r_k - mean_b) / (std_b + eps) over the paragraphs of
+    response b (population std); tokens outside any paragraph get 0. Mixing R into the rewards would
+    cancel in a one-response pool, so ``outcome_weight`` w mixes advantages instead:
+    A_k <- (1 - w) A_k + w A_b, with A_b the response's outcome advantage among the ``group_size``
+    contiguous responses of its prompt (`group_advantages`, population std; 0 for a group of one).
+    A response without paragraphs gets A_b on every token of ``response_mask``, as under `prompt` grouping.
+    """
+    if not 0.0 <= outcome_weight <= 1.0:
+        raise ValueError(f"outcome_weight must be in [0, 1], got {outcome_weight}")
+    if outcome_weight > 0 and outcome_rewards is None:
+        raise ValueError("outcome_rewards are needed for outcome_weight > 0")
+    # Every response its own pool (which also checks the shapes and the fallback's inputs); the outcome
+    # fallback is redone below among the prompt's responses.
+    own = torch.arange(paragraph_rewards.shape[0])
+    paragraph = paragraph_advantages(paragraph_rewards, paragraph_token_masks, own, outcome_rewards=outcome_rewards,
+                                     response_mask=response_mask, eps=eps)
+    has_paragraphs = paragraph_token_masks.bool().any(dim=-1).any(dim=-1)
+    if outcome_weight == 0 and bool(has_paragraphs.all()):
+        return paragraph
+    outcome = (group_advantages(outcome_rewards, group_size, eps=eps, unbiased=False) if group_size > 1
+               else torch.zeros(outcome_rewards.shape)).to(torch.float32)
+    in_paragraph = paragraph_token_masks.bool().any(dim=1).to(torch.float32)  # [B, T]
+    advantages = (1 - outcome_weight) * paragraph + outcome_weight * outcome.unsqueeze(-1) * in_paragraph
+    fallback = ~has_paragraphs
+    advantages[fallback] = outcome[fallback].unsqueeze(-1) * response_mask[fallback].to(torch.float32)
+    return advantages
+
+
 @register_advantage_estimator("prpo")
 def prpo_advantages(x: AdvantageInputs, algo) -> Tensor:
-    """PRPO (Nguyen et al. 2025): `paragraph_advantages` with `algo.prpo_outcome_weight`."""
+    """PRPO (Nguyen et al. 2025) with `algo.prpo_outcome_weight`: `algo.prpo_group_by` `prompt` pools the
+    paragraphs of a prompt's G responses (`paragraph_advantages`), `response` each response's own
+    (`response_paragraph_advantages`, the official code's)."""
     if x.paragraph_rewards is None or x.paragraph_token_masks is None:
         raise ValueError("the prpo estimator needs paragraph rewards: set reward.weights.paragraph")
+    if algo.prpo_group_by == "response":
+        return response_paragraph_advantages(
+            x.paragraph_rewards, x.paragraph_token_masks, x.group_size, outcome_rewards=x.rewards,
+            outcome_weight=algo.prpo_outcome_weight, response_mask=x.response_mask,
+        )
     group_index = torch.arange(x.rewards.numel()) // x.group_size
     return paragraph_advantages(
         x.paragraph_rewards, x.paragraph_token_masks, group_index, outcome_rewards=x.rewards,

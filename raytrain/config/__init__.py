@@ -22,6 +22,7 @@ from raytrain.config.sections import (
     BusterXConfig,
     ClusterConfig,
     DataConfig,
+    DXLLaVAConfig,
     EvaluationConfig,
     ModelConfig,
     RewardConfig,
@@ -44,6 +45,7 @@ class Config(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     busterx: BusterXConfig = Field(default_factory=BusterXConfig)
+    dx_llava: DXLLaVAConfig = Field(default_factory=DXLLaVAConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     def with_model(self, path: str | Path) -> Config:
@@ -72,6 +74,13 @@ class Config(Strict):
     def _prpo_needs_paragraphs(self):
         if self.algorithm.name == "prpo" and not self.reward.enabled("paragraph"):
             raise ValueError("algorithm.name prpo needs paragraph rewards: set reward.weights.paragraph")
+        if self.algorithm.name == "prpo" and self.algorithm.prpo_group_by == "response" and self.algorithm.dynamic_sampling:
+            raise ValueError("algorithm.prpo_group_by response normalises within each response, so there are no "
+                             "prompt groups to filter: set algorithm.dynamic_sampling false")
+        if (self.algorithm.name == "prpo" and self.algorithm.prpo_group_by == "response"
+                and self.algorithm.prpo_outcome_weight > 0 and self.rollout.sampling.group_size < 2):
+            raise ValueError("algorithm.prpo_outcome_weight under prpo_group_by response compares a prompt's responses: "
+                             "set rollout.sampling.group_size >= 2 (or the weight to 0, the label-free official run)")
         return self
 
     @model_validator(mode="after")

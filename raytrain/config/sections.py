@@ -159,7 +159,13 @@ class DataConfig(MediaConfig):
                           "`random`: each prompt one or the other, seeded by its data key (BusterX++ stage 3); none by default. "
                           "A manifest row's own `mode` takes precedence.",
     )
-    answer_format: Literal["word", "letter"] = Field("word", description="`word`: real/fake; `letter`: the BusterX++ `\\boxed{A|B}` form.")
+    answer_format: Literal["word", "letter", "heading"] = Field(
+        "word",
+        description="How a response states its verdict, for the rewards, the evaluation and the SFT targets. `word`: "
+                    "`<think>...</think><answer>real|fake</answer>`; `letter`: the BusterX++ `\\boxed{A|B}` form in the "
+                    "answer tag; `heading`: DX-LLaVA's (official PRPO code), paragraphs of reasoning ending in "
+                    "`### Answer: real|fake`, no tags.",
+    )
     epochs: int = Field(1, gt=0, description="Passes over the training split (each reshuffled).")
     decode_concurrency: int = Field(2, gt=0, description="Parallel Ray Data decode tasks.")
     max_rows: int | None = Field(None, gt=0, description="Use only the first N rows of each split (quick tests).")
@@ -330,7 +336,16 @@ class AlgorithmConfig(Strict):
     prpo_outcome_weight: float = Field(
         0.0, ge=0, le=1,
         description="PRPO only: w mixes each response's outcome reward R into its paragraph rewards, r_k <- (1 - w) r_k + w R. "
-                    "0 reproduces the label-free paper; labelled data can use it (1 with one paragraph per response is GRPO).",
+                    "0 reproduces the label-free paper; labelled data can use it (1 with one paragraph per response is GRPO). "
+                    "Under `prpo_group_by: response` a response's shift of its own pool cancels, so w mixes the "
+                    "advantages instead: A_k <- (1 - w) A_k + w A_outcome (needs `rollout.sampling.group_size` >= 2).",
+    )
+    prpo_group_by: Literal["prompt", "response"] = Field(
+        "prompt",
+        description="PRPO only: the pool in which paragraph rewards are normalised. `prompt`: the paragraphs of all G "
+                    "responses of a prompt (SPEC section 5); `response`: the paragraphs of each response alone, as the "
+                    "official PRPO code (a verl fork, `rollout.n = 1`, label-free); it works with any group size and "
+                    "needs `dynamic_sampling: false` (a response is not a group of prompts to filter).",
     )
     policy_loss: Literal["ppo_clip", "gspo"] = Field(
         "ppo_clip",
@@ -470,6 +485,31 @@ class BusterXConfig(Strict):
         if len(self.shares) != 3 or any(s < 0 for s in self.shares) or sum(self.shares) <= 0:
             raise ValueError(f"shares must be three non-negative numbers with a positive sum, got {self.shares}")
         return self
+
+
+class DXLLaVAConfig(Strict):
+    """The DX-LLaVA pipeline of `jobs.dx_llava` (SPEC section 7, seed 001; the official `tuanrpt/PRPO` code).
+
+    Stage `align` (feature alignment: projector and head train), `instruct` (visual instruction tuning:
+    projector, head and language model, the official DX-LLaVA training) and `prpo` (PRPO on the language
+    model). Every stage is this config with its settings (algorithm and `model.trainable`), its overrides
+    below (dotted keys, as `--set`; a mapping merges into the section it names, so
+    `rollout.sampling: {top_p: 0.7}` keeps the other sampling keys and a reward is switched off with weight
+    0; the stage's steps are `train.total_steps`, or with it null `data.epochs` passes, the official run's
+    "epochs per domain"), the previous stage's weights and `run.output_dir/<stage>` as its output.
+    """
+
+    align: dict[str, Any] = Field(default_factory=dict, description="Overrides of stage 1, feature alignment (SFT), e.g. `train.lr: 1.0e-3`.")
+    instruct: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of stage 2, visual instruction tuning (SFT; official: lr 2e-5, 1 epoch per domain).",
+    )
+    prpo: dict[str, Any] = Field(
+        default_factory=lambda: {"algorithm.prpo_group_by": "response", "algorithm.dynamic_sampling": False,
+                                 "rollout.sampling.group_size": 1, "reward.weights.paragraph": 1.0},
+        description="Overrides of stage 3, PRPO; by default the official grouping: each response's paragraphs "
+                    "(`prpo_group_by: response`, one response per prompt, no dynamic sampling) with the paragraph "
+                    "reward. Replacing the mapping replaces these defaults too.",
+    )
 
 
 class ClusterConfig(Strict):

@@ -11,10 +11,13 @@ from raytrain.data.batch import Prompt, TrainBatch, response_positions
 def sft_target(prompt: Prompt, cfg: Config) -> str:
     """`<think>REASONING</think><answer>ANSWER</answer>`: the row's explanation (else `sft.think`), empty
     under `/no_think`; the true answer, or under `sft.answer: random` one drawn by the data key (so a
-    resumed run teaches the same answers)."""
+    resumed run teaches the same answers). Under `data.answer_format: heading` (DX-LLaVA) the reasoning's
+    paragraphs, a blank line, then `### Answer: ANSWER`."""
     answer = prompt.label
     if cfg.sft.answer == "random":
         answer = ("real", "fake")[hashlib.sha1(f"{cfg.run.seed}:{prompt.key}".encode()).digest()[0] % 2]
+    if cfg.data.answer_format == "heading":
+        return f"{(prompt.explanation or cfg.sft.think).strip()}\n\n### Answer: {answer}"
     if cfg.data.answer_format == "letter":
         answer = "\\boxed{A}" if answer == "real" else "\\boxed{B}"
     think = "" if prompt.mode == "no_think" else (prompt.explanation or cfg.sft.think)

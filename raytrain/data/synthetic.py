@@ -15,6 +15,11 @@ fake by RL within a few dozen steps:
 
 A watermark sits on a share of both classes so that it is never a cue
 (SPEC section 8: watermarks are kept, never cropped).
+
+`make_synthetic_dataset` writes a GenBuster-layout set of videos and images;
+`make_synthetic_dfr5` a DF-R5-shaped set of images (one domain per fake
+category, reals in every domain) with DX-LLaVA's LLaVA JSON lists beside it,
+whose answers explain the cue of each image and end in ``### Answer:``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from pathlib import Path
 import av
 import numpy as np
 from PIL import Image
+
+from raytrain.data.layouts.llava import IMAGE_TOKEN
+from raytrain.data.questions import DX_LLAVA_QUESTION
 
 FAKE_CATEGORIES = ("face-swap", "lip-sync", "text-to-video")
 REAL_CATEGORY = "camera"
@@ -132,6 +140,21 @@ class _Scene:
         return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def _check_counts(**counts: int) -> None:
+    for name, count in counts.items():
+        if count < 0 or count % 2:
+            raise ValueError(f"{name} must be a non-negative even number (half real, half fake), got {count}")
+
+
+def _clear_splits(out: Path, folders: list[Path], overwrite: bool) -> None:
+    """Existing dataset folders are an error unless ``overwrite`` (then they go, so no stale files survive)."""
+    for target in folders:
+        if target.exists() and any(target.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"{target} already has files; refusing to overwrite them")
+            shutil.rmtree(target)
+
+
 def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
@@ -199,20 +222,13 @@ def make_synthetic_dataset(
     out = Path(out)
     if size < 28 or size % 2:
         raise ValueError(f"size must be even and >= 28 (yuv420p, one 28-pixel patch), got {size}")
-    for name, count in (("num_train", num_train), ("num_test", num_test)):
-        if count < 0 or count % 2:
-            raise ValueError(f"{name} must be a non-negative even number (half real, half fake), got {count}")
+    _check_counts(num_train=num_train, num_test=num_test)
     if num_frames < 1 or fps < 1:
         raise ValueError(f"num_frames and fps must be positive, got {num_frames} and {fps}")
     for name, share in (("image_share", image_share), ("watermark_share", watermark_share)):
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {share}")
-    for split in SPLITS:
-        target = out / split
-        if target.exists() and any(target.iterdir()):
-            if not overwrite:
-                raise FileExistsError(f"{target} already has files; refusing to overwrite them")
-            shutil.rmtree(target)
+    _clear_splits(out, [out / split for split in SPLITS], overwrite)
 
     plan_rng = np.random.default_rng(seed)
     items = [it for split, count in zip(SPLITS, (num_train, num_test)) if count
@@ -248,3 +264,65 @@ def make_synthetic_dataset(
         "media": dict(Counter(r["media"] for r in records)),
         "watermark": dict(Counter(r["label"] for r in records if r["watermark"])),
     }
+
+
+# What a DX-LLaVA target says about each kind of synthetic image: its cue, in paragraphs (PRPO's unit).
+EXPLANATIONS = {
+    REAL_CATEGORY: "**Light**: natural, consistent lighting.\n\n**Face**: intact, with no seams.",
+    "face-swap": "**Seam**: a hard seam frames the face.\n\n**Skin**: blending artifacts, unnatural colour.",
+    "lip-sync": "**Mouth**: distorted, striped lips.\n\n**Region**: only the mouth looks edited.",
+    "text-to-video": "**Texture**: a checkerboard artifact.\n\n**Grid**: a synthetic grid over the frame.",
+}
+
+
+def make_synthetic_dfr5(
+    out: Path,
+    *,
+    num_train: int = 96,
+    num_test: int = 48,
+    seed: int = 0,
+    size: int = 56,
+    watermark_share: float = 0.3,
+    overwrite: bool = False,
+    progress: Callable[[], None] | None = None,
+) -> dict:
+    """Write a DF-R5-shaped image set ``OUT/<domain>/<split>/<real|fake>/*.png`` and its LLaVA JSON lists
+    ``OUT/train.json`` and ``OUT/test.json`` (the `llava` layout of `jobs.prepare_data`).
+
+    Each domain is one fake category of :data:`FAKE_CATEGORIES` (its fakes carry that cue) and holds as
+    many reals; the answers are `EXPLANATIONS` ending in ``### Answer: LABEL``, ``binary_label`` 1 for
+    fakes. A split's count is spread evenly, so it must be a multiple of 2 x the domains. Returns counts.
+    """
+    out = Path(out)
+    _check_counts(num_train=num_train, num_test=num_test)
+    per = 2 * len(FAKE_CATEGORIES)
+    if num_train % per or num_test % per:
+        raise ValueError(f"num_train and num_test must be multiples of {per} (real and fake in each domain)")
+    _clear_splits(out, [out / domain for domain in FAKE_CATEGORIES], overwrite)
+    rng = np.random.default_rng(seed)
+    lists: dict[str, list[dict]] = {}
+    for split, count in zip(SPLITS, (num_train, num_test)):
+        lists[split] = []
+        for d, domain in enumerate(FAKE_CATEGORIES):
+            for label in ("real", "fake"):
+                n = count // per
+                marked = set(rng.choice(n, size=round(n * watermark_share), replace=False).tolist())
+                category = domain if label == "fake" else REAL_CATEGORY
+                for i in range(n):
+                    rel = Path(domain, split, label, f"{split}-{label}-{i:05d}.png")
+                    item_rng = np.random.default_rng([seed, SPLITS.index(split), d, int(label == "fake"), i])
+                    scene = _Scene(item_rng, size, 1, category, "image", i in marked)
+                    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(scene.frame(0)).save(out / rel, format="PNG")
+                    lists[split].append({
+                        "id": rel.as_posix(), "image": rel.as_posix(), "binary_label": int(label == "fake"),
+                        "conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}\n{DX_LLAVA_QUESTION}"},
+                                          {"from": "gpt", "value": f"{EXPLANATIONS[category]}\n\n### Answer: {label}"}],
+                    })
+                    if progress is not None:
+                        progress()
+    for split, items in lists.items():
+        (out / f"{split}.json").write_text(json.dumps(items, indent=1))
+    return {"out": str(out), "total": sum(len(v) for v in lists.values()),
+            "splits": {s: dict(Counter("fake" if i["binary_label"] else "real" for i in v)) for s, v in lists.items()},
+            "domains": list(FAKE_CATEGORIES)}

@@ -28,10 +28,11 @@ import torch
 from raytrain.cluster import init_ray
 from raytrain.config import Config
 from raytrain.data.batch import Prompt, Refusal, Sample
-from raytrain.data.ingest import Source, ingest, scan_sources
+from raytrain.data.ingest import Scanned, Source, ingest, scan_sources
 from raytrain.data.layouts.labelled import detect_clips
-from raytrain.data.manifest import write_manifest
+from raytrain.data.manifest import media_kind, write_manifest
 from raytrain.data.pipeline import prompts_from_batch, split_rows
+from raytrain.data.questions import question_prompt, read_questions
 from raytrain.data.sft_targets import sft_batch
 from raytrain.engines.base import make_engine
 from raytrain.eval.metrics import RATES, UNREADABLE, evaluation_report, proportion
@@ -46,8 +47,9 @@ from rewards.outcome import format_reward
 
 PARTS_DIR = "parts"
 IDENTITY = "evaluation.json"  # what OUT holds predictions of; a resume with anything else is refused
-FOLDER_MANIFEST = "folder_manifest.parquet"  # the scanned clip folder, kept with the results
+FOLDER_MANIFEST = "folder_manifest.parquet"  # the scanned clip folder (or question file), kept with the results
 FOLDER_SOURCE = "folder"
+QUESTIONS_SOURCE = "questions"
 # Added by the driver from the rows: the decode pipeline carries only what the model needs.
 ROW_COLUMNS = ("source", "domain")
 
@@ -61,7 +63,7 @@ def prediction_record(prompt: Prompt, sample: Sample, *, answer_format: str, mod
         "id": prompt.id, "path": prompt.path, "media": "video" if prompt.is_video else "image",
         "label": prompt.label.lower(), "category": prompt.category,
         "status": "ok" if answer is not None else "unparsable", "error": "",
-        "response": sample.text, "answer": answer, "format_ok": format_reward(sample.text) == 0.0,
+        "response": sample.text, "answer": answer, "format_ok": format_reward(sample.text, answer_format) == 0.0,
         "mode_ok": None if mode is None else hybrid_reward(sample.text, mode) == 0.0,
         "truncated": sample.truncated, "num_tokens": len(sample.token_ids), "latency_s": latency_s,
         "head_prob": head_prob,
@@ -87,11 +89,29 @@ def folder_rows(folder: Path, label: str | None = None) -> tuple[pa.Table, list[
     scanned = scan_sources([Source(Path(folder), layout=layout, name=FOLDER_SOURCE)])
     for reject in scanned.rejects:
         print(f"[evaluate] ignored {reject['path']}: {reject['reason']}", flush=True)
+    return _test_rows(scanned, FOLDER_SOURCE)
+
+
+def question_rows(questions: list[dict], image_folder: Path) -> tuple[pa.Table, list[dict]]:
+    """Manifest rows of DX-LLaVA evaluation questions (`raytrain.data.questions`), one per question with
+    the question id as its id, images relative to `image_folder`; unreadable records for images that
+    cannot be decoded."""
+    entries = []
+    for q in questions:
+        path, label = Path(image_folder) / q["image"], str(q["label"]).lower()
+        entries.append({"id": str(q["question_id"]), "path": str(path.resolve()), "rel": str(q["image"]),
+                        "media": media_kind(path) or "image", "label": label, "source": QUESTIONS_SOURCE,
+                        "category": "unknown" if label == "fake" else "real", "domain": q.get("domain") or "",
+                        "clips": [str(q["question_id"])], "official_split": "test"})
+    return _test_rows(Scanned([Source(Path(image_folder), name=QUESTIONS_SOURCE)], entries, []), QUESTIONS_SOURCE)
+
+
+def _test_rows(scanned: Scanned, source: str) -> tuple[pa.Table, list[dict]]:
     ingested = ingest(scanned, split="test", deduplicate=False)
     unreadable = [unreadable_record(
         id=entry["id"], path=entry["path"], label=entry["label"], category=entry["category"], media=entry["media"],
         reason=entry["reason"],
-    ) | {"source": FOLDER_SOURCE, "domain": entry["domain"]} for entry in ingested.unreadable]
+    ) | {"source": source, "domain": entry["domain"]} for entry in ingested.unreadable]
     return ingested.table, unreadable
 
 
@@ -300,8 +320,11 @@ def _unlabelled(group: dict) -> dict:
 
 
 def evaluate(cfg: Config, out: Path, *, split: str | None = None, folder: Path | None = None,
-             name: str | None = None, label: str | None = None) -> dict:
-    """Evaluate `cfg.model.path` on a manifest split (default `data.eval_split`) or on every clip of `folder`.
+             questions: Path | None = None, image_folder: Path | None = None, name: str | None = None,
+             label: str | None = None) -> dict:
+    """Evaluate `cfg.model.path` on a manifest split (default `data.eval_split`), on every clip of `folder`,
+    or on a DX-LLaVA question file (`questions`, images relative to `image_folder`, by default the file's
+    folder; its question becomes `data.prompt`).
 
     `label` (real/fake) labels every clip of a flat `folder`; a folder without labels (no CSV, no
     `real/`/`fake/`, no `label`) is still predicted, and its report gives only the share called fake
@@ -312,18 +335,25 @@ def evaluate(cfg: Config, out: Path, *, split: str | None = None, folder: Path |
     out = Path(out).resolve()
     cfg = cfg.with_absolute_paths()
     labelled, identity_label = True, {}
-    if folder is not None:
-        if label is None and not detect_clips(Path(folder)):
-            labelled, label = False, "fake"  # a placeholder the rates that need labels never show
-        identity_label = {"label": label, "labelled": labelled} if label else {}
-        rows, unreadable = folder_rows(folder, label)
+    if folder is not None or questions is not None:
+        if folder is not None:
+            if label is None and not detect_clips(Path(folder)):
+                labelled, label = False, "fake"  # a placeholder the rates that need labels never show
+            identity_label = {"label": label, "labelled": labelled} if label else {}
+            rows, unreadable = folder_rows(folder, label)
+            data = str(Path(folder).resolve())
+        else:
+            asked = read_questions(questions)
+            rows, unreadable = question_rows(asked, Path(image_folder or Path(questions).parent))
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"prompt": question_prompt(asked)})})
+            data = str(Path(questions).resolve())
         out.mkdir(parents=True, exist_ok=True)
         write_manifest(rows, out / FOLDER_MANIFEST)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"manifest": out / FOLDER_MANIFEST})})
         rows = rows.append_column("key", rows["id"])
         if cfg.data.max_rows is not None:
             rows = rows.slice(0, cfg.data.max_rows)
-        data, split = str(Path(folder).resolve()), None
+        split = None
     else:
         split = split or cfg.data.eval_split
         rows, unreadable, data = split_rows(cfg.data, split, seed=cfg.run.seed), [], str(cfg.data.manifest)

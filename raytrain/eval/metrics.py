@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy.stats import binomtest, bootstrap
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 _CLASSES = ("real", "fake")
 _UNPARSABLE = "none"
@@ -30,6 +30,9 @@ GROUP_KEYS = ("category", "source", "domain")
 RATES = ("accuracy", "precision", "recall", "f1", "false_negative_rate", "false_positive_rate",
          "format_compliance", "mode_compliance")
 UNREADABLE = "unreadable"  # prediction status of media that could not be decoded
+# DX-LLaVA's binary head, scored from its probability of fake (`head_prob`) beside the text answer.
+HEAD_RATES = ("head_accuracy", "head_auc")
+HEAD_THRESHOLD = 0.5
 
 
 def _rate(count: int, total: int) -> float:
@@ -159,6 +162,23 @@ def detection_metrics(labels: Sequence[str], predictions: Sequence[str | None], 
     }
 
 
+def head_metrics(labels: Sequence[str], fake_probs: Sequence[float], confidence: float = 0.95) -> dict:
+    """A binary classifier's own metrics from its probabilities of fake: `head_accuracy` (fake when the
+    probability is at least `HEAD_THRESHOLD`; a Wilson interval) and `head_auc` (ROC-AUC, scikit-learn;
+    None when the set holds one class only), as {value, ...} like the other rates, and `head_n`."""
+    if len(labels) != len(fake_probs):
+        raise ValueError(f"{len(labels)} labels but {len(fake_probs)} head probabilities")
+    if not labels:
+        return {"head_accuracy": proportion(0, 0, confidence), "head_auc": {"value": None}, "head_n": 0}
+    y_true = np.asarray([label.lower() == "fake" for label in labels])
+    probs = np.asarray(fake_probs, dtype=np.float64)
+    if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
+        raise ValueError("head probabilities must be finite and in [0, 1]")
+    correct = int(((probs >= HEAD_THRESHOLD) == y_true).sum())
+    auc = float(roc_auc_score(y_true, probs)) if 0 < y_true.sum() < len(y_true) else None
+    return {"head_accuracy": proportion(correct, len(labels), confidence), "head_auc": {"value": auc}, "head_n": len(labels)}
+
+
 def _group_metrics(records: list[dict], **options) -> dict:
     readable = [r for r in records if r["status"] != UNREADABLE]
     counts = {"total": len(records), "unreadable": len(records) - len(readable)}
@@ -168,6 +188,10 @@ def _group_metrics(records: list[dict], **options) -> dict:
         [r["label"] for r in readable], [r["answer"] for r in readable], [r["format_ok"] for r in readable],
         [r.get("mode_ok") for r in readable], **options,
     )
+    headed = [r for r in readable if r.get("head_prob") is not None]
+    if headed:  # a model with a binary head (DX-LLaVA): its own metrics beside the text answer's
+        metrics.update(head_metrics([r["label"] for r in headed], [r["head_prob"] for r in headed],
+                                    options.get("confidence", 0.95)))
     return {**metrics, **counts}
 
 
@@ -175,7 +199,8 @@ def evaluation_report(records: Iterable[dict], group_by: Sequence[str] = GROUP_K
     """Metrics overall and per value of each `group_by` column, from prediction records.
 
     A record has `label`, `answer` (real/fake/None), `status` (`"unreadable"` for media that could not
-    be decoded: counted in `unreadable`, never in the rates), `format_ok`, optional `mode_ok`, and the
+    be decoded: counted in `unreadable`, never in the rates), `format_ok`, optional `mode_ok`, optional
+    `head_prob` (a binary head's probability of fake: adds `head_metrics` where present), and the
     `group_by` columns. `options` go to `detection_metrics`.
     """
     records = list(records)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from raytrain.eval.metrics import CONFUSION_COLUMNS, RATES
+from raytrain.eval.metrics import CONFUSION_COLUMNS, HEAD_RATES, RATES
 
 PREDICTIONS = "predictions.parquet"
 METRICS = "metrics.json"
@@ -27,6 +27,7 @@ TITLES = {
     "accuracy": "accuracy", "precision": "precision", "recall": "recall", "f1": "F1",
     "false_negative_rate": "false-negative rate", "false_positive_rate": "false-positive rate",
     "format_compliance": "format compliance", "mode_compliance": "mode compliance",
+    "head_accuracy": "head accuracy", "head_auc": "head ROC-AUC",
 }
 _SHORT = {**TITLES, "false_negative_rate": "FNR", "false_positive_rate": "FPR", "format_compliance": "format",
           "mode_compliance": "mode"}
@@ -83,6 +84,8 @@ def run_markdown(summary: dict) -> str:
         matrix = overall["confusion"]["matrix"]
         lines += ["", "## Confusion matrix (rows: truth, columns: answer)", ""]
         lines += _table(["", *CONFUSION_COLUMNS], [[label, *map(str, counts)] for label, counts in zip(("real", "fake"), matrix)])
+    if overall.get("head_n"):
+        lines += _head_section(summary)
     shown = [m for m in RATES if m != "mode_compliance" or summary["mode"]]
     for key, groups in summary["groups"].items():
         if len(groups) < 2:  # one value repeats the overall table
@@ -94,6 +97,16 @@ def run_markdown(summary: dict) -> str:
     if summary["unreadable"]:
         lines += ["", "## Unreadable media", ""] + [f"- `{u['path']}`: {u['reason']}" for u in summary["unreadable"]]
     return "\n".join(lines) + "\n"
+
+
+def _head_section(summary: dict) -> list[str]:
+    """The binary head's accuracy and ROC-AUC beside the text answer's accuracy and F1, overall and per domain."""
+    rows = [("overall", summary["overall"])] + [(_label(v), g) for v, g in summary["groups"].get("domain", {}).items()]
+    lines = ["", "## Binary head and text answer (per domain)", "",
+             f"The head says fake when its probability is at least 0.5; {summary['overall']['head_n']} items have one.", ""]
+    return lines + _table(["domain", "n", "text accuracy", "text F1", *(TITLES[m] for m in HEAD_RATES)],
+                          [[name, str(g.get("n", 0)), _with_interval(g.get("accuracy")), _with_interval(g.get("f1")),
+                            *(_with_interval(g.get(m)) for m in HEAD_RATES)] for name, g in rows])
 
 
 def _p(versus: dict) -> str:

@@ -13,6 +13,7 @@ from raytrain.train.launch import train
 
 # Shown side by side after a recipe, from the evaluation summaries (`raytrain.eval.inference.evaluate`).
 SHOWN = ("accuracy", "f1", "false_negative_rate", "format_compliance", "mode_compliance")
+HEAD_SHOWN = ("head_accuracy", "head_auc")  # a binary head's own (DX-LLaVA), when the model has one
 REPORT = "recipe.json"  # under run.output_dir
 
 
@@ -22,6 +23,7 @@ def held_out(cfg: Config, model: str | Path, out: Path, name: str, *, loss: bool
     cfg = cfg.with_model(model)
     summary = evaluate(cfg, out, name=name)
     values = {k: summary["overall"][k]["value"] for k in SHOWN}
+    values.update({k: summary["overall"][k]["value"] for k in HEAD_SHOWN if k in summary["overall"]})
     values["items"] = summary["overall"]["accuracy"]["n"]
     if loss:
         values["loss"] = heldout_loss(cfg)
@@ -30,7 +32,7 @@ def held_out(cfg: Config, model: str | Path, out: Path, name: str, *, loss: bool
 
 def print_table(tag: str, columns: dict[str, dict], split: str) -> None:
     """Metrics (rows) of each evaluated model (columns), as a recipe prints them; tests read these lines."""
-    rows = [k for k in (*SHOWN, "loss") if any(c.get(k) is not None for c in columns.values())]
+    rows = [k for k in (*SHOWN, *HEAD_SHOWN, "paragraph_pcr", "loss") if any(c.get(k) is not None for c in columns.values())]
     title = f"[{tag}] held-out ({split} split)"
     label = max(len(title), *(len(f"[{tag}] {k}") for k in rows)) + 2
     width = max(10, *(len(c) + 2 for c in columns))

@@ -199,3 +199,41 @@ def bad_input_zoo(root: Path) -> dict[str, str]:
     if os.geteuid() != 0:  # root reads any file: for root it is usable and must be kept
         expected["locked.mp4"] = "permission denied"
     return expected
+
+
+LLAVA_QUESTION = "<image>\nIs this image real or fake? Give your reasoning, then ### Answer: real or fake."
+
+
+def _llava_item(id_, image, answer, binary_label=None, human=LLAVA_QUESTION):
+    item = {"id": id_, "image": image, "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]}
+    if binary_label is not None:
+        item["binary_label"] = binary_label
+    return item
+
+
+def llava(root: Path) -> Path:
+    """A DF-R5 tree with LLaVA JSON lists beside it (DX-LLaVA's training data): good entries, entries to be
+    rejected (no <image>, no gpt turn, contradicting or missing labels, missing or outside images, not an
+    object) and an undecodable image."""
+    root = dfr5(root)  # ddim/ and StyleGAN3/ with {train,val,test}/{real,fake}/
+    write_image(root / "extra" / "loose.png")
+    (root / "ddim" / "train" / "fake" / "broken.png").write_bytes(b"not a png at all")
+    train = [
+        _llava_item("f0", "ddim/train/fake/fake_0.png", "**Seam**: a hard edge around the face. ### Answer: fake", 1),
+        _llava_item("r0", "ddim/train/real/real_0.png", "**Light**: natural, even skin pores.\n\n### Answer: real", 0),
+        _llava_item("s0", "StyleGAN3/train/fake/fake_0.png", "**Texture**: too smooth.\n\n### Answer: fake"),  # label from the answer
+        _llava_item("loose", "extra/loose.png", "Looks fine.", "0"),  # no answer line: the label alone
+        _llava_item("no-image", "StyleGAN3/train/real/real_0.png", "### Answer: real", 0, human="Is it real?"),
+        {"id": "no-gpt", "image": "ddim/val/real/real_0.png", "conversations": [{"from": "human", "value": LLAVA_QUESTION}],
+         "binary_label": 0},
+        _llava_item("contradiction", "ddim/val/fake/fake_0.png", "### Answer: real", 1),
+        _llava_item("unlabelled", "StyleGAN3/val/fake/fake_0.png", "No verdict here."),
+        _llava_item("missing", "ddim/train/fake/gone.png", "### Answer: fake", 1),
+        _llava_item("outside", "../elsewhere.png", "### Answer: fake", 1),
+        _llava_item("broken", "ddim/train/fake/broken.png", "**Cue**: noise. ### Answer: fake", 1),
+        "not an object",
+    ]
+    (root / "train.json").write_text(json.dumps(train))
+    (root / "test_subset.json").write_text(json.dumps([
+        _llava_item("t0", "ddim/test/fake/fake_0.png", "**Cue**: grid. ### Answer: fake", 1)]))
+    return root

@@ -13,8 +13,9 @@ type, no label, listed but missing); decoding problems are found later by
 `raytrain.data.manifest.inspect_entry`. `raytrain.data.ingest` turns a scan
 into manifest rows.
 
-The layouts live in `labelled` (label folders or a labels file) and `faces`
-(the face-manipulation datasets), on the helpers of `scan`.
+The layouts live in `labelled` (label folders or a labels file), `faces`
+(the face-manipulation datasets) and `llava` (DX-LLaVA's JSON conversation lists),
+on the helpers of `scan`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from raytrain.data.layouts.labelled import (
     scan_genbuster,
     scan_real_clips,
 )
+from raytrain.data.layouts.llava import detect_llava, scan_llava
 
 Scanner = Callable[[Path, str], tuple[list[dict], list[dict]]]
 # Detection order matters: the specific layouts first, the generic label folders last.
@@ -50,6 +52,8 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Scanner]] = {
     "celebdf": (detect_celebdf, scan_celebdf),
     "dfdc": (detect_dfdc, scan_dfdc),
     "fakeavceleb": (detect_fakeavceleb, scan_fakeavceleb),
+    # A DF-R5 tree with LLaVA JSON lists beside its domains is read through the lists (they carry explanations).
+    "llava": (detect_llava, scan_llava),
     "dfr5": (detect_dfr5, scan_dfr5),
     "genbuster": (detect_genbuster, scan_genbuster),
     "clips": (detect_clips, scan_clips),

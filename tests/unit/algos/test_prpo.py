@@ -70,7 +70,7 @@ def test_one_paragraph_per_response_and_outcome_weight_one_is_grpo():
     torch.testing.assert_close(prpo, grpo)
     # The registered estimator is the same computation.
     x = AdvantageInputs(rewards, g, mask, torch.rand(g * groups, 1), mask.bool().unsqueeze(1))
-    torch.testing.assert_close(ADVANTAGE_ESTIMATORS["prpo"](x, SimpleNamespace(prpo_outcome_weight=1.0)), grpo)
+    torch.testing.assert_close(ADVANTAGE_ESTIMATORS["prpo"](x, SimpleNamespace(prpo_outcome_weight=1.0, prpo_group_by="prompt")), grpo)
 
 
 def test_paragraph_advantages_reject_bad_input():

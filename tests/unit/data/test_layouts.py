@@ -44,7 +44,7 @@ def test_each_layout_is_recognised(trees):
     expected = {"clips_csv": "clips", "clips_folders": "clips"}
     for name, root in trees.items():
         assert detect_layout(root) == expected.get(name, name)
-    assert set(LAYOUTS) == {"genbuster", "dfr5", "ffpp", "celebdf", "dfdc", "fakeavceleb", "clips", "clips-fake", "clips-real"}
+    assert set(LAYOUTS) == {"genbuster", "dfr5", "ffpp", "celebdf", "dfdc", "fakeavceleb", "clips", "clips-fake", "clips-real", "llava"}
 
 
 def test_every_layout_is_leak_free_and_complete(scanned):

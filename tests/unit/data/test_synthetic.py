@@ -123,3 +123,31 @@ def test_existing_output_needs_overwrite(tmp_path):
 def test_rejects_bad_arguments(tmp_path, kwargs):
     with pytest.raises(ValueError):
         make_synthetic_dataset(tmp_path, **kwargs)
+
+
+def test_dfr5_images_with_llava_lists(tmp_path):
+    from raytrain.data.ingest import Source, ingest, scan_sources
+    from raytrain.data.layouts import detect_layout
+    from raytrain.data.synthetic import EXPLANATIONS, FAKE_CATEGORIES, make_synthetic_dfr5
+    from rewards.answer import parse_answer
+    from rewards.outcome import format_reward
+    from rewards.paragraphs import lean
+
+    counts = make_synthetic_dfr5(tmp_path, num_train=6, num_test=6, seed=0, size=32)
+    assert counts["splits"] == {"train": {"real": 3, "fake": 3}, "test": {"real": 3, "fake": 3}}
+    assert detect_layout(tmp_path) == "llava"
+    ingested = ingest(scan_sources([Source(tmp_path, name="synthetic")]))
+    assert not ingested.rejects
+    rows = ingested.rows
+    assert {(r["domain"], r["split"], r["label"]) for r in rows} == {
+        (d, s, lb) for d in FAKE_CATEGORIES for s in ("train", "test") for lb in ("real", "fake")}
+    for r in rows:
+        category = r["domain"] if r["label"] == "fake" else "camera"
+        assert r["explanation"] == EXPLANATIONS[category] and r["media"] == "image" and r["width"] == 32
+    for category, text in EXPLANATIONS.items():
+        label = "real" if category == "camera" else "fake"
+        target = f"{text}\n\n### Answer: {label}"
+        assert parse_answer(target, "heading") == label and format_reward(target, "heading") == 0.0
+        assert lean(text) == (1 if label == "real" else -1)  # PRPO's PCR agrees with the taught answer
+    with pytest.raises(ValueError, match="multiples of 6"):
+        make_synthetic_dfr5(tmp_path / "other", num_train=4, num_test=6)

@@ -12,6 +12,8 @@ from raytrain.data.batch import Prompt
 from raytrain.data.pipeline import prompt_mode
 from raytrain.data.sft_targets import sft_target
 from raytrain.recipes.busterx import fusion_rows, stage_config, stage_steps
+from rewards.answer import parse_answer
+from rewards.outcome import format_reward
 
 CONFIGS = Path(__file__).resolve().parents[3] / "jobs" / "configs"
 
@@ -112,3 +114,12 @@ def test_prompt_mode_row_over_config_and_random_by_key(base_config_dict):
     modes = [prompt_mode({"key": f"0:{i}", "mode": None}, random) for i in range(40)]
     assert set(modes) == {"think", "no_think"}
     assert modes == [prompt_mode({"key": f"0:{i}"}, random) for i in range(40)]
+
+
+def test_sft_targets_in_the_heading_form(base_config_dict):
+    heading = parse_config({**base_config_dict, "data": {**base_config_dict["data"], "answer_format": "heading"},
+                            "sft": {"think": "Template."}})
+    target = sft_target(_prompt(explanation="**Seam**: a hard edge.\n\n**Texture**: too smooth."), heading)
+    assert target == "**Seam**: a hard edge.\n\n**Texture**: too smooth.\n\n### Answer: fake"
+    assert sft_target(_prompt(label="real"), heading) == "Template.\n\n### Answer: real"
+    assert parse_answer(target, "heading") == "fake" and format_reward(target, "heading") == 0.0

@@ -63,7 +63,7 @@ prometheus:
 		echo "prometheus is missing and cannot be installed here (not root): its test will be skipped"
 
 test: lint $(VLLM_STAMP) prometheus
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 	$(VLLM_PY) -m pytest -q tests_vllm
 
 test-vllm: $(VLLM_STAMP)

@@ -133,6 +133,18 @@ def write_split_jsonl(table: pa.Table, out_dir: Path, splits: tuple[str, ...] = 
     return written
 
 
+def json_lines(path: Path):
+    """(line number, record) for each non-blank line of a JSON-lines file; a line that does not parse
+    raises ValueError naming the file and the line."""
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+
+
 def read_jsonl_manifest(path: Path, split: str) -> pa.Table:
     """A manifest table from a JSON-lines file, every row in `split` (the file is the split): rows
     `write_split_jsonl` wrote, or any with at least `path` and `label` (the rest filled in: id from the
@@ -140,14 +152,11 @@ def read_jsonl_manifest(path: Path, split: str) -> pa.Table:
     the file. A bad line raises with the file and line number."""
     path = Path(path)
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, row in json_lines(path):
         try:
-            row = json.loads(line)
             media_path = Path(row["path"])
             label = str(row["label"]).lower()
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (KeyError, TypeError) as e:
             raise ValueError(f"{path}:{lineno}: not a manifest row with path and label ({e})") from None
         if label not in LABELS:
             raise ValueError(f"{path}:{lineno}: label {row['label']!r} is not real or fake")

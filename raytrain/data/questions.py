@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from raytrain.data.layouts.llava import IMAGE_TOKEN
-from raytrain.data.manifest import LABELS
+from raytrain.data.manifest import LABELS, json_lines
 
 # The question of the official DX-LLaVA data (its README's example), asking for the heading answer form.
 DX_LLAVA_QUESTION = ("Analyze this image for any signs of digital manipulation or artificial generation and determine "
@@ -44,13 +44,7 @@ def read_questions(path: Path) -> list[dict]:
     real/fake label (ValueError naming the line otherwise)."""
     path = Path(path)
     questions, seen = [], set()
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            q = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
+    for lineno, q in json_lines(path):
         missing = [k for k in ("question_id", "image", "text", "label") if not isinstance(q, dict) or k not in q]
         if missing:
             raise ValueError(f"{path}:{lineno}: missing {', '.join(missing)}")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from raytrain.data.layouts.scan import SPLIT_NAMES, LayoutScan
-from raytrain.data.manifest import CATEGORIES, LABELS, media_kind, normalise_category
+from raytrain.data.manifest import CATEGORIES, LABELS, json_lines, media_kind, normalise_category
 
 
 def _fake_category(folder_name: str) -> tuple[str, str]:
@@ -33,16 +32,9 @@ def _watermarks(root: Path) -> dict[str, bool]:
     if not meta.is_file():
         return {}
     flags = {}
-    with open(meta) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{meta}:{lineno}: invalid JSON ({exc.msg})") from exc
-            if "path" in rec and rec.get("watermark") is not None:
-                flags[Path(rec["path"]).as_posix()] = bool(rec["watermark"])
+    for _, rec in json_lines(meta):
+        if "path" in rec and rec.get("watermark") is not None:
+            flags[Path(rec["path"]).as_posix()] = bool(rec["watermark"])
     return flags
 
 

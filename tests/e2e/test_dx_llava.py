@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("raytrain.models.dx_llava", reason="needs the DX-LLaVA model family (raytrain/models/dx_llava.py)")
-
-from jobs import dx_llava, evaluate, make_questions  # noqa: E402
-from raytrain.config.sections import ModelConfig  # noqa: E402
-from raytrain.recipes.dx_llava import REPORT, STAGE_SETTINGS, STAGES  # noqa: E402
-from raytrain.train.launch import FINAL_DIR  # noqa: E402
+from jobs import dx_llava, evaluate, make_questions
+from raytrain.config.sections import ModelConfig
+from raytrain.recipes.dx_llava import REPORT, STAGE_SETTINGS, STAGES
+from raytrain.train.launch import FINAL_DIR
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "dx_llava.yaml"

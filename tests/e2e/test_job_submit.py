@@ -25,7 +25,7 @@ import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
-from raytrain.config import parse_config
+from raytrain.config import load_config
 from raytrain.observe.ray_metrics import METRICS, step_series
 from raytrain.observe.trackers import MLFLOW_DIR, flatten, mlflow_name
 from tests.helpers.trackers import history, run_files, tensorboard_scalars
@@ -168,7 +168,8 @@ def test_prpo_job_under_ray_job_submit_watched_by_prometheus_and_trackers(base_c
     latest = {mlflow_name(k): float(v) for r in records for k, v in r.items()}
     assert run.data.metrics == pytest.approx(latest, rel=1e-9)
     assert run.data.params["run.name"] == "job-submit" and run.data.params["algorithm.name"] == "prpo"
-    resolved = parse_config(yaml.safe_load(config.read_text())).with_absolute_paths().model_dump(mode="json")
+    # jobs.prpo sets algorithm.name itself, over the config file's.
+    resolved = load_config(config, ["algorithm.name=prpo"]).with_absolute_paths().model_dump(mode="json")
     assert run.data.params == {k: v[:6000] for k, v in flatten(resolved).items()}
     (wandb_file,) = run_files(out)
     assert [{k: row[k] for k in r} for row, r in zip(history(wandb_file), records)] == records

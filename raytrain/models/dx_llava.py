@@ -492,7 +492,14 @@ class DxLlavaServing(VLLMServing):
         super().__init__(family, str(language_model_folder(source, workdir / "llama")))
         config = DxLlavaConfig.from_pretrained(source)
         config.text_config.num_hidden_layers = 0  # the decoder layers live in vLLM; their tensors are skipped
-        self.model = DxLlavaForConditionalGeneration.from_pretrained(source, config=config, dtype=dtype).to(device).eval()
+        from transformers.utils import logging
+
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity_error()  # not the load report's table of every skipped layer tensor
+        try:
+            self.model = DxLlavaForConditionalGeneration.from_pretrained(source, config=config, dtype=dtype).to(device).eval()
+        finally:
+            logging.set_verbosity(verbosity)
 
     def is_local(self, name: str) -> bool:
         return name.startswith(("projector.", "head.")) or name == EMBED_KEY

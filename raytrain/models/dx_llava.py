@@ -517,7 +517,7 @@ class DxLlavaServing(VLLMServing):
                       if with_image else ())
         out = []
         for p in prompts:
-            ids = torch.from_numpy(p.input_ids).long().unsqueeze(0).to(device)
+            ids = torch.tensor(p.input_ids, dtype=torch.long, device=device).unsqueeze(0)  # a copy: Ray hands read-only arrays
             image = next(tokens).unsqueeze(0) if p.pixel_values.size else None
             out.append({"prompt_embeds": self.model.embed(ids, image)[0].cpu()})
         return out

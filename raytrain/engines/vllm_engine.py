@@ -7,9 +7,14 @@ processor) it fails saying which
 (`environment_problem`), before vLLM would fail in its model-inspection
 subprocess.
 
-Prompts reach vLLM as the model family builds them (`ModelFamily.vllm_input`):
-token ids, with the media as the pipeline decoded them (never decoded again here)
-and, for videos, metadata that gives vLLM the trainer's frame timing. A prompt
+What vLLM loads and how prompts and weights reach it is the model family's
+(`ModelFamily.vllm_serving`). Qwen2.5-VL: vLLM loads the checkpoint, and prompts are
+token ids with the media as the pipeline decoded them (never decoded again here)
+and, for videos, metadata that gives vLLM the trainer's frame timing. DX-LLaVA:
+vLLM loads its LLaMA alone (written out as a plain `LlamaForCausalLM` folder) and is
+fed prompt embeddings (`enable_prompt_embeds`) that this process computes with the
+tower, projector and token embeddings it keeps; a sync's projector, head and
+embeddings update this process's copy, its LLaMA tensors vLLM's. A prompt
 vLLM refuses (media beyond `max_model_len` or its multimodal limits) gets a
 `Refusal` naming its file in place of its group; the other prompts are served.
 
@@ -50,7 +55,7 @@ from safetensors.torch import save_file
 
 from raytrain.config.sections import ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.data.batch import Prompt, Refusal, Sample
-from raytrain.models.loading import load_family, sync_spec
+from raytrain.models.loading import DTYPES, load_family, sync_spec
 from raytrain.weight_sync.group import GroupAddress, WeightGroup
 from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, Shape, pack_bucket, unpack_bucket
 
@@ -92,6 +97,16 @@ def environment_problem(*, torch_version: str, requirement: str | None, media: b
     return None
 
 
+def prompt_embeds_problem(engine_options: set[str]) -> str | None:
+    """Why a vLLM whose `EngineArgs` fields are `engine_options` cannot be fed prompt embeddings, or None."""
+    if "enable_prompt_embeds" in engine_options:
+        return None
+    import vllm
+
+    return (f"this model family feeds vLLM prompt embeddings (enable_prompt_embeds), which the installed vLLM {vllm.__version__} "
+            "lacks: install vLLM 0.10 or later, or set rollout.engine: transformers")
+
+
 class WeightSyncWorker:
     """vLLM worker extension (`worker_extension_cls`): in-place weight reload in buckets.
 
@@ -118,9 +133,14 @@ class WeightSyncWorker:
             raise RuntimeError("weight bucket broadcast before this vLLM worker joined a weight group")
         self.received_bucket = group.receive(meta, self.device)
 
-    def load_received_bucket(self) -> None:
+    def load_received_bucket(self, prefix: str = "", returned: list[str] = ()) -> dict | None:
+        """Load the received tensors named `prefix...` (without it: vLLM's names); rank 0 hands `returned`
+        ones back as CPU tensors (what the engine's own process keeps: `VLLMServing.is_local`)."""
         bucket, self.received_bucket = self.received_bucket, None
-        self.model_runner.get_model().load_weights(bucket.items())
+        mine = [(k[len(prefix):], v) for k, v in bucket.items() if k.startswith(prefix)]
+        if mine:
+            self.model_runner.get_model().load_weights(mine)
+        return {k: bucket[k].cpu() for k in returned} if self.rank == 0 else None
 
     def finish_weight_sync(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
@@ -148,7 +168,7 @@ class VLLMEngine(BucketReceiver):
         if problem:
             raise RuntimeError(f"the vLLM engine cannot start: {problem}")
         self.family = load_family(cfg)
-        from vllm import LLM
+        from vllm import LLM, EngineArgs
         from vllm.exceptions import VLLMClientError
 
         # What vLLM raises for one bad request: its validation errors, and the processor's ValueErrors.
@@ -156,7 +176,21 @@ class VLLMEngine(BucketReceiver):
         v = rollout.vllm
         self.cfg, self.colocated = cfg, v.mode == "colocated"
         adapter = weights is not None and (Path(weights) / "adapter_config.json").exists()
-        model_path = weights if weights is not None and not adapter else cfg.path
+        self._workdir = Path(tempfile.mkdtemp(prefix="vllm-engine-"))
+        weakref.finalize(self, shutil.rmtree, self._workdir, ignore_errors=True)
+        self._adapter_root = self._workdir / "adapters"
+        self._adapter_root.mkdir()
+        embeds = self.family.vllm_prompt_embeds
+        if embeds:
+            problem = prompt_embeds_problem({f.name for f in dataclasses.fields(EngineArgs)})
+            if problem:
+                raise RuntimeError(f"the vLLM engine cannot start: {problem}")
+            if cfg.lora.enabled:
+                raise ValueError(f"model.lora.enabled: the vLLM engine serves {type(self.family).__name__} with full weights "
+                                 "only (its LoRA adapters are not mapped onto vLLM's LLaMA); set rollout.engine: transformers")
+        # What vLLM loads and how prompts and weights reach it: the model family decides.
+        self.serving = self.family.vllm_serving(weights if weights is not None and not adapter else cfg.path, self._workdir,
+                                                DTYPES[cfg.dtype], "cuda" if torch.cuda.is_available() else "cpu")
         # Read by vLLM's CPU backend only; a GPU build ignores it.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(v.cpu_kvcache_gb))
         if not torch.cuda.is_available():
@@ -164,8 +198,8 @@ class VLLMEngine(BucketReceiver):
             # (tens of seconds on a small machine) for no overlap worth having.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.llm = LLM(
-            model=model_path,
-            tokenizer=cfg.path if adapter else model_path,
+            model=self.serving.model_path,
+            tokenizer=self.serving.model_path,
             dtype=cfg.dtype,
             trust_remote_code=cfg.trust_remote_code,
             tensor_parallel_size=v.tensor_parallel_size,
@@ -178,6 +212,7 @@ class VLLMEngine(BucketReceiver):
             max_lora_rank=next(r for r in (1, 8, 16, 32, 64, 128, 256, 320, 512) if r >= cfg.lora.r) if cfg.lora.enabled else None,
             max_loras=1,
             enable_sleep_mode=self.colocated,
+            enable_prompt_embeds=embeds,
             logprobs_mode="processed_logprobs",
             worker_extension_cls=f"{__name__}.WeightSyncWorker",
         )
@@ -188,8 +223,6 @@ class VLLMEngine(BucketReceiver):
         self._spec = sync_spec(cfg)
         self.version = 0
         self._asleep = False
-        self._adapter_root = Path(tempfile.mkdtemp(prefix="vllm-adapters-"))
-        weakref.finalize(self, shutil.rmtree, self._adapter_root, ignore_errors=True)
         self._adapter_parts: dict[str, torch.Tensor] = {}
         self._lora_serial = 0
         self._lora = None
@@ -216,7 +249,7 @@ class VLLMEngine(BucketReceiver):
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample] | Refusal]:
         self.check_serving()
         params = self._sampling_params(sampling, 1 if greedy else sampling.group_size, greedy)
-        inputs = [self.family.vllm_input(p) for p in prompts]
+        inputs = self.serving.inputs(prompts)
         self._wake()
         try:
             try:
@@ -266,8 +299,8 @@ class VLLMEngine(BucketReceiver):
     # -- weight sync --------------------------------------------------------------------------
 
     def head_probs(self, prompts: list[Prompt]) -> list[float | None]:
-        """vLLM holds no binary head (only the language model): the transformers engine reports it."""
-        return [None] * len(prompts)
+        """The binary head's probability of fake where this side keeps the head (DX-LLaVA); None otherwise."""
+        return self.serving.head_probs(prompts)
 
     def sync_spec(self) -> dict[str, Shape]:
         return self._spec
@@ -282,8 +315,12 @@ class VLLMEngine(BucketReceiver):
     def _apply_bucket(self, bucket: dict[str, torch.Tensor]) -> None:
         if self.cfg.lora.enabled:
             self._adapter_parts.update({k: v.detach().to("cpu").contiguous() for k, v in bucket.items()})
-        else:
-            self.llm.collective_rpc("load_weight_bucket", args=pack_bucket(bucket))
+            return
+        for_vllm, local = self.serving.split(bucket)
+        if local:
+            self.serving.load_local(local)
+        if for_vllm:
+            self.llm.collective_rpc("load_weight_bucket", args=pack_bucket(for_vllm))
 
     def join_weight_group(self, address: GroupAddress, first_rank: int) -> int:
         if self.cfg.lora.enabled:
@@ -295,9 +332,13 @@ class VLLMEngine(BucketReceiver):
 
     def _receive(self, meta: BucketMeta) -> None:
         self.llm.collective_rpc("receive_weight_bucket", args=(meta,))
+        self._received_names = [name for name, _, _ in meta]
 
     def _apply_received(self) -> None:
-        self.llm.collective_rpc("load_received_bucket")
+        local = [n for n in self._received_names if self.serving.is_local(n)]
+        returned = self.llm.collective_rpc("load_received_bucket", args=(self.serving.lm_prefix, local))[0]
+        if local:
+            self.serving.load_local(returned)
 
     def _abort(self, applied: bool) -> bool:
         if self.cfg.lora.enabled:  # nothing was served from the stashed parts

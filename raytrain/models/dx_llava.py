@@ -49,7 +49,7 @@ from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_outputs import ModelOutput
 
 from raytrain.data.batch import Prompt, TrainBatch, response_positions
-from raytrain.models.family import ModelFamily
+from raytrain.models.family import ModelFamily, VLLMServing
 
 IMAGE_TOKEN = "<image>"
 END_TOKEN = "</s>"  # LLaVA v1's sep2: ends an assistant turn
@@ -69,6 +69,8 @@ CHAT_TEMPLATE = (
     "</s>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
 )
+LM_PREFIX = "language_model."  # the LLaMA's tensors in a DX-LLaVA checkpoint and in a sync
+EMBED_KEY = LM_PREFIX + "model.embed_tokens.weight"
 TOWER_STRIDE = 32  # ConvNeXt: a stride-4 stem and three stride-2 downsamples
 HEAD_CLAMP = 10.0  # the official head clamps the projected tokens to [-10, 10]
 # OpenCLIP's (OpenAI) normalisation of `convnext_large_d_320`; its preprocessing is a bicubic resize of
@@ -373,6 +375,7 @@ class DxLlava(ModelFamily):
     has_head = True
     frozen_modules = ("vision_tower",)
     default_trainable: ClassVar[tuple[str, ...]] = ("projector", "head", "language_model")
+    vllm_prompt_embeds = True
 
     def __init__(self, processor):
         super().__init__(processor)
@@ -387,6 +390,9 @@ class DxLlava(ModelFamily):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
+
+    def vllm_serving(self, source: str, workdir: Path, dtype: torch.dtype, device: str) -> DxLlavaServing:
+        return DxLlavaServing(self, source, workdir, dtype, device)
 
     # -- prompts ----------------------------------------------------------------------------------
 
@@ -437,3 +443,84 @@ class DxLlava(ModelFamily):
         device = next(model.parameters()).device
         logits = model.head_logits(self.normalize(self.pixels(prompts)).to(device))
         return torch.sigmoid(logits.float()).cpu().tolist()
+
+
+def language_model_folder(source: str, out: Path) -> Path:
+    """The LLaMA of the DX-LLaVA checkpoint `source` (a folder, or a hub name) as a plain `LlamaForCausalLM`
+    folder in `out`: its config, the tokenizer, the generation config and the `language_model.*` tensors under
+    LLaMA's own names, one file per file of the checkpoint (so one file's tensors are in memory at a time)."""
+    from huggingface_hub import snapshot_download
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, GenerationConfig
+
+    folder = Path(source) if Path(source).is_dir() else Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors"]))
+    out.mkdir(parents=True, exist_ok=True)
+    text = DxLlavaConfig.from_pretrained(folder).text_config
+    text.architectures = ["LlamaForCausalLM"]
+    text.save_pretrained(out)
+    AutoTokenizer.from_pretrained(folder).save_pretrained(out)
+    if (folder / "generation_config.json").exists():
+        GenerationConfig.from_pretrained(folder).save_pretrained(out)
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            tensors = {k.removeprefix(LM_PREFIX): f.get_tensor(k) for k in f.keys() if k.startswith(LM_PREFIX)}
+        if tensors:
+            save_file(tensors, str(out / file.name), metadata={"format": "pt"})
+    return out
+
+
+class DxLlavaServing(VLLMServing):
+    """DX-LLaVA served by vLLM from input embeddings (`enable_prompt_embeds`), as the official code serves it.
+
+    vLLM loads the LLaMA alone (`language_model_folder`); this side holds the rest of the checkpoint (the
+    model without the LLaMA's decoder layers: tower, projector, head, token embeddings) and turns each
+    prompt into the LLaMA's input embeddings, its `<image>` slots filled with the projected image tokens, by
+    the trainer's own code (`DxLlavaForConditionalGeneration.embed`). A sync's `language_model.*` tensors go
+    to vLLM; the projector, the head and the token embeddings are loaded here (the embeddings go to both:
+    vLLM embeds the sampled tokens itself). The tower never syncs."""
+
+    lm_prefix = LM_PREFIX
+
+    def __init__(self, family: DxLlava, source: str, workdir: Path, dtype: torch.dtype, device: str):
+        import importlib.util
+
+        missing = [m for m in ("open_clip", "timm") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ImportError(f"DX-LLaVA's vision tower needs open_clip_torch and timm ({', '.join(missing)} not installed "
+                              "here): pip install open_clip_torch timm (the vLLM CPU environment: `make env-vllm`)")
+        super().__init__(family, str(language_model_folder(source, workdir / "llama")))
+        config = DxLlavaConfig.from_pretrained(source)
+        config.text_config.num_hidden_layers = 0  # the decoder layers live in vLLM; their tensors are skipped
+        from transformers.utils import logging
+
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity_error()  # not the load report's table of every skipped layer tensor
+        try:
+            self.model = DxLlavaForConditionalGeneration.from_pretrained(source, config=config, dtype=dtype).to(device).eval()
+        finally:
+            logging.set_verbosity(verbosity)
+
+    def is_local(self, name: str) -> bool:
+        return name.startswith(("projector.", "head.")) or name == EMBED_KEY
+
+    def load_local(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(tensors, strict=False)  # names and shapes checked by the sync protocol
+
+    @torch.no_grad()
+    def inputs(self, prompts: list[Prompt]) -> list[dict]:
+        """`{"prompt_embeds": [L, hidden]}` per prompt (on the CPU, in the model's dtype); the images of the
+        call go through the tower in one batch."""
+        device = self.model.device
+        with_image = [p for p in prompts if p.pixel_values.size]
+        tokens = iter(self.model.image_tokens(self.family.normalize(self.family.pixels(with_image)).to(device))
+                      if with_image else ())
+        out = []
+        for p in prompts:
+            ids = torch.tensor(p.input_ids, dtype=torch.long, device=device).unsqueeze(0)  # a copy: Ray hands read-only arrays
+            image = next(tokens).unsqueeze(0) if p.pixel_values.size else None
+            out.append({"prompt_embeds": self.model.embed(ids, image)[0].cpu()})
+        return out
+
+    def head_probs(self, prompts: list[Prompt]) -> list[float | None]:
+        return self.family.head_probs(self.model, prompts)

@@ -9,6 +9,7 @@ model inputs into logits. Qwen2.5-VL (BusterX++) is `raytrain.models.qwen2_5_vl`
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -28,6 +29,37 @@ def head_bce(head_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.binary_cross_entropy_with_logits(head_logits.float(), labels.float(), reduction="sum")
 
 
+class VLLMServing:
+    """How a vLLM rollout engine serves a family's checkpoint: the folder vLLM loads (`model_path`), what each
+    prompt becomes for vLLM (`inputs`), and which synced tensors vLLM loads (those named `lm_prefix...`,
+    under their names without it) and which this side keeps (`is_local`). This one serves the checkpoint as
+    it is: vLLM loads every tensor, the prompts are the family's `vllm_input`."""
+
+    lm_prefix: ClassVar[str] = ""
+
+    def __init__(self, family: ModelFamily, source: str):
+        self.family, self.model_path = family, source
+
+    def inputs(self, prompts: list[Prompt]) -> list[dict]:
+        return [self.family.vllm_input(p) for p in prompts]
+
+    def is_local(self, name: str) -> bool:
+        return False
+
+    def split(self, bucket: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """A synced bucket as (what vLLM loads, under vLLM's names; what `load_local` takes)."""
+        n = len(self.lm_prefix)
+        return ({k[n:]: v for k, v in bucket.items() if k.startswith(self.lm_prefix)},
+                {k: v for k, v in bucket.items() if self.is_local(k)})
+
+    def load_local(self, tensors: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} keeps no weights")
+
+    def head_probs(self, prompts: list[Prompt]) -> list[float | None]:
+        """vLLM holds no binary head: None per prompt unless this side keeps one."""
+        return [None] * len(prompts)
+
+
 class ModelFamily:
     model_types: ClassVar[tuple[str, ...]]  # the `model_type`s of the checkpoints this family serves
     auto_class: ClassVar[type]  # the transformers Auto class that loads them
@@ -38,6 +70,8 @@ class ModelFamily:
     frozen_modules: ClassVar[tuple[str, ...]] = ()
     # Top-level submodules that train when `model.trainable` is null; None: every weight.
     default_trainable: ClassVar[tuple[str, ...] | None] = None
+    # vLLM is fed the prompts' input embeddings (`enable_prompt_embeds`), computed by `vllm_serving`'s side.
+    vllm_prompt_embeds: ClassVar[bool] = False
 
     def __init__(self, processor):
         self.processor = processor  # a bare tokenizer for a text-only model
@@ -138,3 +172,8 @@ class ModelFamily:
         if prompt.pixel_values.size:
             raise NotImplementedError(f"{type(self).__name__} takes no media")
         return {"prompt_token_ids": [int(t) for t in prompt.input_ids]}
+
+    def vllm_serving(self, source: str, workdir: Path, dtype: torch.dtype, device: str) -> VLLMServing:
+        """How a vLLM engine serves the checkpoint at `source` (full weights; `workdir`: a folder the engine
+        owns, for what the serving writes; `dtype` and `device`: those of what this side runs)."""
+        return VLLMServing(self, source)

@@ -29,21 +29,21 @@ def recipe_parser(description: str) -> argparse.ArgumentParser:
 
 def placement_or_exit(args: argparse.Namespace, cfg: Config, stages: dict[str, Config] | None = None) -> dict | None:
     """Before a training job starts: under `--dry-run`, print the resolved config and the placement of
-    each of its `stages` (default: `cfg` alone) and return it; else refuse (exit 2) a run the cluster
-    cannot hold, naming what each role asks for, instead of letting its actors wait forever."""
+    each of its `stages` (default: `cfg` alone) and return it; else run the preflight checks
+    (`raytrain.recipes.preflight`: model folders, manifest, placement), refusing a run that would fail
+    later (exit 2, one line naming the key or file) before any Ray starts."""
     import yaml
 
     from raytrain.cluster import planned_nodes
     from raytrain.config import placement
+    from raytrain.recipes import preflight
     from raytrain.train.algorithms import ALGORITHMS
-    from raytrain.train.launch import check_placement
 
     stages = stages or {"run": cfg}
     if not args.dry_run:
         try:
-            for stage in stages.values():
-                check_placement(stage)
-        except placement.PlacementError as e:
+            preflight.check(cfg, stages)
+        except (preflight.PreflightError, placement.PlacementError) as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         return None

@@ -129,6 +129,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if sync:
                 metrics["weight_sync/bytes"] = sync_bytes
             if rank == 0:
+                if metrics["step_skipped"] or metrics["passes_dropped"]:
+                    say(f"[train] step {state.step}: " + (
+                        f"skipped, NaN or infinite loss inputs on {metrics['step_skipped']} rank(s)" if metrics["step_skipped"]
+                        else f"{metrics['passes_dropped']} micro-batch(es) with a NaN or infinite loss left out"))
                 _show(log_metrics(out_dir, metrics), progress, gauges, trackers, bar)
             if checkpoint_now:
                 save_checkpoint(engine, family.processor, cfg, state, rank, feed, metrics, gathered)

@@ -91,7 +91,7 @@ def collect_rollouts(cfg: Config, feed: PromptFeed, rollout, reward_actor, versi
                 served.append(prompt)
                 samples.append(group)
                 scoring.append(_submit_scoring(cfg, reward_actor, prompt, group))
-        scores = [sc for ref in scoring for sc in ray.get(ref)]
+        scores = [sc for prompt, group, ref in zip(served, samples, scoring) for sc in scored(cfg, reward_actor, prompt, group, ref)]
         g = cfg.rollout.sampling.group_size
         groups, bad = finite_groups([Group(p, samples[i], scores[i * g:(i + 1) * g]) for i, p in enumerate(served)])
         if bad:
@@ -128,6 +128,23 @@ def _check_staleness(group: list[Sample], version: int, max_staleness: int) -> N
         raise RuntimeError(f"rollouts are {stale} versions behind the trainer (max_staleness={max_staleness}); "
                            "a restarted rollout actor serves its initial weights until training resumes "
                            "from the last checkpoint and re-sends them")
+
+
+def scored(cfg: Config, reward_actor, prompt: Prompt, group: list[Sample], ref: ray.ObjectRef) -> list[Score]:
+    """The group's scores from the scoring call `ref`. A call whose scorer raised is sent again, up to
+    `train.actor_restarts` times; after that the step fails with the reward actor's own error. (An actor
+    that died is Ray's to restart: its error goes up at once, and the run fails over to the last checkpoint.)"""
+    retries = 0
+    while True:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as err:
+            retries += 1
+            if retries > cfg.train.actor_restarts:
+                raise
+            print(f"[train] reward actor raised scoring {prompt.path} ({type(err.cause).__name__}: {err.cause}); "
+                  f"retry {retries} of {cfg.train.actor_restarts}", flush=True)
+            ref = _submit_scoring(cfg, reward_actor, prompt, group)
 
 
 def _submit_scoring(cfg: Config, reward_actor, prompt: Prompt, group: list[Sample]) -> ray.ObjectRef:

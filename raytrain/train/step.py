@@ -84,14 +84,14 @@ def train_step(cfg: Config, algorithm: Algorithm, family: ModelFamily, engine, r
     rank runs as many passes as the rank with the most micro-batches: the others add passes over
     `padding` (`ModelFamily.padding_batch`) whose loss is zero.
 
-    No NaN or infinity reaches the optimizer: a batch whose loss inputs (old log-probs, advantages) are not
+    No NaN or infinity reaches the optimizer: a batch whose loss inputs (old log-probs, advantages, ...) are not
     finite on any rank skips the whole step on every rank (no pass, no optimizer step: `step_skipped`), and
     a micro-batch whose loss comes out non-finite all the same (the model's own numbers) backpropagates a
     zero padding pass instead (`passes_dropped`), as ZeRO needs every rank's backward.
 
     Returns the summed micro-batch losses (`loss`), whether this rank had rows (`ranks_trained`), and the
     loss stats: `loss_sums` added up, `loss_means` weighted by each micro-batch's loss tokens."""
-    finite = batch is None or all(bool(torch.isfinite(batch.per_token[k]).all()) for k in LOSS_INPUTS)
+    finite = batch is None or all(bool(torch.isfinite(t).all()) for t in batch.per_token.values())
     nonfinite = torch.tensor(float(not finite))
     dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
     if nonfinite:

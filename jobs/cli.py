@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from typing import NoReturn
 
 from raytrain.config import Config, ConfigError, apply_overrides, load_config, parse_config
 
@@ -27,6 +28,12 @@ def recipe_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def refuse(error: Exception) -> NoReturn:
+    """Stop a job on bad input: one line naming the key or file, exit code 2, no traceback."""
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
 def placement_or_exit(args: argparse.Namespace, cfg: Config, stages: dict[str, Config] | None = None) -> dict | None:
     """Before a training job starts: under `--dry-run`, print the resolved config and the placement of
     each of its `stages` (default: `cfg` alone) and return it; else run the preflight checks
@@ -44,8 +51,7 @@ def placement_or_exit(args: argparse.Namespace, cfg: Config, stages: dict[str, C
         try:
             preflight.check(cfg, stages)
         except (preflight.PreflightError, placement.PlacementError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
+            refuse(e)
         return None
     print("# resolved config\n" + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
     nodes = planned_nodes(cfg.cluster)
@@ -65,8 +71,7 @@ def load(args: argparse.Namespace, extra: list[str] = (), defaults: dict | None 
             return parse_config(apply_overrides(copy.deepcopy(defaults), [*args.set, *extra]), source="defaults")
         return load_config(args.config, [*args.set, *extra])
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        refuse(e)
 
 
 def train_main(description: str, algorithm: str, argv=None, extra: list[str] = (), tag: str | None = None) -> dict:

@@ -36,8 +36,19 @@ class PreflightError(ValueError):
 
 
 def check(cfg: Config, stages: dict[str, Config] | None = None) -> None:
-    """Raise `PreflightError` (or `placement.PlacementError`) for the first problem of `cfg`: its model
-    folders and manifest, then the placement of each of its `stages` (default: `cfg` alone)."""
+    """Raise `PreflightError` (or `placement.PlacementError`) for the first problem of `cfg`'s `stages`
+    (default: `cfg` alone; a pipeline's stages each have their own rewards): the model folders and the
+    manifest, then the placement."""
+    stages = stages or {"run": cfg}
+    for stage in stages.values():
+        check_files(stage)
+    nodes = planned_nodes(cfg.cluster)
+    for stage in stages.values():
+        placement.check(placement.roles(stage, ALGORITHMS[stage.algorithm.name].needs_rollouts), nodes)
+
+
+def check_files(cfg: Config) -> None:
+    """The policy, judge and encoder folders the run loads, and its manifest."""
     check_model("model.path", cfg.model, ("rollout.sampling.max_new_tokens", cfg.rollout.sampling.max_new_tokens))
     if cfg.reward.enabled("thinking"):
         check_model("reward.judge.model.path", cfg.reward.judge.model,
@@ -46,9 +57,6 @@ def check(cfg: Config, stages: dict[str, Config] | None = None) -> None:
     if cfg.reward.enabled("paragraph") and paragraph.encoder and paragraph.encoder_kind == "transformers":
         check_model("reward.paragraph.encoder", ModelConfig(path=paragraph.encoder))
     check_manifest(cfg)
-    nodes = planned_nodes(cfg.cluster)
-    for stage in (stages or {"run": cfg}).values():
-        placement.check(placement.roles(stage, ALGORITHMS[stage.algorithm.name].needs_rollouts), nodes)
 
 
 def is_local(path: str) -> bool:

@@ -13,7 +13,7 @@ import pytest
 import ray
 import yaml
 
-from jobs import dapo, prpo, sft
+from jobs import busterx, dapo, prpo, sft
 from raytrain.config import parse_config
 from raytrain.recipes import preflight
 
@@ -78,6 +78,10 @@ def _case(name, tmp, tiny):
                                "reward.judge.model.path"),
         "more GPUs than the cluster": (["train.use_gpu=true"], "training workers 2 x (1 CPU, 1 GPU)"),
     }
+    if name == "busterx stage 3 without a judge":  # its default overrides add the thinking reward
+        return busterx, [], "reward.judge.model.path"
+    if name == "busterx stage 3 judge path missing":
+        return busterx, ["--set", f"reward.judge.model.path={tmp / 'no-judge'}"], "no-judge"
     if name == "CLIP path missing":
         return prpo, ["--set", "reward.weights.paragraph=1", "--set", f"reward.paragraph.encoder={tmp / 'no-clip'}"], "reward.paragraph.encoder"
     overrides, named = sets[name]
@@ -89,7 +93,8 @@ CASES = ["unknown key", "wrong type", "negative lr", "group size 1", "clip_low >
          "manifest not parquet", "no training rows", "model folder missing", "pickled weights only",
          "pickled weights only (sft)", "needs trust_remote_code", "max_new_tokens beyond max_model_len",
          "max_new_tokens beyond the model's positions", "every reward weight 0", "judge path missing",
-         "CLIP path missing", "more GPUs than the cluster"]
+         "CLIP path missing", "busterx stage 3 without a judge", "busterx stage 3 judge path missing",
+         "more GPUs than the cluster"]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -437,7 +437,9 @@ class TrainConfig(Strict):
     actor_restarts: int = Field(
         3, ge=0,
         description="Times Ray restarts a rollout or reward actor whose process died. Its callers then fail over to the "
-                    "last checkpoint (each counts in `max_failures`), which re-sends the policy to the restarted engine.",
+                    "last checkpoint (each counts in `max_failures`), which re-sends the policy to the restarted engine. "
+                    "Also the retries of a scoring call whose reward scorer raised; one more failure fails the step "
+                    "with the scorer's error.",
     )
 
     @model_validator(mode="after")

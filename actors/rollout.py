@@ -55,20 +55,27 @@ class RolloutActor:
     def served_version(self) -> int | None:
         return self.engine.served_version()
 
+    def node_ip(self) -> str:
+        return ray.util.get_node_ip_address()
+
     def pid(self) -> int:
         return os.getpid()
 
 
 class RolloutActors:
     """Rollout actors as the weight-sync sender reaches them (`raytrain.weight_sync.sender.Engines`): calls
-    are actor tasks, a bucket goes into the object store once for all of them, rank 0's store binds to this node."""
+    are actor tasks, a bucket goes into the object store once for all of them, rank 0's store listens on this node."""
 
     def __init__(self, actors: list):
         self.actors = actors
 
     @property
     def host(self) -> str:
-        return ray.util.get_node_ip_address()
+        """127.0.0.1 when every actor runs on this node (the store then listens on the loopback alone), else
+        this node's address, which the actors on other nodes reach."""
+        here = ray.util.get_node_ip_address()
+        nodes = ray.get([actor.node_ip.remote() for actor in self.actors])
+        return "127.0.0.1" if all(ip == here for ip in nodes) else here
 
     def __len__(self) -> int:
         return len(self.actors)

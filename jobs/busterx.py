@@ -12,6 +12,7 @@ modes (accuracy and mode compliance), unless `--no-eval`.
 """
 
 from jobs import cli
+from raytrain.config import ConfigError
 
 
 def main(argv=None) -> dict:
@@ -22,8 +23,11 @@ def main(argv=None) -> dict:
     from raytrain.recipes.busterx import STAGES, run_pipeline, stage_config, stage_steps  # after parsing: no Ray for --help
 
     # Stage 2 trains on stage 1's answers; its placement (training workers alone) does not depend on which.
-    stages = {f"stage {s}": stage_config(cfg, s, cfg.model.path, fusion_manifest=cfg.data.manifest, fusion_rows=1)
-              for s in STAGES if stage_steps(cfg)[s] and (args.stage == "all" or int(args.stage) == s)}
+    try:
+        stages = {f"stage {s}": stage_config(cfg, s, cfg.model.path, fusion_manifest=cfg.data.manifest, fusion_rows=1)
+                  for s in STAGES if stage_steps(cfg)[s] and (args.stage == "all" or int(args.stage) == s)}
+    except ConfigError as e:  # a stage's overrides that do not validate (stage 3's thinking reward without a judge)
+        cli.refuse(e)
     return cli.placement_or_exit(args, cfg, stages) or run_pipeline(cfg, args.stage, evaluate=not args.no_eval)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from typing import NoReturn
 
 from raytrain.config import Config, ConfigError, apply_overrides, load_config, parse_config
 
@@ -27,25 +28,30 @@ def recipe_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def refuse(error: Exception) -> NoReturn:
+    """Stop a job on bad input: one line naming the key or file, exit code 2, no traceback."""
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
 def placement_or_exit(args: argparse.Namespace, cfg: Config, stages: dict[str, Config] | None = None) -> dict | None:
     """Before a training job starts: under `--dry-run`, print the resolved config and the placement of
-    each of its `stages` (default: `cfg` alone) and return it; else refuse (exit 2) a run the cluster
-    cannot hold, naming what each role asks for, instead of letting its actors wait forever."""
+    each of its `stages` (default: `cfg` alone) and return it; else run the preflight checks
+    (`raytrain.recipes.preflight`: model folders, manifest, placement), refusing a run that would fail
+    later (exit 2, one line naming the key or file) before any Ray starts."""
     import yaml
 
     from raytrain.cluster import planned_nodes
     from raytrain.config import placement
+    from raytrain.recipes import preflight
     from raytrain.train.algorithms import ALGORITHMS
-    from raytrain.train.launch import check_placement
 
     stages = stages or {"run": cfg}
     if not args.dry_run:
         try:
-            for stage in stages.values():
-                check_placement(stage)
-        except placement.PlacementError as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
+            preflight.check(cfg, stages)
+        except (preflight.PreflightError, placement.PlacementError) as e:
+            refuse(e)
         return None
     print("# resolved config\n" + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
     nodes = planned_nodes(cfg.cluster)
@@ -65,8 +71,7 @@ def load(args: argparse.Namespace, extra: list[str] = (), defaults: dict | None 
             return parse_config(apply_overrides(copy.deepcopy(defaults), [*args.set, *extra]), source="defaults")
         return load_config(args.config, [*args.set, *extra])
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        refuse(e)
 
 
 def train_main(description: str, algorithm: str, argv=None, extra: list[str] = (), tag: str | None = None) -> dict:

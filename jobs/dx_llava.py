@@ -20,7 +20,7 @@ def main(argv=None) -> dict:
     cfg = cli.load(args)
     from raytrain.recipes.dx_llava import run_pipeline  # after parsing: --help and config errors need no Ray
 
-    return run_pipeline(cfg, args.stage, evaluate=not args.no_eval)
+    return cli.placement_or_exit(args, cfg) or run_pipeline(cfg, args.stage, evaluate=not args.no_eval)
 
 
 if __name__ == "__main__":

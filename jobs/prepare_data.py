@@ -2,7 +2,7 @@
 
     python -m jobs.prepare_data --source DIR [--source DIR ...] --output OUT
         [--layout NAME ...] [--workers N] [--max-videos N] [--skip-processing]
-        [--mix NAME=WEIGHT ...] [--seed S]
+        [--mix NAME=WEIGHT ...] [--seed S] [--allow-outside-root]
 
 Recognises each source's layout (GenBuster, DF-R5, FaceForensics++, Celeb-DF,
 DFDC, FakeAVCeleb, a folder of clips, DX-LLaVA's LLaVA JSON lists beside their
@@ -13,7 +13,8 @@ source clip and weights training draws for real/fake balance and the --mix.
 Writes OUT/manifest.parquet, OUT/train.jsonl, val.jsonl and test.jsonl (the same rows
 by split, one JSON object a line, as the seed's pipeline wrote), OUT/rejects.parquet
 (path, source, reason) and OUT/summary.json, and prints counts per source x category x
-split x label.
+split x label. A file outside its --source folder (named by a labels file, or a symbolic
+link leaving it) is a reject unless --allow-outside-root.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-processing", action="store_true", help="do not decode: no duration/fps/frames/resolution/codec")
     p.add_argument("--mix", type=_mix, action="append", default=[], metavar="NAME=WEIGHT",
                    help="relative share of a source in training draws (repeatable; unnamed sources weigh 1)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="keep files a labels file or symbolic link places outside their --source folder (rejected by default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split assignment and --max-videos pick (default 0)")
     args = p.parse_args(argv)
     if args.layout and len(args.layout) not in (1, len(args.source)):
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     layouts = args.layout * len(args.source) if len(args.layout) == 1 else args.layout or [None] * len(args.source)
     try:
         scanned = scan_sources([Source(root, layout) for root, layout in zip(args.source, layouts)],
-                               max_files=args.max_videos, seed=args.seed, on_source=_print_source)
+                               max_files=args.max_videos, seed=args.seed, on_source=_print_source,
+                               allow_outside_root=args.allow_outside_root)
         names = [source.name for source in scanned.sources]
         mix = dict(args.mix)
         unknown = sorted(set(mix) - set(names))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -44,3 +45,9 @@ class Score:
         if self.judge_asked is not None:
             values["judge_asked"], values["judge_failed"] = float(self.judge_asked), float(self.judge_failed)
         return values
+
+    def finite(self) -> bool:
+        """Whether every number of this score (components, total, paragraph rewards) is finite: a component
+        that returns NaN or infinity would make its group's advantages, and the loss, NaN."""
+        return (all(math.isfinite(v) for v in self.scalars().values())
+                and all(math.isfinite(p.reward) for p in self.paragraphs or ()))

@@ -84,6 +84,22 @@ class Config(Strict):
         return self
 
     @model_validator(mode="after")
+    def _rl_needs(self):
+        if self.algorithm.name == "sft":
+            return self
+        if not any(w != 0 for w in self.reward.weights.values()):
+            raise ValueError(f"reward.weights: every weight is 0, so {self.algorithm.name} has no reward to learn from")
+        per_response = self.algorithm.name == "prpo" and self.algorithm.prpo_group_by == "response"
+        if self.rollout.sampling.group_size < 2 and not per_response:
+            raise ValueError(f"rollout.sampling.group_size {self.rollout.sampling.group_size}: {self.algorithm.name}'s "
+                             "advantages compare a prompt's responses, so a group needs at least 2")
+        s, v = self.rollout.sampling, self.rollout.vllm
+        if self.rollout.engine == "vllm" and s.max_new_tokens >= v.max_model_len:
+            raise ValueError(f"rollout.sampling.max_new_tokens {s.max_new_tokens} leaves no room for the prompt in "
+                             f"rollout.vllm.max_model_len {v.max_model_len}")
+        return self
+
+    @model_validator(mode="after")
     def _deepspeed(self):
         if self.model.quantization != "none" and self.train.zero_stage == 3:
             raise ValueError(f"model.quantization {self.model.quantization} needs train.zero_stage 2 "
@@ -192,10 +208,11 @@ def _moved_keys(raw: dict) -> list[str]:
 def parse_config(raw: dict, source: str = "<config>") -> Config:
     moved = _moved_keys(raw)
     if moved:
-        raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(moved))
+        raise ConfigError(f"{source}: invalid config: " + "; ".join(moved))
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
         # A check across sections has no location; its message names its keys.
-        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" if err["loc"] else err["msg"] for err in e.errors()]
-        raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(lines)) from None
+        msgs = [err["msg"].removeprefix("Value error, ") for err in e.errors()]
+        lines = [f"{'.'.join(map(str, err['loc']))}: {msg}" if err["loc"] else msg for err, msg in zip(e.errors(), msgs)]
+        raise ConfigError(f"{source}: invalid config: " + "; ".join(lines)) from None

@@ -80,6 +80,10 @@ class ModelConfig(Strict):
     path: str = Field(..., description="Hugging Face folder or hub name, e.g. `Qwen/Qwen2.5-VL-7B-Instruct`.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="Weight dtype; use float32 on CPU.")
     trust_remote_code: bool = Field(False, description="Run model code shipped with a checkpoint. Off unless you trust it.")
+    allow_pickle: bool = Field(
+        False, description="Load weights from pickled files (`pytorch_model.bin`, `.pt`): unpickling runs whatever code "
+                           "the file holds, so by default only safetensors load and a folder without them is refused at start.",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory in the trainer.")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     trainable: list[str] | None = Field(
@@ -318,7 +322,7 @@ class AlgorithmConfig(Strict):
                     "per-paragraph advantages (needs `reward.weights.paragraph`); `sft`: supervised targets, no rollouts "
                     "(the options below do not apply).",
     )
-    clip_low: float = Field(0.2, ge=0, description="epsilon_low of Clip-Higher.")
+    clip_low: float = Field(0.2, ge=0, lt=1, description="epsilon_low of Clip-Higher (below 1: the ratio's lower bound 1 - clip_low stays positive).")
     clip_high: float | None = Field(
         0.28, ge=0,
         description="epsilon_high of Clip-Higher (decoupled; GRPO uses 0.2). DAPO raises the upper clip to 0.28, it does not "
@@ -433,7 +437,9 @@ class TrainConfig(Strict):
     actor_restarts: int = Field(
         3, ge=0,
         description="Times Ray restarts a rollout or reward actor whose process died. Its callers then fail over to the "
-                    "last checkpoint (each counts in `max_failures`), which re-sends the policy to the restarted engine.",
+                    "last checkpoint (each counts in `max_failures`), which re-sends the policy to the restarted engine. "
+                    "Also the retries of a scoring call whose reward scorer raised; one more failure fails the step "
+                    "with the scorer's error.",
     )
 
     @model_validator(mode="after")

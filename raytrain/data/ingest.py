@@ -73,19 +73,21 @@ class Inspection(Enum):
 
 
 def scan_sources(sources: Sequence[Source], *, max_files: int | None = None, seed: int = 0,
-                 on_source: Callable[[Source, list[dict], list[dict]], None] | None = None) -> Scanned:
+                 on_source: Callable[[Source, list[dict], list[dict]], None] | None = None,
+                 allow_outside_root: bool = False) -> Scanned:
     """Scan each source in order with its layout.
 
     A source without a name takes its layout's, or ``<layout>-<folder>`` when an earlier source has that
     name. ``max_files`` keeps a seeded, stable pick of each source's entries (`stable_sample`).
-    ``on_source(source, entries, rejects)`` hears of each source as soon as it is scanned.
+    ``on_source(source, entries, rejects)`` hears of each source as soon as it is scanned. A file outside
+    its source's folder is rejected unless ``allow_outside_root`` (`raytrain.data.layouts.scan_source`).
     """
     resolved, entries, rejects = [], [], []
     for source in sources:
         layout = source.layout or detect_layout(source.root)
         taken = {s.name for s in resolved}
         name = source.name or (layout if layout not in taken else f"{layout}-{Path(source.root).resolve().name}")
-        found, bad = scan_source(source.root, layout, name)
+        found, bad = scan_source(source.root, layout, name, allow_outside_root=allow_outside_root)
         if max_files is not None:
             found = stable_sample(found, max_files, seed=seed)
         source = replace(source, layout=layout, name=name)

@@ -56,7 +56,8 @@ def load_policy(cfg: ModelConfig, *, weights: str | Path | None = None):
         source = str(weights)
     config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     model = family_class(config).auto_class.from_pretrained(
-        source, config=config, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
+        source, config=config, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code,
+        use_safetensors=None if cfg.allow_pickle else True,
         **_quantized(cfg),
     )
     if cfg.lora.enabled and cfg.quantization != "none":

@@ -58,7 +58,8 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in (
     _spec("deepfake_rl_accuracy_by_category", "gauge", "ratio",
           "Sampled accuracy per manipulation category (`reward/accuracy/<category>`).", "trainer", ("category",)),
     _spec("deepfake_rl_groups", "gauge", "groups",
-          "Groups of the step by dynamic sampling: drawn, kept (informative), dropped (`groups_<outcome>`).", "trainer", ("outcome",)),
+          "Groups of the step by dynamic sampling: drawn, kept (informative), dropped, and nonfinite (dropped for a NaN or "
+          "infinite reward) (`groups_<outcome>`).", "trainer", ("outcome",)),
     _spec("deepfake_rl_responses", "gauge", "responses", "Responses sampled for the step (`responses`).", "trainer"),
     _spec("deepfake_rl_generation_rounds", "gauge", "rounds", "Generation rounds dynamic sampling needed (`generation_rounds`).", "trainer"),
     _spec("deepfake_rl_response_length", "gauge", "tokens", "Mean response length (`response_tokens_mean`).", "trainer"),
@@ -76,7 +77,7 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in (
     _spec("deepfake_rl_loss", "gauge", "loss", "The step's loss (`loss`).", "trainer"),
     _spec("deepfake_rl_update", "gauge", "value",
           "Any other figure of the step, by its metrics.jsonl name (`stat`): clip_frac, ratio_mean, approx_kl, kl, "
-          "sft_nll, prompts.", "trainer", ("stat",)),
+          "sft_nll, prompts, step_skipped and passes_dropped (the NaN guard).", "trainer", ("stat",)),
     # Rollout actors, per generate call.
     _spec("deepfake_rl_rollout_generated_tokens", "counter", "tokens", "Response tokens generated.", "rollout"),
     _spec("deepfake_rl_rollout_responses", "counter", "responses", "Responses generated.", "rollout"),
@@ -108,7 +109,7 @@ _STEP_KEYS: dict[str, tuple[str, dict[str, str]]] = {
     "weight_sync/bytes": ("deepfake_rl_weight_sync_bytes", {}),
     "media_skipped": ("deepfake_rl_media_skipped", {}),
     "loss": ("deepfake_rl_loss", {}),
-    **{f"groups_{o}": ("deepfake_rl_groups", {"outcome": o}) for o in ("drawn", "kept", "dropped")},
+    **{f"groups_{o}": ("deepfake_rl_groups", {"outcome": o}) for o in ("drawn", "kept", "dropped", "nonfinite")},
     **{f"time/{p}_s": ("deepfake_rl_phase_seconds", {"phase": p}) for p in ("rollout", "train", "weight_sync", "idle")},
     **{f"throughput/{p}_tokens_per_s": ("deepfake_rl_tokens_per_second", {"phase": p}) for p in ("rollout", "train")},
 }

@@ -129,8 +129,9 @@ class SFT(Algorithm):
         # `loss` is the sum of the ranks' losses, as SFT has always logged it (the world size times
         # `sft_nll` when every rank trains); `sft_nll` is the step's mean over all target tokens.
         sums = totals["loss_sums"]
-        metrics = {"loss": totals["loss"], "prompts": int(totals["prompts"]),
-                   "sft_nll": sums["sft_nll_sum"] / max(global_tokens, 1.0)}
+        metrics = {"loss": totals["loss"], "prompts": int(totals["prompts"])}
+        if "sft_nll_sum" in sums:  # not in a step skipped for non-finite inputs
+            metrics["sft_nll"] = sums["sft_nll_sum"] / max(global_tokens, 1.0)
         if "head_rows_sum" in sums:  # a family with a binary head: its BCE and training accuracy
             rows = max(sums["head_rows_sum"], 1.0)
             metrics.update({"head_bce": sums["head_bce_sum"] / rows, "head_accuracy": sums["head_correct_sum"] / rows})

@@ -3,7 +3,13 @@
 Layout of one checkpoint directory (merged from all Ray Train workers):
     deepspeed/         DeepSpeed engine state (model, optimizer, scheduler; per-rank optimizer shards)
     model/             Hugging Face export in safetensors (the adapter alone under LoRA) + processor
-    trainer_state.json step, policy version, consumed data keys, skipped media
+    trainer_state.json step, policy version, consumed data keys, skipped media, and the size of every other
+                       file of the checkpoint (all ranks'), written last by rank 0
+
+A checkpoint is complete when every file its state lists is there with the size it was written with
+(`checkpoint_problem`): one cut off while Ray copied it into storage, or truncated since, is reported by
+path and never resumed from; the run resumes from the newest complete one (`latest_checkpoint`,
+`resume_point`). Ray Train keeps `train.keep_checkpoints` of them.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class TrainerState:
     version: int = 0  # policy version served to the rollout actors; advances once per optimizer step
     consumed: list[str] = field(default_factory=list)  # data keys already drawn (trained on or filtered out)
     skipped: list[dict] = field(default_factory=list)  # media that could not be decoded: {key, path, reason}
+    files: dict[str, int] = field(default_factory=dict)  # every other file of the checkpoint -> its size in bytes
 
     def save(self, directory: str | Path) -> None:
         Path(directory, STATE_FILE).write_text(json.dumps(asdict(self)))
@@ -41,21 +48,51 @@ class TrainerState:
         return cls(**json.loads(Path(directory, STATE_FILE).read_text()))
 
 
-def latest_checkpoint(storage_dir: str | Path) -> Path | None:
-    """The newest checkpoint folder of a run's storage directory (one with a readable trainer state).
+def checkpoint_problem(directory: str | Path) -> str | None:
+    """Why the checkpoint folder cannot be resumed from, or None: its state is missing or does not parse,
+    or a file the state lists is missing or of another size than written (a copy cut off, a truncated file)."""
+    try:
+        state = TrainerState.load(directory)
+    except FileNotFoundError:
+        return f"no {STATE_FILE}"
+    except (json.JSONDecodeError, TypeError) as err:
+        return f"{STATE_FILE} does not parse ({err})"
+    for rel, size in state.files.items():
+        path = Path(directory, rel)
+        if not path.is_file():
+            return f"{rel} is missing"
+        if path.stat().st_size != size:
+            return f"{rel} has {path.stat().st_size} bytes, {size} were written"
+    return None
 
-    A state file that does not parse belongs to a checkpoint still being copied into storage, or cut off
-    while it was: it is reported and passed over, so the run resumes from the one before."""
-    states = {}
-    for path in Path(storage_dir).glob(f"*/{STATE_FILE}"):
-        try:
-            states[path.parent] = TrainerState.load(path.parent)
-        except (json.JSONDecodeError, TypeError) as err:
-            print(f"[run] passing over incomplete checkpoint {path.parent}: {err}", flush=True)
-    if not states:
-        return None
+
+def _position(state: TrainerState) -> tuple[int, int]:
     # A run that ran out of data checkpoints its final data position after its last step.
-    return max(states, key=lambda p: (states[p].step, len(states[p].consumed)))
+    return state.step, len(state.consumed)
+
+
+def latest_checkpoint(storage_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder of a run's storage directory; each incomplete one (see
+    `checkpoint_problem`) is reported by path and passed over, so the run resumes from the one before."""
+    states = {}
+    for folder in sorted(p for p in Path(storage_dir).glob("checkpoint_*") if p.is_dir()):
+        problem = checkpoint_problem(folder)
+        if problem:
+            print(f"[run] passing over incomplete checkpoint {folder}: {problem}", flush=True)
+            continue
+        states[folder] = TrainerState.load(folder)
+    return max(states, key=lambda p: _position(states[p])) if states else None
+
+
+def resume_point(handed: str | Path | None, chosen: str | Path | None) -> Path | None:
+    """The checkpoint a worker loads: the one Ray Train `handed` it when complete and further on than the
+    one the driver `chosen` at start (a restart within this run), else the driver's, whose consumed keys
+    the driver left out of the data (Ray hands over its newest registered checkpoint, which may be one
+    truncated since, or older than a complete one it did not get to register)."""
+    if handed is not None and checkpoint_problem(handed) is None:
+        if chosen is None or _position(TrainerState.load(handed)) > _position(TrainerState.load(chosen)):
+            return Path(handed)
+    return Path(chosen) if chosen is not None else None
 
 
 def save_checkpoint(engine, processor, cfg: Config, state: TrainerState, rank: int, feed: PromptFeed, metrics: dict,
@@ -68,6 +105,12 @@ def save_checkpoint(engine, processor, cfg: Config, state: TrainerState, rank: i
         engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, exclude_frozen_parameters=cfg.model.lora.enabled)
         if rank == 0:
             export_weights(engine.module, processor, directory / MODEL_DIR, gathered)
+        # What makes the merged folder complete: every rank's files with their sizes, in rank 0's state.
+        listed: list = [None] * dist.get_world_size()
+        dist.all_gather_object(listed, {p.relative_to(directory).as_posix(): p.stat().st_size
+                                        for p in directory.rglob("*") if p.is_file()})
+        if rank == 0:
+            state.files = {rel: size for files in listed for rel, size in files.items()}
             state.save(directory)
         # One name on every rank: Ray Train merges the ranks' files (DeepSpeed's per-rank
         # optimizer shards) into that one directory.

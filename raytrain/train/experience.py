@@ -68,7 +68,7 @@ def collect_rollouts(cfg: Config, feed: PromptFeed, rollout, reward_actor, versi
     policy version that generated them, and the group counts."""
     algo, want = cfg.algorithm, cfg.train.prompts_per_worker
     kept: list[Group] = []
-    drawn = dropped = rounds = 0
+    drawn = dropped = nonfinite = rounds = 0
     all_groups: list[Group] = []
     while len(kept) < want and rounds < algo.max_generation_rounds:
         prompts = feed.take(want - len(kept))
@@ -91,13 +91,16 @@ def collect_rollouts(cfg: Config, feed: PromptFeed, rollout, reward_actor, versi
                 served.append(prompt)
                 samples.append(group)
                 scoring.append(_submit_scoring(cfg, reward_actor, prompt, group))
-        scores = [sc for ref in scoring for sc in ray.get(ref)]
+        scores = [sc for prompt, group, ref in zip(served, samples, scoring) for sc in scored(cfg, reward_actor, prompt, group, ref)]
         g = cfg.rollout.sampling.group_size
-        groups = [Group(p, samples[i], scores[i * g:(i + 1) * g]) for i, p in enumerate(served)]
+        groups, bad = finite_groups([Group(p, samples[i], scores[i * g:(i + 1) * g]) for i, p in enumerate(served)])
+        if bad:
+            print(f"[train] dropped {bad} group(s) with a NaN or infinite reward", flush=True)
+        nonfinite += bad
         all_groups += groups
-        drawn += len(groups)
+        drawn += len(groups) + bad
         if algo.dynamic_sampling:
-            metric = torch.tensor([sc.scalars()[algo.filter_metric] for sc in scores])
+            metric = torch.tensor([sc.scalars()[algo.filter_metric] for grp in groups for sc in grp.scores])
             informative = informative_groups(metric, g).tolist()
             dropped += informative.count(False)
             groups = [grp for grp, ok in zip(groups, informative) if ok]
@@ -105,8 +108,16 @@ def collect_rollouts(cfg: Config, feed: PromptFeed, rollout, reward_actor, versi
     stats = rollout_stats(all_groups)
     # The policy version that generated this rank's rollouts (all equal while max_staleness is 0).
     stats["rollout_version"] = min((s.version for grp in all_groups for s in grp.samples), default=-1)
-    stats.update({"groups_drawn": drawn, "groups_dropped": dropped, "groups_kept": len(kept), "generation_rounds": rounds})
+    stats.update({"groups_drawn": drawn, "groups_dropped": dropped, "groups_kept": len(kept), "generation_rounds": rounds,
+                  "groups_nonfinite": nonfinite})
     return kept, stats
+
+
+def finite_groups(groups: list[Group]) -> tuple[list[Group], int]:
+    """The groups whose every score is finite (`Score.finite`), and how many were dropped for a NaN or
+    infinite reward: they never reach the advantages, the loss or the step's reward metrics."""
+    kept = [grp for grp in groups if all(sc.finite() for sc in grp.scores)]
+    return kept, len(groups) - len(kept)
 
 
 def _check_staleness(group: list[Sample], version: int, max_staleness: int) -> None:
@@ -117,6 +128,23 @@ def _check_staleness(group: list[Sample], version: int, max_staleness: int) -> N
         raise RuntimeError(f"rollouts are {stale} versions behind the trainer (max_staleness={max_staleness}); "
                            "a restarted rollout actor serves its initial weights until training resumes "
                            "from the last checkpoint and re-sends them")
+
+
+def scored(cfg: Config, reward_actor, prompt: Prompt, group: list[Sample], ref: ray.ObjectRef) -> list[Score]:
+    """The group's scores from the scoring call `ref`. A call whose scorer raised is sent again, up to
+    `train.actor_restarts` times; after that the step fails with the reward actor's own error. (An actor
+    that died is Ray's to restart: its error goes up at once, and the run fails over to the last checkpoint.)"""
+    retries = 0
+    while True:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as err:
+            retries += 1
+            if retries > cfg.train.actor_restarts:
+                raise
+            print(f"[train] reward actor raised scoring {prompt.path} ({type(err.cause).__name__}: {err.cause}); "
+                  f"retry {retries} of {cfg.train.actor_restarts}", flush=True)
+            ref = _submit_scoring(cfg, reward_actor, prompt, group)
 
 
 def _submit_scoring(cfg: Config, reward_actor, prompt: Prompt, group: list[Sample]) -> ray.ObjectRef:
@@ -154,7 +182,8 @@ def rollout_metrics(totals: dict) -> dict:
     """The step's rollout metrics from every rank's `collect_rollouts` stats summed by key: counts, means
     over the sampled responses, and `reward/accuracy/<category>` (ranks see different categories)."""
     responses = max(totals["responses"], 1.0)
-    metrics = {k: int(totals[k]) for k in ("responses", "groups_drawn", "groups_dropped", "groups_kept", "generation_rounds")}
+    metrics = {k: int(totals[k]) for k in ("responses", "groups_drawn", "groups_dropped", "groups_kept", "generation_rounds",
+                                           "groups_nonfinite")}
     metrics["response_tokens_mean"] = totals["response_tokens_sum"] / responses
     metrics["truncated_mean"] = totals["truncated_sum"] / responses
     metrics.update({f"reward/{name}": total / responses for name, total in totals["reward_sums"].items()})

@@ -11,6 +11,7 @@ rollout actor, versioned (`raytrain.train.policy_sync`), and shows the step: met
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from raytrain.observe.console import Progress, say
 from raytrain.observe.ray_metrics import StepGauges, run_tags
 from raytrain.observe.trackers import Trackers
 from raytrain.train.algorithms import ALGORITHMS
-from raytrain.train.checkpoint import DEEPSPEED_TAG, TrainerState, save_checkpoint
+from raytrain.train.checkpoint import DEEPSPEED_TAG, TrainerState, resume_point, save_checkpoint
 from raytrain.train.experience import PromptFeed
 from raytrain.train.metrics import BAR_SHOWN, SHOWN, log_metrics, step_metrics, step_text
 from raytrain.train.policy_sync import gathered_weights, push_policy, weight_group
@@ -60,12 +61,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     group = weight_group(cfg, rollouts) if rank == 0 else None
     state = TrainerState()
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            engine.load_checkpoint(d, tag=DEEPSPEED_TAG, load_module_strict=not cfg.model.lora.enabled)
-            state = TrainerState.load(d)
-        if rank == 0:
-            say(f"[train] resumed at step {state.step} (policy version {state.version}, {len(state.consumed)} prompts consumed)")
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as handed:
+        source = resume_point(handed, loop_config["resume_from"])
+        if source is not None:
+            engine.load_checkpoint(str(source), tag=DEEPSPEED_TAG, load_module_strict=not cfg.model.lora.enabled)
+            state = TrainerState.load(source)
+    if source is not None and rank == 0:
+        say(f"[train] resumed at step {state.step} (policy version {state.version}, {len(state.consumed)} prompts consumed)")
     # After a restart the engines may serve another version: a later one (synced before the step's
     # checkpoint was recorded), their initial weights (a restarted rollout actor) or part of a sync
     # whose sender died. Rank 0 looks and every rank learns the answer, so all push or none.
@@ -129,6 +131,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if sync:
                 metrics["weight_sync/bytes"] = sync_bytes
             if rank == 0:
+                if metrics["step_skipped"] or metrics["passes_dropped"]:
+                    say(f"[train] step {state.step}: " + (
+                        f"skipped, NaN or infinite loss inputs on {metrics['step_skipped']} rank(s)" if metrics["step_skipped"]
+                        else f"{metrics['passes_dropped']} micro-batch(es) with a NaN or infinite loss left out"))
                 _show(log_metrics(out_dir, metrics), progress, gauges, trackers, bar)
             if checkpoint_now:
                 save_checkpoint(engine, family.processor, cfg, state, rank, feed, metrics, gathered)

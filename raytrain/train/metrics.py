@@ -41,6 +41,8 @@ def step_metrics(algorithm: Algorithm, state: TrainerState, stats: dict, global_
     totals = sum_by_key({**local, "media_skipped": media_skipped})
     metrics = {"step": state.step, "policy_version": state.version, "tokens": global_tokens,
                "media_skipped": int(totals["media_skipped"])}
+    # `raytrain.train.step.train_step`'s guard: NaN or infinite loss inputs (ranks that saw them) and passes.
+    metrics.update({k: int(totals.get(k, 0)) for k in ("step_skipped", "passes_dropped")})
     if "rollout_version" in stats:
         # The step trained policy version `state.version - 1` on these rollouts.
         metrics["rollout_version"] = stats["rollout_version"]

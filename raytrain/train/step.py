@@ -84,17 +84,32 @@ def train_step(cfg: Config, algorithm: Algorithm, family: ModelFamily, engine, r
     rank runs as many passes as the rank with the most micro-batches: the others add passes over
     `padding` (`ModelFamily.padding_batch`) whose loss is zero.
 
+    No NaN or infinity reaches the optimizer: a batch whose loss inputs (old log-probs, advantages, ...) are not
+    finite on any rank skips the whole step on every rank (no pass, no optimizer step: `step_skipped`), and
+    a micro-batch whose loss comes out non-finite all the same (the model's own numbers) backpropagates a
+    zero padding pass instead (`passes_dropped`), as ZeRO needs every rank's backward.
+
     Returns the summed micro-batch losses (`loss`), whether this rank had rows (`ranks_trained`), and the
     loss stats: `loss_sums` added up, `loss_means` weighted by each micro-batch's loss tokens."""
+    finite = batch is None or all(bool(torch.isfinite(t).all()) for t in batch.per_token.values())
+    nonfinite = torch.tensor(float(not finite))
+    dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
+    if nonfinite:
+        return {"loss": 0.0, "ranks_trained": 0.0, "loss_sums": {}, "loss_means": {}, "step_skipped": float(not finite),
+                "passes_dropped": 0.0}
     micro = batch.micro_batches(micro_batch_rows(cfg.train, len(batch)), family.collate) if batch else []
     count = torch.tensor(float(len(micro)))
     dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    dropped = 0
     num_tokens, num_seqs = max(global_tokens, 1.0) / world, max(global_seqs, 1.0) / world
     loss_sum, sums, weighted, weights = 0.0, {}, {}, 0.0
     for i in range(int(count)):
         real = i < len(micro)
         loss, stats = micro_batch_loss(cfg, algorithm, family, engine, ref_model, micro[i] if real else padding,
                                        num_tokens, num_seqs)
+        if real and not torch.isfinite(loss.detach()):
+            dropped, real = dropped + 1, False
+            loss, _ = micro_batch_loss(cfg, algorithm, family, engine, ref_model, padding, num_tokens, num_seqs)
         if not real:
             loss, stats = loss * 0.0, {}
         engine.backward(loss)
@@ -108,4 +123,5 @@ def train_step(cfg: Config, algorithm: Algorithm, family: ModelFamily, engine, r
                 weighted[k] = weighted.get(k, 0.0) + v * tokens
     engine.step()
     return {"loss": loss_sum, "ranks_trained": float(batch is not None), "loss_sums": sums,
-            "loss_means": {k: v / max(weights, 1.0) for k, v in weighted.items()}}
+            "loss_means": {k: v / max(weights, 1.0) for k, v in weighted.items()}, "step_skipped": 0.0,
+            "passes_dropped": float(dropped)}

@@ -6,6 +6,7 @@ process group, so joining or leaving it never touches the training collective.
 from __future__ import annotations
 
 import datetime
+import socket
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,10 +48,19 @@ class WeightGroup:
 
     @staticmethod
     def host_store(host: str, world_size: int, backend: Literal["gloo", "nccl"], timeout_s: float) -> tuple[GroupAddress, dist.Store]:
-        """Rank 0's rendezvous store on a free port of `host`; open the group with `WeightGroup(address, 0, store)`
-        once the other members were told the address (opening blocks until they join)."""
-        store = dist.TCPStore(host, 0, None, True, timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
-        return GroupAddress(host, store.port, world_size, backend, timeout_s), store
+        """Rank 0's rendezvous store on a free port of `host`, listening there alone; open the group with
+        `WeightGroup(address, 0, store)` once the other members were told the address (opening blocks until they join).
+
+        A TCPStore of its own listens on every interface; on a socket bound to `host` (127.0.0.1 when the
+        engines share this node) nothing off the machine can reach it."""
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(family, kind, proto)
+        listener.bind(sockaddr)
+        listener.listen()
+        port = listener.getsockname()[1]
+        store = dist.TCPStore(host, port, None, True, timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False,
+                              master_listen_fd=listener.detach(), use_libuv=True)  # the store owns the socket now
+        return GroupAddress(host, port, world_size, backend, timeout_s), store
 
     @classmethod
     def join(cls, address: GroupAddress, rank: int) -> WeightGroup:

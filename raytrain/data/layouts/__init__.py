@@ -44,6 +44,7 @@ from raytrain.data.layouts.labelled import (
     scan_real_clips,
 )
 from raytrain.data.layouts.llava import detect_llava, scan_llava
+from raytrain.data.layouts.scan import display_path, outside_root
 
 Scanner = Callable[[Path, str], tuple[list[dict], list[dict]]]
 # Detection order matters: the specific layouts first, the generic label folders last.
@@ -74,12 +75,28 @@ def detect_layout(root: Path) -> str:
     raise ValueError(f"{root}: no known dataset layout (known: {', '.join(LAYOUTS)}; see SPEC section 8)")
 
 
-def scan_source(root: Path, layout: str | None = None, source: str | None = None) -> tuple[list[dict], list[dict]]:
-    """Entries and rejects of one dataset folder, its layout detected unless given."""
+def scan_source(root: Path, layout: str | None = None, source: str | None = None, *,
+                allow_outside_root: bool = False) -> tuple[list[dict], list[dict]]:
+    """Entries and rejects of one dataset folder, its layout detected unless given.
+
+    An entry whose file lies outside ``root`` (a listed ``../../etc/passwd`` or absolute path, a symbolic
+    link leaving the folder) is rejected with the reason unless ``allow_outside_root``: a labels file
+    must not make the trainer read files its author did not ship."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root not found: {root}")
     layout = layout or detect_layout(root)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
-    return LAYOUTS[layout][1](root, source or layout)
+    source = source or layout
+    entries, rejects = LAYOUTS[layout][1](root, source)
+    if allow_outside_root:
+        return entries, rejects
+    kept = []
+    for entry in entries:
+        reason = outside_root(root, entry["path"])
+        if reason is None:
+            kept.append(entry)
+        else:
+            rejects.append({"path": display_path(entry["path"]), "source": source, "reason": reason})
+    return kept, sorted(rejects, key=lambda r: r["path"])

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
-from raytrain.data.layouts.scan import SPLIT_NAMES, LayoutScan
+from raytrain.data.layouts.scan import SPLIT_NAMES, LayoutScan, outside_root
 from raytrain.data.manifest import CATEGORIES, LABELS, json_lines, media_kind, normalise_category
 
 
@@ -102,11 +103,15 @@ def scan_clips(root: Path, source: str = "clips") -> tuple[list[dict], list[dict
     on_disk = {file.relative_to(root).as_posix(): (file, kind) for file, kind in scan.files(root, skip=(table.name,))}
     for rel, rec in sorted(listed.items()):
         label = rec["label"].lower()
-        if rel not in on_disk:
-            if media_kind(Path(rel)) is not None:  # an unsupported one was rejected as such already
+        file = Path(os.path.normpath(root / rel))  # `../x` and absolute paths: outside the root
+        outside = not file.is_relative_to(root)
+        if rel not in on_disk and not (outside and file.is_file() and media_kind(file)):
+            if outside:  # a listed media file outside is an entry, for `scan_source` to judge
+                scan.reject(file, f"listed in {table.name} (line {rec['lineno']}): {outside_root(root, file)}")
+            elif media_kind(Path(rel)) is not None:  # an unsupported one was rejected as such already
                 scan.reject(root / rel, f"listed in {table.name} (line {rec['lineno']}) but the file does not exist")
             continue
-        file, kind = on_disk[rel]
+        file, kind = on_disk[rel] if rel in on_disk else (file, media_kind(file))
         if label not in LABELS:
             scan.reject(file, f"{table.name} line {rec['lineno']}: label {rec['label']!r} is not real or fake")
             continue

@@ -8,7 +8,7 @@ there). The gpt turn's reasoning, without its ``### Answer:``, becomes the row's
 a JSON file named ``train*``, ``val*`` or ``test*`` gives its rows that official split, else the
 path's split does, else none (a seeded split by file). An entry that cannot be used is rejected
 with its id and the reason: no ``<image>`` in the human turn, no gpt turn, no label, a label that
-contradicts the answer, an image that is missing or outside ROOT.
+contradicts the answer, an image that is missing (one outside ROOT: see `scan_source`).
 """
 
 from __future__ import annotations
@@ -94,17 +94,16 @@ def _entry(scan: LayoutScan, file: Path, index: int, item) -> None:
         problem = f"no binary_label (0 real, 1 fake) and no ### Answer: real|fake, got {item.get('binary_label')!r}"
     elif problem is None and label is not None and answer is not None and label != answer:
         problem = f"binary_label {item.get('binary_label')!r} ({label}) contradicts the answer {answer!r}"
-    normalised = Path(os.path.normpath(path))
-    if problem is None and not normalised.is_relative_to(scan.root):
-        problem = f"image {image!r} is outside the dataset folder {scan.root}"
-    elif problem is None and not normalised.is_file():
-        problem = f"image {image!r} does not exist"
+    normalised = Path(os.path.normpath(path))  # an existing one outside ROOT is judged by `scan_source`
+    if problem is None and not normalised.is_file():
+        problem = (f"image {image!r} does not exist" if normalised.is_relative_to(scan.root)
+                   else f"image {image!r} is outside the dataset folder {scan.root}")
     elif problem is None and media_kind(normalised) != "image":
         problem = f"{image!r} is not an image"
     if problem is not None:
         scan.reject(path, f"{where}: {problem}")
         return
-    rel = normalised.relative_to(scan.root)
+    rel = Path(os.path.relpath(normalised, scan.root))
     parts = rel.parts
     dfr5 = len(parts) >= 4 and parts[1] in SPLIT_NAMES and parts[2] in LABELS
     scan.add(normalised, "image", label=label or answer, category="image-generation", domain=parts[0] if dfr5 else "",

@@ -42,7 +42,9 @@ class LayoutScan:
 
     def add(self, file: Path, media: str, *, label: str, category: str, clips: list[str],
             official_split: str | None = None, domain: str = "", **extra) -> None:
-        rel = file.relative_to(self.root).as_posix()
+        # A listed file outside the root (`../x`, an absolute path) keeps its path relative to the root;
+        # `raytrain.data.layouts.scan_source` rejects it unless outside files are allowed.
+        rel = Path(os.path.relpath(file, self.root)).as_posix()
         self.entries.append({
             "id": stable_id(self.source, rel), "path": str(file), "rel": rel, "media": media, "label": label,
             "source": self.source, "category": category if label == "fake" else "real", "domain": domain,
@@ -51,6 +53,17 @@ class LayoutScan:
 
     def result(self) -> tuple[list[dict], list[dict]]:
         return self.entries, sorted(self.rejects, key=lambda r: r["path"])
+
+
+def outside_root(root: Path, path: Path | str) -> str | None:
+    """Why `path` (a layout's entry, after symlinks) lies outside the dataset folder `root`, or None when it is inside."""
+    path = Path(path)
+    real, real_root = path.resolve(), root.resolve()
+    if real.is_relative_to(real_root):
+        return None
+    if Path(os.path.normpath(path)).is_relative_to(root):
+        return f"a symbolic link to {display_path(real)}, outside the dataset folder {root} (--allow-outside-root takes it)"
+    return f"outside the dataset folder {root} (--allow-outside-root takes it)"
 
 
 def display_path(path: Path | str) -> str:

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 import torch
 
 from actors.judge import start_judge_actors
 from actors.reward import RewardScorer
+from raytrain.config import parse_config
 from raytrain.config.sections import JudgeConfig, ModelConfig, RewardConfig
+from raytrain.data.batch import Prompt, Sample
 from raytrain.data.media import load_frames
 from raytrain.models.clip import ClipEncoder
 from raytrain.models.thinking_judge import JudgeModel, JudgeRequest
 from raytrain.models.tiny import save_tiny_clip
+from raytrain.train.experience import scored
 from rewards.paragraphs import make_keyphrase_extractor, paragraph_rewards, segment_paragraphs
 from rewards.score import Score
 
@@ -153,3 +157,35 @@ def test_disabled_components_load_nothing():
     assert scorer.judges == [] and scorer.encoder is None
     scores = scorer.score(["<think>x</think><answer>\\boxed{B}</answer>"], [3], ["fake"])
     assert scores == [Score({"format": 0.0, "accuracy": 1.0, "thinking": 0.0}, total=1.0)]
+
+
+class FlakyScorer(RewardScorer):
+    """The reward actor's scorer, raising on its first `failures` calls."""
+
+    def __init__(self, failures: int):
+        super().__init__(RewardConfig(), "word")
+        self.failures = failures
+
+    def score(self, *args, **kwargs):
+        if self.failures:
+            self.failures -= 1
+            raise ValueError("the scorer broke")
+        return super().score(*args, **kwargs)
+
+
+def test_a_reward_actor_that_raises_is_retried_then_fails_the_step(ray_local, capsys):
+    """Issue 17 item 6: up to `train.actor_restarts` retries (2 here); one more failure is the actor's own error."""
+    cfg = parse_config({"model": {"path": "tiny"}, "data": {"manifest": "m.parquet"}, "train": {"actor_restarts": 2}})
+    prompt = Prompt(key="k", id="k", path="clip.mp4", label="fake", category="faces", input_ids=np.arange(3),
+                    pixel_values=np.zeros((0, 0), np.float32), grid_thw=np.zeros(3, np.int64), is_video=True)
+    group = [Sample([1, 2], [-0.5, -0.5], text, False, 0) for text in (CORRECT, WRONG)]
+    actor = ray.remote(FlakyScorer).remote(4)
+
+    def call():
+        return scored(cfg, actor, prompt, group, actor.score.remote([s.text for s in group], [2, 2], ["fake", "fake"]))
+
+    with pytest.raises(ray.exceptions.RayTaskError, match="the scorer broke"):
+        call()  # fails 3 times: the call and its 2 retries
+    assert [s.components["accuracy"] for s in call()] == [1.0, 0.0]  # the 4th failure, then a retry that scores
+    assert capsys.readouterr().out.count("[train] reward actor raised scoring clip.mp4") == 3
+    ray.kill(actor)

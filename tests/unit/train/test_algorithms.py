@@ -140,18 +140,18 @@ def _two_ranks(monkeypatch, other: dict) -> None:
 
 def test_rl_step_metrics_sum_the_ranks_by_key_when_one_has_no_data(groups, monkeypatch):
     stats = {**rollout_stats(groups), "rollout_version": 3, "groups_drawn": 3, "groups_dropped": 1, "groups_kept": 2,
-             "generation_rounds": 2, "loss": 0.5, "ranks_trained": 1.0, "loss_sums": {},
+             "generation_rounds": 2, "groups_nonfinite": 0, "loss": 0.5, "ranks_trained": 1.0, "loss_sums": {},
              "loss_means": {"clip_frac": 0.25, "ratio_mean": 1.0, "approx_kl": 0.0, "kl": 0.125}}
     # The other rank ran out of data: no rewards, no loss stats, and no rollout version.
     empty = {**rollout_stats([]), "groups_drawn": 0, "groups_dropped": 0, "groups_kept": 0, "generation_rounds": 0,
-             "loss": 0.0, "ranks_trained": 0.0, "loss_sums": {}, "loss_means": {}, "media_skipped": 2}
+             "groups_nonfinite": 0, "loss": 0.0, "ranks_trained": 0.0, "loss_sums": {}, "loss_means": {}, "media_skipped": 2}
     _two_ranks(monkeypatch, empty)
     metrics = step_metrics(ALGORITHMS["dapo"], TrainerState(step=4, version=4), stats, 40.0, 1)
     tokens = sum(len(s.token_ids) for g in groups for s in g.samples)
     assert metrics == {
         "step": 4, "policy_version": 4, "tokens": 40.0, "media_skipped": 3, "rollout_version": 3, "rollout_staleness": 0,
-        "loss": 0.5,
-        "responses": 4, "groups_drawn": 3, "groups_dropped": 1, "groups_kept": 2, "generation_rounds": 2,
+        "step_skipped": 0, "passes_dropped": 0, "loss": 0.5,
+        "responses": 4, "groups_drawn": 3, "groups_dropped": 1, "groups_kept": 2, "generation_rounds": 2, "groups_nonfinite": 0,
         "response_tokens_mean": tokens / 4, "truncated_mean": 0.25,
         # Mean paragraph rewards 0.625, 0 (no paragraphs), 0.625 and 1.
         "reward/format": 0.0, "reward/accuracy": 0.75, "reward/total": 0.75, "reward/paragraph": 0.5625,
@@ -166,7 +166,7 @@ def test_sft_step_metrics(monkeypatch):
     metrics = step_metrics(ALGORITHMS["sft"], TrainerState(step=1, version=1), stats, 25.0, 0)
     # `loss`: the ranks' losses summed; `sft_nll`: the mean over all 25 target tokens.
     assert metrics == {"step": 1, "policy_version": 1, "tokens": 25.0, "media_skipped": 0, "loss": 2.5, "prompts": 5,
-                       "sft_nll": 2.0}
+                       "sft_nll": 2.0, "step_skipped": 0, "passes_dropped": 0}
 
 
 def test_log_metrics_appends_rounded_json_and_returns_the_record(tmp_path):

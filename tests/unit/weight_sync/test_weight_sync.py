@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 import torch
 
@@ -192,3 +194,15 @@ def test_vllm_engine_without_vllm_says_how_to_install():
         pytest.skip("vLLM is installed here")
     with pytest.raises(ImportError, match=r"pip install -e \.\[vllm\]"):
         make_engine(ModelConfig(path="unused"), RolloutConfig(engine="vllm"))
+
+
+def test_the_weight_group_store_listens_on_the_loopback_alone():
+    """Issue 17 item 8: the one port the project opens itself binds to 127.0.0.1, not every interface."""
+    address, store = WeightGroup.host_store("127.0.0.1", 2, "gloo", 30.0)
+    listening = {c.laddr.ip for c in psutil.Process(os.getpid()).net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == address.port}
+    assert listening == {"127.0.0.1"}
+    with ThreadPoolExecutor(1) as pool:  # and it still works as a rendezvous
+        member = pool.submit(WeightGroup.join, address, 1)
+        WeightGroup(address, 0, store)
+        assert member.result().rank == 1

@@ -123,6 +123,22 @@ class Config(Strict):
 
 
     @model_validator(mode="after")
+    def _colocated_rollouts(self):
+        if not self.rollout.colocate:
+            return self
+        if self.rollout.engine != "transformers":
+            raise ValueError("rollout.colocate generates with the training worker's own transformers module: "
+                             "set rollout.engine transformers (vLLM colocates with rollout.vllm.mode colocated)")
+        if self.train.zero_stage != 2:
+            raise ValueError("rollout.colocate needs train.zero_stage 2: under ZeRO-3 a worker holds only shards of the "
+                             "weights, and gathering them for every generated token is not supported")
+        if self.model.quantization != "none" and not self.train.use_gpu:
+            raise ValueError(f"rollout.colocate with model.quantization {self.model.quantization} needs train.use_gpu: "
+                             "bitsandbytes' CPU backend repacks a 4-bit layer for inference at its first generation "
+                             "and cannot train it after that (8-bit is not tested there)")
+        return self
+
+    @model_validator(mode="after")
     def _broadcast_transport(self):
         r = self.rollout
         if r.weight_transport != "broadcast":

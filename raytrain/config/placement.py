@@ -50,11 +50,14 @@ DECODE_CPUS = 0.5
 def roles(cfg: Config, needs_rollouts: bool) -> list[Role]:
     """Every actor and worker group a training run starts, with its requests (Ray Train's controller asks for none)."""
     t, r, rw = cfg.train, cfg.rollout, cfg.reward
+    colocated = needs_rollouts and r.colocate  # the workers generate: no rollout engines
     out = [Role("training workers", t.num_workers, t.cpus_per_worker, worker_gpu_share(cfg),
-                f"ZeRO-{t.zero_stage}" + (", optimizer on CPU" if t.offload_optimizer == "cpu" else ""))]
+                f"ZeRO-{t.zero_stage}" + (", optimizer on CPU" if t.offload_optimizer == "cpu" else "")
+                + (", colocated rollouts" if colocated else ""))]
     if needs_rollouts:
-        note = f"{r.engine}" + (f", {r.vllm.mode}" if r.engine == "vllm" else "")
-        out.append(Role("rollout engines", r.num_actors, r.num_cpus, r.num_gpus, note))
+        if not colocated:
+            note = f"{r.engine}" + (f", {r.vllm.mode}" if r.engine == "vllm" else "")
+            out.append(Role("rollout engines", r.num_actors, r.num_cpus, r.num_gpus, note))
         paragraph = rw.enabled("paragraph")
         encoder = paragraph and rw.paragraph.encoder is not None
         out.append(Role("reward actor", 1, REWARD_CPUS, rw.paragraph.num_gpus if paragraph else 0.0,

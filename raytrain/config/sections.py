@@ -204,6 +204,18 @@ class VLLMConfig(Strict):
 
 class RolloutConfig(Strict):
     engine: Literal["transformers", "vllm"] = Field("transformers", description="Generation backend: transformers `generate`, or vLLM (see `rollout.vllm`).")
+    colocate: bool = Field(
+        False,
+        description="Colocated transformers rollouts, for small setups (TRL's and verl's hybrid-engine way): each "
+                    "training worker generates its own prompts' G responses with its own live module, so no rollout "
+                    "actors start (the `num_actors`, `num_cpus`, `num_gpus`, `torch_threads` and weight-sync options "
+                    "below do not apply), no second copy of the policy is held and no weights are sent (0 bytes "
+                    "synced). Needs `engine: transformers` and `train.zero_stage: 2` (the module must be whole on "
+                    "every rank). Off by default: generation and training then take turns on the same worker and "
+                    "its thread budget, and generation cannot use vLLM; separate rollout actors are the way to "
+                    "scale. It pays where the weight sync and the second copy cost more than the generation itself "
+                    "(tiny models, one GPU per worker with memory to spare).",
+    )
     num_actors: int = Field(1, gt=0, description="Rollout actors; training workers are spread over them.")
     num_cpus: float = Field(1, gt=0, description="CPUs reserved per rollout actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs per rollout actor (0 on CPU).")
@@ -391,6 +403,16 @@ class TrainConfig(Strict):
                     "null: a worker's whole batch in one pass (or `gradient_accumulation_steps` passes). Lower it when "
                     "activations do not fit.",
     )
+    max_tokens_per_micro_batch: int | None = Field(
+        None, gt=0,
+        description="Micro-batches formed by a token budget instead of a row count: the step's rows, longest first, "
+                    "are packed so that each micro-batch's padded tokens (rows x its longest prompt + response) stay "
+                    "within this many; a row longer than the budget is a micro-batch of its own. Rows of similar "
+                    "length then share a pass, so less compute goes to padding (the step's `padding_fraction` "
+                    "metric), and a pass's activations are bounded by tokens, not rows. The step's loss and update "
+                    "are those of the whole batch either way. Set this, `micro_batch_size` or "
+                    "`gradient_accumulation_steps`, not two of them.",
+    )
     gradient_accumulation_steps: int | None = Field(
         None, gt=0,
         description="Gradient accumulation as the seed and Hugging Face name it: forward/backward passes per optimizer "
@@ -444,8 +466,10 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _accumulation_and_offload(self):
-        if self.micro_batch_size is not None and self.gradient_accumulation_steps is not None:
-            raise ValueError("set micro_batch_size (sequences per pass) or gradient_accumulation_steps (passes per step), not both")
+        chosen = [k for k in ("micro_batch_size", "gradient_accumulation_steps", "max_tokens_per_micro_batch") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"set one of micro_batch_size (sequences per pass), gradient_accumulation_steps (passes per step) "
+                             f"and max_tokens_per_micro_batch (padded tokens per pass), not {' and '.join(chosen)}")
         if self.offload_params == "cpu" and self.zero_stage != 3:
             raise ValueError("offload_params cpu needs zero_stage 3 (only ZeRO-3 shards parameters)")
         return self

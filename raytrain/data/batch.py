@@ -67,14 +67,38 @@ def response_positions(prompts: list[Prompt], responses: list[list[int]]) -> tor
 Collate = Callable[[list[Prompt], list[list[int]]], dict[str, torch.Tensor]]
 
 
+def consecutive_rows(n: int, size: int) -> list[list[int]]:
+    """Rows 0..n-1 in order, `size` to a micro-batch (the last may hold fewer)."""
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
+def token_budget_rows(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Rows (indices into `lengths`, each a row's prompt + response tokens) packed into micro-batches whose
+    padded tokens (rows x the longest row) stay within `max_tokens`: longest first, a micro-batch takes the
+    next row while it fits, so rows of similar length share one; a row longer than the budget goes alone."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def padded_tokens(lengths: list[int], groups: list[list[int]]) -> int:
+    """Tokens the passes over `groups` compute, padding included: each micro-batch is as wide as its longest row."""
+    return sum(len(g) * max(lengths[i] for i in g) for g in groups)
+
+
 @dataclass
 class TrainBatch:
     """One rank's training sequences: prompt + response rows and per-token tensors [B, L] laid out as
     `response_positions` lays the rows out (`loss_mask`, and for RL `old_logprobs` and `advantages`).
 
-    `micro_batches` collates at most `size` rows at a time, so a step's forward and backward
-    need only a micro-batch's activations and pixels; per-token tensors are cut to each
-    micro-batch's rows and padded width (rows are right-padded, so positions do not move).
+    `micro_batches` collates at most `size` rows at a time (`collate_rows`: any grouping of the rows, such as
+    `token_budget_rows`), so a step's forward and backward need only a micro-batch's activations and pixels;
+    per-token tensors are cut to each micro-batch's rows and padded width (rows are right-padded, so
+    positions do not move).
     """
 
     prompts: list[Prompt]
@@ -84,12 +108,22 @@ class TrainBatch:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def lengths(self) -> list[int]:
+        """Each row's tokens: its prompt's (media placeholders included) and its response's."""
+        return [len(p.input_ids) + len(r) for p, r in zip(self.prompts, self.responses)]
+
     def micro_batches(self, size: int, collate: Collate) -> list[dict[str, torch.Tensor]]:
-        """`collate`: the model family's (`ModelFamily.collate`)."""
+        """`size` rows at a time, in order; `collate`: the model family's (`ModelFamily.collate`)."""
+        return self.collate_rows(consecutive_rows(len(self), size), collate)
+
+    def collate_rows(self, groups: list[list[int]], collate: Collate) -> list[dict[str, torch.Tensor]]:
+        """One micro-batch per list of row indices (`consecutive_rows`, `token_budget_rows`), with the rows'
+        per-token tensors cut to its width."""
         out = []
-        for i in range(0, len(self), size):
-            batch = collate(self.prompts[i:i + size], self.responses[i:i + size])
+        for rows in groups:
+            batch = collate([self.prompts[i] for i in rows], [self.responses[i] for i in rows])
             width = batch["input_ids"].shape[1]
-            batch.update({k: v[i:i + size, :width] for k, v in self.per_token.items()})
+            index = torch.tensor(rows)
+            batch.update({k: v[index, :width] for k, v in self.per_token.items()})
             out.append(batch)
         return out

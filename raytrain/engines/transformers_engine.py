@@ -1,4 +1,5 @@
-"""The transformers rollout engine: `model.generate` behind the `RolloutEngine` interface (CPU and small GPU runs)."""
+"""The transformers rollout engine: `model.generate` behind the `RolloutEngine` interface (CPU and small GPU runs),
+and the same generation on a training worker's live module (`LiveModuleEngine`, colocated rollouts)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 
 from raytrain.config.sections import ModelConfig, SamplingConfig
 from raytrain.data.batch import Prompt, Sample
+from raytrain.models.family import ModelFamily
 from raytrain.models.loading import apply_sync_state, load_family, load_policy, sync_state
 from raytrain.models.logprobs import masked_logprobs
 from raytrain.weight_sync.group import GroupAddress, WeightGroup
@@ -28,47 +30,9 @@ class TransformersEngine(BucketReceiver):
         # What a sync carries: the adapter alone under LoRA, every weight otherwise.
         self._spec = tensor_spec(sync_state(self.model, cpu_copy=False))
 
-    @torch.no_grad()
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample]]:
         self.check_serving()
-        n = 1 if greedy else sampling.group_size
-        return [self._generate_one(p, sampling, n, greedy) for p in prompts]
-
-    def _generate_one(self, prompt: Prompt, sampling: SamplingConfig, n: int, greedy: bool) -> list[Sample]:
-        inputs = {k: v.to(self.device) for k, v in self.family.generation_inputs(prompt).items()}
-        prompt_length = inputs["input_ids"].shape[1]
-        sample_args = {"do_sample": False} if greedy else {
-            "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
-        }
-        out = self.model.generate(
-            **inputs,
-            **sample_args,
-            num_return_sequences=n,
-            max_new_tokens=sampling.max_new_tokens,
-            eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id,
-            suppress_tokens=self.suppress_ids,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        new_tokens = out.sequences[:, prompt_length:].cpu()
-        # From raw logits: the policy's own (temperature-scaled) distribution, which the trainer recomputes.
-        logprobs = masked_logprobs(
-            torch.stack(out.logits, dim=1).cpu(), new_tokens,
-            temperature=1.0 if greedy else sampling.temperature, suppress_ids=self.suppress_ids,
-        )
-        samples = []
-        for row, row_logp in zip(new_tokens.tolist(), logprobs.tolist()):
-            length = row.index(self.eos_id) + 1 if self.eos_id in row else len(row)
-            ids = row[:length]
-            samples.append(Sample(
-                token_ids=ids,
-                logprobs=row_logp[:length],
-                text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                truncated=self.eos_id not in ids,
-                version=self.version,
-            ))
-        return samples
+        return sample_groups(self.family, self.model, prompts, sampling, greedy=greedy, version=self.version)
 
     def head_probs(self, prompts: list[Prompt]) -> list[float | None]:
         """The binary head's probability of fake per prompt (None for a family without a head)."""
@@ -96,3 +60,70 @@ class TransformersEngine(BucketReceiver):
     def _apply_received(self) -> None:
         bucket, self._received = self._received, None
         self._apply_bucket(bucket)
+
+
+@torch.no_grad()
+def sample_groups(family: ModelFamily, model, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool,
+                  version: int) -> list[list[Sample]]:
+    """`model.generate` on the model's device, one prompt (G return sequences, one when `greedy`) at a time;
+    each sample stamped with the weight `version` that produced it. The transformers engine's copy of the
+    policy generates with it, and so does a training worker's live module (`LiveModuleEngine`)."""
+    n = 1 if greedy else sampling.group_size
+    return [_sample_one(family, model, p, sampling, n, greedy, version) for p in prompts]
+
+
+def _sample_one(family: ModelFamily, model, prompt: Prompt, sampling: SamplingConfig, n: int, greedy: bool,
+                version: int) -> list[Sample]:
+    inputs = {k: v.to(model.device) for k, v in family.generation_inputs(prompt).items()}
+    prompt_length = inputs["input_ids"].shape[1]
+    sample_args = {"do_sample": False} if greedy else {
+        "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
+    }
+    out = model.generate(
+        **inputs,
+        **sample_args,
+        num_return_sequences=n,
+        max_new_tokens=sampling.max_new_tokens,
+        eos_token_id=family.end_id,
+        pad_token_id=family.pad_id,
+        suppress_tokens=family.suppress_ids,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    new_tokens = out.sequences[:, prompt_length:].cpu()
+    # From raw logits: the policy's own (temperature-scaled) distribution, which the trainer recomputes.
+    logprobs = masked_logprobs(
+        torch.stack(out.logits, dim=1).cpu(), new_tokens,
+        temperature=1.0 if greedy else sampling.temperature, suppress_ids=family.suppress_ids,
+    )
+    samples = []
+    for row, row_logp in zip(new_tokens.tolist(), logprobs.tolist()):
+        length = row.index(family.end_id) + 1 if family.end_id in row else len(row)
+        ids = row[:length]
+        samples.append(Sample(
+            token_ids=ids,
+            logprobs=row_logp[:length],
+            text=family.tokenizer.decode(ids, skip_special_tokens=True),
+            truncated=family.end_id not in ids,
+            version=version,
+        ))
+    return samples
+
+
+class LiveModuleEngine:
+    """The colocated rollout engine (`rollout.colocate`): a training worker's own live module generates its
+    prompts' groups, as TRL's and verl's hybrid engines do. No second copy and no weight sync: it serves the
+    trainer's current weights (under LoRA the base with the live adapter applied, the function the trainer's
+    forward computes), stamped with `version`, which the worker keeps at its policy version. The module
+    generates in eval mode (no dropout, no gradient checkpointing) and goes back to its mode after."""
+
+    def __init__(self, family: ModelFamily, module):
+        self.family, self.module, self.version = family, module, 0
+
+    def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample]]:
+        training = self.module.training
+        self.module.eval()
+        try:
+            return sample_groups(self.family, self.module, prompts, sampling, greedy=greedy, version=self.version)
+        finally:
+            self.module.train(training)

@@ -77,7 +77,8 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in (
     _spec("deepfake_rl_loss", "gauge", "loss", "The step's loss (`loss`).", "trainer"),
     _spec("deepfake_rl_update", "gauge", "value",
           "Any other figure of the step, by its metrics.jsonl name (`stat`): clip_frac, ratio_mean, approx_kl, kl, "
-          "sft_nll, prompts, step_skipped and passes_dropped (the NaN guard).", "trainer", ("stat",)),
+          "sft_nll, prompts, micro_batches, padding_fraction, step_skipped and passes_dropped (the NaN guard).",
+          "trainer", ("stat",)),
     # Rollout actors, per generate call.
     _spec("deepfake_rl_rollout_generated_tokens", "counter", "tokens", "Response tokens generated.", "rollout"),
     _spec("deepfake_rl_rollout_responses", "counter", "responses", "Responses generated.", "rollout"),

@@ -1,8 +1,8 @@
 """A step's experience on one rank: prompts from its shard, rollouts and their rewards, and the
 training batch they make (SPEC sections 4 and 5).
 
-Each data-parallel rank streams its own Ray Data shard and asks its rollout actor for G samples per
-prompt and the reward actor for scores. DAPO keeps only informative groups (dynamic sampling) until
+Each data-parallel rank streams its own Ray Data shard and asks its rollouts (a rollout actor, or with
+`rollout.colocate` its own live module) for G samples per prompt and the reward actor for scores. DAPO keeps only informative groups (dynamic sampling) until
 the rank has its quota; the batch carries the sampling log-probs and the per-token advantages of the
 estimator the algorithm names (`raytrain.algos.advantages`). SFT's batch is the next prompts with
 their targets (`raytrain.data.sft_targets`).
@@ -10,6 +10,7 @@ their targets (`raytrain.data.sft_targets`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import ray
@@ -18,6 +19,7 @@ import torch
 from raytrain.algos.advantages import ADVANTAGE_ESTIMATORS, AdvantageInputs, informative_groups
 from raytrain.algos.paragraph_tokens import paragraph_token_masks, token_char_spans
 from raytrain.config import Config
+from raytrain.config.sections import SamplingConfig
 from raytrain.data.batch import Prompt, Refusal, Sample, TrainBatch, response_positions
 from raytrain.data.pipeline import prompts_from_batch
 from raytrain.data.sft_targets import sft_batch
@@ -61,7 +63,32 @@ class PromptFeed:
         self.skipped.append({"key": prompt.key, "path": prompt.path, "reason": refusal.reason})
 
 
-def collect_rollouts(cfg: Config, feed: PromptFeed, rollout, reward_actor, version: int) -> tuple[list[Group], dict]:
+class ActorRollouts:
+    """A rank's rollout actor: every call is submitted at once, so the actor generates the next call
+    while the reward actor scores the one before."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def generate(self, calls: list[list[Prompt]], sampling: SamplingConfig) -> Iterator[list[list[Sample] | Refusal]]:
+        """Each call's groups, in order."""
+        refs = [self.actor.generate.remote(call, sampling) for call in calls]
+        return (ray.get(ref) for ref in refs)
+
+
+class LocalRollouts:
+    """An engine in the rank's own process (`rollout.colocate`: `LiveModuleEngine` on the live module). A
+    call generates when its groups are asked for, so the reward actor scores the call before meanwhile."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def generate(self, calls: list[list[Prompt]], sampling: SamplingConfig) -> Iterator[list[list[Sample] | Refusal]]:
+        return (self.engine.generate(call, sampling) for call in calls)
+
+
+def collect_rollouts(cfg: Config, feed: PromptFeed, rollout: ActorRollouts | LocalRollouts, reward_actor,
+                     version: int) -> tuple[list[Group], dict]:
     """DAPO dynamic sampling: draw prompts until `prompts_per_worker` informative groups or the round limit.
 
     Returns the kept groups and this rank's stats: `rollout_stats` over every drawn group, the
@@ -76,14 +103,13 @@ def collect_rollouts(cfg: Config, feed: PromptFeed, rollout, reward_actor, versi
             break
         rounds += 1
         # Prompts go to the engine in calls of `rollout.prompts_per_call`, and each call's groups go to
-        # the reward actor as soon as they exist: scoring (judge, encoder) runs while the rollout actor
+        # the reward actor as soon as they exist: scoring (judge, encoder) runs while the engine
         # generates the next call's prompts.
         per_call = cfg.rollout.prompts_per_call
         calls = [prompts[i:i + per_call] for i in range(0, len(prompts), per_call)]
-        generated = [rollout.generate.remote(call, cfg.rollout.sampling) for call in calls]
         served, samples, scoring = [], [], []
-        for call, ref in zip(calls, generated):
-            for prompt, group in zip(call, ray.get(ref)):
+        for call, generated in zip(calls, rollout.generate(calls, cfg.rollout.sampling)):
+            for prompt, group in zip(call, generated):
                 if isinstance(group, Refusal):
                     feed.refused(prompt, group)
                     continue

@@ -54,7 +54,8 @@ def train(cfg: Config) -> Path:
     rollouts, reward = [], None
     if ALGORITHMS[cfg.algorithm.name].needs_rollouts:
         tags = run_tags(cfg.run, cfg.algorithm)
-        rollouts = start_rollout_actors(cfg.model, cfg.rollout, max_restarts=restarts, tags=tags)
+        if not cfg.rollout.colocate:  # colocated: each training worker generates with its own module
+            rollouts = start_rollout_actors(cfg.model, cfg.rollout, max_restarts=restarts, tags=tags)
         encoder_gpus = cfg.reward.paragraph.num_gpus if cfg.reward.enabled("paragraph") else 0
         reward = RewardActor.options(num_gpus=encoder_gpus, max_restarts=restarts).remote(cfg.reward, cfg.data.answer_format,
                                                                                          tags=tags)

@@ -6,7 +6,8 @@ and SFT: how a rank's batch is collected (rollouts with dynamic sampling, or sup
 loss, and whether rollout engines need the new weights. Every rank takes one DeepSpeed step on its
 batch (`raytrain.train.step`); rank 0 then pushes the new weights (or only the LoRA adapter) to every
 rollout actor, versioned (`raytrain.train.policy_sync`), and shows the step: metrics.jsonl, the trackers of
-`run.loggers`, Ray's metrics (`raytrain.observe`) and a progress bar or line on the console.
+`run.loggers`, Ray's metrics (`raytrain.observe`) and a progress bar or line on the console. With
+`rollout.colocate` each rank generates with its own live module instead and nothing is synced.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import ray.train
 import torch
 
 from raytrain.config import parse_config
+from raytrain.engines.transformers_engine import LiveModuleEngine
 from raytrain.models.loading import load_family, load_policy, without_lora
 from raytrain.observe.console import Progress, say
 from raytrain.observe.ray_metrics import StepGauges, run_tags
 from raytrain.observe.trackers import Trackers
 from raytrain.train.algorithms import ALGORITHMS
 from raytrain.train.checkpoint import DEEPSPEED_TAG, TrainerState, resume_point, save_checkpoint
-from raytrain.train.experience import PromptFeed
+from raytrain.train.experience import ActorRollouts, LocalRollouts, PromptFeed
 from raytrain.train.metrics import BAR_SHOWN, SHOWN, log_metrics, step_metrics, step_text
 from raytrain.train.policy_sync import gathered_weights, push_policy, weight_group
 from raytrain.train.step import deepspeed_engine, sum_across_ranks, train_step
@@ -58,7 +60,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # The initial policy, frozen: only loaded when a KL term is on.
         ref_model = load_policy(without_lora(cfg.model)).to(engine.device).eval().requires_grad_(False)
 
-    group = weight_group(cfg, rollouts) if rank == 0 else None
+    # Rollout engines to keep in sync: none under `rollout.colocate`, where each rank's live module generates.
+    syncs = algorithm.needs_rollouts and not cfg.rollout.colocate
+    group = weight_group(cfg, rollouts) if rank == 0 and syncs else None
     state = TrainerState()
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as handed:
@@ -71,14 +75,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # After a restart the engines may serve another version: a later one (synced before the step's
     # checkpoint was recorded), their initial weights (a restarted rollout actor) or part of a sync
     # whose sender died. Rank 0 looks and every rank learns the answer, so all push or none.
-    if algorithm.needs_rollouts:
+    if syncs:
         served = ray.get([a.served_version.remote() for a in rollouts]) if rank == 0 else []
         (behind,) = sum_across_ranks([float(any(v != state.version for v in served))])
         if behind:
             push_policy(engine, cfg, rollouts, state.version, rank, group, gathered_weights(engine, cfg))
 
     feed = PromptFeed(ray.train.get_dataset_shard("train"), cfg.train.prompts_per_worker, set(state.consumed))
-    rollout = rollouts[rank % len(rollouts)] if rollouts else None
+    colocated = LiveModuleEngine(family, engine.module) if algorithm.needs_rollouts and cfg.rollout.colocate else None
+    if colocated:
+        rollout = LocalRollouts(colocated)
+    else:
+        rollout = ActorRollouts(rollouts[rank % len(rollouts)]) if rollouts else None
     out_dir = Path(cfg.run.output_dir)
     engine.train()
     total_steps = cfg.train.total_steps or math.inf  # null: until the data runs out
@@ -91,6 +99,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         while state.step < total_steps:
             t0 = time.perf_counter()
             t_idle = t0 - t_idle_from if t_idle_from is not None else 0.0
+            if colocated:
+                colocated.version = state.version  # it serves the live weights: always the trainer's version
             batch, stats = algorithm.collect(cfg, feed, rollout, reward_actor, state.version, family)
             t_rollout = time.perf_counter() - t0
             mask = batch.per_token["loss_mask"] if batch is not None else torch.zeros(0, 0)
@@ -113,14 +123,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             stats.update(train_step(cfg, algorithm, family, engine, ref_model, batch, global_tokens, global_seqs, world, padding))
             state.step += 1
             state.version += 1
-            sync = algorithm.needs_rollouts
             checkpoint_now = state.step % cfg.train.checkpoint_every == 0 or state.step >= total_steps
             # Under ZeRO-3 the weight gather is a collective over the whole model: once for the sync and the export.
             t2 = time.perf_counter()
-            gathered = gathered_weights(engine, cfg) if sync or checkpoint_now else None
-            sync_bytes = push_policy(engine, cfg, rollouts, state.version, rank, group, gathered) if sync else 0
+            gathered = gathered_weights(engine, cfg) if syncs or checkpoint_now else None
+            sync_bytes = push_policy(engine, cfg, rollouts, state.version, rank, group, gathered) if syncs else 0
             t_idle_from = time.perf_counter()
-            t_sync = t_idle_from - t2 if sync else 0.0
+            t_sync = t_idle_from - t2 if syncs else 0.0
             t_train = t_idle_from - t1 - t_sync
 
             metrics = step_metrics(algorithm, state, stats, global_tokens, len(feed.skipped))
@@ -128,7 +137,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                             "throughput/train_tokens_per_s": global_tokens / max(t_train, 1e-9)})
             if "response_tokens_mean" in metrics:
                 metrics["throughput/rollout_tokens_per_s"] = metrics["response_tokens_mean"] * metrics["responses"] / max(t_rollout, 1e-9)
-            if sync:
+            if algorithm.needs_rollouts:  # 0 when colocated: the engine is the trained module itself
                 metrics["weight_sync/bytes"] = sync_bytes
             if rank == 0:
                 if metrics["step_skipped"] or metrics["passes_dropped"]:

@@ -47,6 +47,10 @@ def step_metrics(algorithm: Algorithm, state: TrainerState, stats: dict, global_
         # The step trained policy version `state.version - 1` on these rollouts.
         metrics["rollout_version"] = stats["rollout_version"]
         metrics["rollout_staleness"] = state.version - 1 - stats["rollout_version"]
+    if totals.get("padded_tokens"):
+        # The share of the step's forward/backward tokens that were padding (`train.max_tokens_per_micro_batch` lowers it).
+        metrics["micro_batches"] = int(totals["micro_batches"])
+        metrics["padding_fraction"] = 1.0 - totals["row_tokens"] / totals["padded_tokens"]
     metrics.update(algorithm.report(totals, global_tokens))
     return metrics
 

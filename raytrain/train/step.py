@@ -12,7 +12,7 @@ import torch.distributed as dist
 from raytrain.config import Config
 from raytrain.config.deepspeed import deepspeed_config
 from raytrain.config.sections import TrainConfig
-from raytrain.data.batch import TrainBatch
+from raytrain.data.batch import TrainBatch, consecutive_rows, padded_tokens, token_budget_rows
 from raytrain.models.family import ModelFamily, head_bce
 from raytrain.models.logprobs import policy_outputs, token_logprobs
 from raytrain.train.algorithms import Algorithm
@@ -40,6 +40,14 @@ def micro_batch_rows(train: TrainConfig, rows: int) -> int:
     if train.micro_batch_size:
         return train.micro_batch_size
     return max(1, math.ceil(rows / (train.gradient_accumulation_steps or 1)))
+
+
+def micro_batch_groups(train: TrainConfig, batch: TrainBatch) -> list[list[int]]:
+    """The rows of each of the step's passes: packed by `train.max_tokens_per_micro_batch` (`token_budget_rows`),
+    else `micro_batch_rows` at a time in order."""
+    if train.max_tokens_per_micro_batch:
+        return token_budget_rows(batch.lengths(), train.max_tokens_per_micro_batch)
+    return consecutive_rows(len(batch), micro_batch_rows(train, len(batch)))
 
 
 def sum_across_ranks(values: list[float]) -> list[float]:
@@ -77,8 +85,9 @@ def micro_batch_loss(cfg: Config, algorithm: Algorithm, family: ModelFamily, eng
 
 def train_step(cfg: Config, algorithm: Algorithm, family: ModelFamily, engine, ref_model, batch: TrainBatch | None,
                global_tokens: float, global_seqs: float, world: int, padding: dict) -> dict:
-    """Forward and backward in micro-batches of `train.micro_batch_size` rows (or the batch split into
-    `train.gradient_accumulation_steps` of them), one optimizer step.
+    """Forward and backward in micro-batches (`micro_batch_groups`: `train.micro_batch_size` rows, the batch
+    split into `train.gradient_accumulation_steps`, or rows packed by `train.max_tokens_per_micro_batch`),
+    one optimizer step.
 
     ZeRO reduces gradients in every backward (and ZeRO-3 gathers parameters in every forward), so every
     rank runs as many passes as the rank with the most micro-batches: the others add passes over
@@ -89,15 +98,19 @@ def train_step(cfg: Config, algorithm: Algorithm, family: ModelFamily, engine, r
     a micro-batch whose loss comes out non-finite all the same (the model's own numbers) backpropagates a
     zero padding pass instead (`passes_dropped`), as ZeRO needs every rank's backward.
 
-    Returns the summed micro-batch losses (`loss`), whether this rank had rows (`ranks_trained`), and the
-    loss stats: `loss_sums` added up, `loss_means` weighted by each micro-batch's loss tokens."""
+    Returns the summed micro-batch losses (`loss`), whether this rank had rows (`ranks_trained`), the loss
+    stats (`loss_sums` added up, `loss_means` weighted by each micro-batch's loss tokens), and the passes
+    over real rows (`micro_batches`) with their tokens, without (`row_tokens`) and with padding
+    (`padded_tokens`; the padding passes of other ranks' extra micro-batches are not counted)."""
     finite = batch is None or all(bool(torch.isfinite(t).all()) for t in batch.per_token.values())
     nonfinite = torch.tensor(float(not finite))
     dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
     if nonfinite:
         return {"loss": 0.0, "ranks_trained": 0.0, "loss_sums": {}, "loss_means": {}, "step_skipped": float(not finite),
-                "passes_dropped": 0.0}
-    micro = batch.micro_batches(micro_batch_rows(cfg.train, len(batch)), family.collate) if batch else []
+                "passes_dropped": 0.0, "micro_batches": 0.0, "row_tokens": 0.0, "padded_tokens": 0.0}
+    groups = micro_batch_groups(cfg.train, batch) if batch else []
+    micro = batch.collate_rows(groups, family.collate) if batch else []
+    lengths = batch.lengths() if batch else []
     count = torch.tensor(float(len(micro)))
     dist.all_reduce(count, op=dist.ReduceOp.MAX)
     dropped = 0
@@ -124,4 +137,5 @@ def train_step(cfg: Config, algorithm: Algorithm, family: ModelFamily, engine, r
     engine.step()
     return {"loss": loss_sum, "ranks_trained": float(batch is not None), "loss_sums": sums,
             "loss_means": {k: v / max(weights, 1.0) for k, v in weighted.items()}, "step_skipped": 0.0,
-            "passes_dropped": float(dropped)}
+            "passes_dropped": float(dropped), "micro_batches": float(len(micro)), "row_tokens": float(sum(lengths)),
+            "padded_tokens": float(padded_tokens(lengths, groups))}

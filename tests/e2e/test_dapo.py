@@ -1,4 +1,5 @@
-"""End-to-end runs on local Ray: two DeepSpeed workers, a rollout actor and a reward actor, for real."""
+"""End-to-end runs on local Ray: two DeepSpeed workers, a rollout actor (or colocated rollouts) and a reward
+actor, for real."""
 
 from __future__ import annotations
 
@@ -86,6 +87,30 @@ def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_
     assert step3["step"] == 3 and step3["rollout_version"] == 2
     assert set(state.consumed) < set(state3.consumed)
     assert len(state3.consumed) == len(set(state3.consumed)) == drawn + step3["groups_drawn"]
+
+
+def test_colocated_dapo_generates_with_the_live_module_and_syncs_nothing(base_config_dict, warm_model_dir, ray_local):
+    # Each worker generates with its own DeepSpeed module (ZeRO-2); its micro-batches are packed by a token
+    # budget (a few rows each: the prompts are ~50-60 tokens, the responses up to 16).
+    raw = {**base_config_dict, "model": {**base_config_dict["model"], "path": str(warm_model_dir)},
+           "rollout": {**base_config_dict["rollout"], "colocate": True},
+           "train": {**base_config_dict["train"], "total_steps": 2, "checkpoint_every": 2, "max_tokens_per_micro_batch": 256}}
+    cfg = parse_config(raw)
+    final = train(cfg)
+
+    records = _metrics(cfg)
+    assert [r["step"] for r in records] == [1, 2]
+    assert [r["rollout_version"] for r in records] == [0, 1]
+    for r in records:
+        assert r["weight_sync/bytes"] == 0 and r["time/weight_sync_s"] == 0.0
+        # The log-probs recorded at rollout are the trainer's forward on the same tokens before the update
+        # (step 2 too, after step 1 changed the weights): the importance ratio starts at 1.
+        assert abs(r["approx_kl"]) < 1e-4 and r["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+        assert r["micro_batches"] >= 2 and 0.0 <= r["padding_fraction"] < 1.0
+    before, after = load_file(Path(warm_model_dir) / "model.safetensors"), load_file(final / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    state = TrainerState.load(latest_checkpoint(Path(cfg.run.output_dir) / STORAGE_DIR))
+    assert (state.step, state.version) == (2, 2)
 
 
 def _kill(process_title: str) -> int | None:

@@ -22,6 +22,13 @@ def test_roles_of_the_tiny_config(base_config_dict):
     assert [r.name for r in roles(parse_config(base_config_dict), needs_rollouts=False)] == ["training workers", "data decode"]
 
 
+def test_colocated_transformers_rollouts_start_no_engines(base_config_dict):
+    base_config_dict["rollout"]["colocate"] = True
+    plan = roles(parse_config(base_config_dict), needs_rollouts=True)
+    assert [r.name for r in plan] == ["training workers", "reward actor", "data decode"]
+    assert plan[0].note == "ZeRO-2, colocated rollouts"
+
+
 def test_separate_engines_judge_and_encoder(base_config_dict):
     raw = _gpu(base_config_dict)
     raw["reward"] = {"weights": {"accuracy": 1.0, "thinking": 1.0, "paragraph": 1.0},

@@ -43,6 +43,21 @@ def test_colocated_needs_a_gpu_share_per_worker(base_config_dict, change):
         parse_config(raw)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"rollout": {"engine": "vllm"}}, "set rollout.engine transformers"),
+    ({"train": {"zero_stage": 3}}, "needs train.zero_stage 2"),
+    ({"model": {"quantization": "4bit", "lora": {"enabled": True}}}, "needs train.use_gpu"),
+])
+def test_colocated_transformers_rollouts_refuse_what_they_cannot_serve(base_config_dict, change, message):
+    base_config_dict["rollout"]["colocate"] = True
+    assert parse_config(base_config_dict).rollout.colocate
+    assert not parse_config(config_dict("m", "d", "r")).rollout.colocate  # off by default
+    for section, values in change.items():
+        base_config_dict[section].update(values)
+    with pytest.raises(ConfigError, match=message):
+        parse_config(base_config_dict)
+
+
 def test_unknown_engine_refused(base_config_dict):
     base_config_dict["rollout"]["engine"] = "sglang"
     with pytest.raises(ConfigError, match="rollout.engine"):

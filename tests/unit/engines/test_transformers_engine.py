@@ -1,8 +1,10 @@
-"""The transformers rollout engine (raytrain.engines.base) and weight sync (raytrain.models.loading), without Ray."""
+"""The transformers rollout engine (raytrain.engines.base), its colocated form on a live module, and weight sync
+(raytrain.models.loading), without Ray."""
 
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,8 +12,8 @@ import torch
 from peft import PeftModel
 
 from raytrain.config import parse_config
-from raytrain.engines.transformers_engine import TransformersEngine
-from raytrain.models.loading import sync_state
+from raytrain.engines.transformers_engine import LiveModuleEngine, TransformersEngine
+from raytrain.models.loading import load_family, load_policy, sync_state
 from raytrain.models.logprobs import token_logprobs
 from raytrain.models.tiny import build_tiny_model
 from raytrain.weight_sync.sender import LocalEngines, push_weights
@@ -241,3 +243,40 @@ def test_lora_adapter_sync(lora_cfg, prompts):
     with pytest.raises(ValueError, match="wrong shape"):
         push_weights(LocalEngines([eng]), bad, version=4)
     assert eng.version == 3
+
+
+@pytest.mark.parametrize("tuning", ["full", "lora"])
+def test_colocated_rollouts_use_the_live_weights(cfg, lora_cfg, prompts, tuning):
+    """`rollout.colocate`: the trainer's own module, in training mode and moved away from its initial weights
+    (as by an update), generates; the log-probs recorded at rollout are the trainer's forward on the same
+    tokens with those weights (LoRA: the base with the live adapter), not the initial weights'."""
+    model_cfg = (cfg if tuning == "full" else lora_cfg).model
+    family = load_family(model_cfg)
+    module = load_policy(model_cfg).train()
+    gen = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.requires_grad and (tuning == "full" or "lora_B" in name):
+                param.add_(torch.randn(param.shape, generator=gen) * (0.05 if tuning == "full" else 0.5))
+    live = LiveModuleEngine(family, module)
+    live.version = 4
+    sampling = cfg.rollout.sampling
+    torch.manual_seed(10)
+    groups = live.generate(prompts[1:], sampling)
+    assert module.training  # back to training after generating
+    served = SimpleNamespace(suppress_ids=family.suppress_ids, eos_id=family.end_id, version=4)  # what check_groups reads
+    check_groups(served, groups, 2, sampling.group_size, sampling.max_new_tokens)
+
+    initial = load_policy(model_cfg).eval()
+    moved = []
+    for prompt, group in zip(prompts[1:], groups):
+        batch = family.collate([prompt] * len(group), [s.token_ids for s in group])
+        with torch.no_grad():
+            trainer = token_logprobs(family, module, batch, temperature=sampling.temperature)
+            before = token_logprobs(family, initial, batch, temperature=sampling.temperature)
+        start = len(prompt.input_ids)
+        for i, s in enumerate(group):
+            recorded, n = np.asarray(s.logprobs), len(s.token_ids)
+            np.testing.assert_allclose(recorded, trainer[i, start:start + n].numpy(), atol=1e-4, rtol=0)
+            moved.append(np.abs(recorded - before[i, start:start + n].numpy()).max())
+    assert max(moved) > 1e-2, "the initial weights would have given the same log-probs: the test would prove nothing"

@@ -160,6 +160,15 @@ def test_rl_step_metrics_sum_the_ranks_by_key_when_one_has_no_data(groups, monke
     }
 
 
+def test_padding_fraction_over_both_ranks(monkeypatch):
+    stats = {"prompts": 3, "loss": 1.5, "ranks_trained": 1.0, "loss_sums": {"sft_nll_sum": 30.0}, "loss_means": {},
+             "micro_batches": 2.0, "row_tokens": 300.0, "padded_tokens": 400.0}
+    _two_ranks(monkeypatch, {**stats, "micro_batches": 1.0, "row_tokens": 90.0, "padded_tokens": 100.0, "media_skipped": 0})
+    metrics = step_metrics(ALGORITHMS["sft"], TrainerState(step=1, version=1), stats, 25.0, 0)
+    # 110 of the 500 tokens the three passes computed were padding.
+    assert metrics["micro_batches"] == 3 and metrics["padding_fraction"] == pytest.approx(110 / 500)
+
+
 def test_sft_step_metrics(monkeypatch):
     stats = {"prompts": 3, "loss": 1.5, "ranks_trained": 1.0, "loss_sums": {"sft_nll_sum": 30.0}, "loss_means": {}}
     _two_ranks(monkeypatch, {**stats, "prompts": 2, "loss": 1.0, "loss_sums": {"sft_nll_sum": 20.0}, "media_skipped": 0})

@@ -1,6 +1,6 @@
 """Micro-batching (raytrain.data.batch.TrainBatch + the global loss normalisation of raytrain.algos.losses):
-a step's gradient is the same whether its sequences go in one pass or in several, on the tiny
-Qwen2.5-VL with video and image prompts."""
+a step's gradient is the same whether its sequences go in one pass or in several, by row count or packed
+by a token budget (raytrain.train.step.micro_batch_groups), on the tiny Qwen2.5-VL with video and image prompts."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from raytrain.algos.losses import POLICY_LOSSES, policy_loss
-from raytrain.config.sections import AlgorithmConfig, ModelConfig
-from raytrain.data.batch import TrainBatch, response_positions
+from raytrain.config.sections import AlgorithmConfig, ModelConfig, TrainConfig
+from raytrain.data.batch import TrainBatch, consecutive_rows, padded_tokens, response_positions, token_budget_rows
 from raytrain.models.loading import load_family, load_policy
 from raytrain.models.logprobs import masked_logprobs, token_logprobs
+from raytrain.train.step import micro_batch_groups
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +106,39 @@ def test_seq_count_only_for_seq_mean_modes():
     loss, _ = policy_loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.tensor([1.0, 1.0]), torch.ones(2, 1),
                           loss_agg="seq-mean-token-sum", num_seqs=4.0)
     assert loss.item() == pytest.approx(-0.5)  # (-1 - 1) / 4, not / 2
+
+
+def test_token_budget_packs_rows_longest_first_within_the_budget():
+    lengths = [30, 10, 25, 12, 50, 9]
+    groups = token_budget_rows(lengths, 60)
+    # 50 alone (two rows of 50 exceed 60), 30 with 25 (2 x 30), then 12, 10 and 9 (3 x 12).
+    assert groups == [[4], [0, 2], [3, 1, 5]]
+    assert padded_tokens(lengths, groups) == 50 + 60 + 36
+    # Two rows at a time in order pad 30|10, 25|12 and 50|9 to 210 tokens for the same 136.
+    assert padded_tokens(lengths, consecutive_rows(6, 2)) == 210 and sum(lengths) == 136
+    assert token_budget_rows([80, 20, 20], 60) == [[0], [1, 2]]  # a row over the budget is its own micro-batch
+    assert token_budget_rows([], 60) == []
+
+
+def test_token_budget_micro_batches_give_the_same_step_as_row_micro_batches(batch, model_and_family):
+    model, family = model_and_family
+    algo = AlgorithmConfig(clip_low=0.2, clip_high=0.28)
+    mask = batch.per_token["loss_mask"]
+    num_tokens, num_seqs = float(mask.sum()), float((mask.sum(-1) > 0).sum())
+    lengths = batch.lengths()  # 57, 61, 55, 59 (videos), 44, 48 (the image)
+    budget = 2 * max(lengths) + 8  # two rows of any length fit, three never do
+    by_rows = micro_batch_groups(TrainConfig(micro_batch_size=4), batch)
+    by_tokens = micro_batch_groups(TrainConfig(max_tokens_per_micro_batch=budget), batch)
+    assert by_rows == [[0, 1, 2, 3], [4, 5]]
+    # Rows of similar length paired, longest first: not the batch's order.
+    assert sorted(i for g in by_tokens for i in g) == list(range(len(batch)))
+    assert [len(g) for g in by_tokens] == [2, 2, 2] and by_tokens != consecutive_rows(len(batch), 2)
+    assert all(len(g) * max(lengths[i] for i in g) <= budget for g in by_tokens)
+    assert padded_tokens(lengths, by_tokens) < padded_tokens(lengths, by_rows)
+
+    loss_rows, grad_rows = _gradient(model, family, batch.collate_rows(by_rows, family.collate), algo, num_tokens, num_seqs)
+    loss_tokens, grad_tokens = _gradient(model, family, batch.collate_rows(by_tokens, family.collate), algo, num_tokens, num_seqs)
+    assert grad_rows.abs().sum() > 0
+    # The same loss and gradient, so the same update from the same optimizer state.
+    assert loss_tokens == pytest.approx(loss_rows, rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(grad_tokens, grad_rows, rtol=1e-4, atol=1e-6)

@@ -167,6 +167,22 @@ def warm_model_dir(warm_run) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gloo_rank():
+    """A torch.distributed world of one gloo rank in this process, for the tests that run a DeepSpeed step
+    here. One per session: DeepSpeed caches a clone of the world group, and a second init after
+    `destroy_process_group` would find that stale clone."""
+    import deepspeed
+    import torch.distributed as dist
+
+    from tests.helpers.engine_step import _free_port
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    deepspeed.init_distributed(dist_backend="gloo")
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
 def media_prompts(make_config_dict, tmp_path_factory):
     """Two videos and one image of the synthetic train split, as prompts for the tiny model."""
     from raytrain.config import parse_config

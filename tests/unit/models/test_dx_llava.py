@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 
 import numpy as np
 import pytest
@@ -125,17 +123,11 @@ def test_sft_loss_is_lm_plus_weighted_head_bce_on_the_head_view(base_config_dict
     assert "head_bce_sum" not in rl_stats
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_stage1_step_through_the_trainer_moves_only_projector_and_head(base_config_dict, tiny_dx_llava_dir, family, prompts):
+def test_stage1_step_through_the_trainer_moves_only_projector_and_head(base_config_dict, tiny_dx_llava_dir, family, prompts,
+                                                                         gloo_rank):
     """One SFT step of the worker (`train_step` under DeepSpeed, one gloo rank) with `model.trainable:
     [projector, head]`: the tower and the language model stay bitwise equal."""
     import deepspeed
-    import torch.distributed as dist
 
     from raytrain.train.step import deepspeed_config, train_step
 
@@ -145,17 +137,12 @@ def test_stage1_step_through_the_trainer_moves_only_projector_and_head(base_conf
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"projector", "head"}
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    deepspeed.init_distributed(dist_backend="gloo")
-    try:
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
-        batch = sft_batch(cfg, prompts, family.tokenizer, family.end_id)
-        (padding,) = family.padding_batch().micro_batches(1, family.collate)
-        tokens = float(batch.per_token["loss_mask"].sum())
-        stats = train_step(cfg, ALGORITHMS["sft"], family, engine, None, batch, tokens, 2.0, 1, padding)
-    finally:
-        dist.destroy_process_group()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
+    batch = sft_batch(cfg, prompts, family.tokenizer, family.end_id)
+    (padding,) = family.padding_batch().micro_batches(1, family.collate)
+    tokens = float(batch.per_token["loss_mask"].sum())
+    stats = train_step(cfg, ALGORITHMS["sft"], family, engine, None, batch, tokens, 2.0, 1, padding)
     report = ALGORITHMS["sft"].report({**stats, "prompts": 2.0}, tokens)
     assert report["head_bce"] > 0 and 0 <= report["head_accuracy"] <= 1
     after = engine.module.state_dict()

@@ -5,7 +5,6 @@ leaves the weights alone. The reward scorer runs as a plain class; the step on o
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ from raytrain.config.sections import RewardConfig
 from raytrain.data.batch import Prompt, Sample
 from raytrain.models.tiny import build_tiny_processor
 from raytrain.train.experience import Group, finite_groups, rl_batch, rollout_metrics, rollout_stats
-from tests.helpers.engine_step import _free_port
 from tests.helpers.train_batches import rank_batch
 
 ANSWERS = ["<think>seam</think><answer>fake</answer>", "<think>ok</think><answer>real</answer>"]
@@ -57,10 +55,7 @@ def test_a_nan_or_infinite_reward_drops_its_group_before_the_loss():
     assert metrics["groups_nonfinite"] == 2 and all(math.isfinite(v) for v in metrics.values())
 
 
-def test_a_step_with_nan_inputs_is_skipped_and_weights_stay(base_config_dict, media_prompts):
-    import deepspeed
-    import torch.distributed as dist
-
+def test_a_step_with_nan_inputs_is_skipped_and_weights_stay(base_config_dict, media_prompts, gloo_rank):
     from raytrain.models.loading import load_family, load_policy
     from raytrain.train.algorithms import ALGORITHMS
     from raytrain.train.step import deepspeed_engine, train_step
@@ -68,29 +63,24 @@ def test_a_step_with_nan_inputs_is_skipped_and_weights_stay(base_config_dict, me
     cfg = parse_config(base_config_dict)
     family = load_family(cfg.model)
     (padding,) = family.padding_batch().micro_batches(1, family.collate)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    deepspeed.init_distributed(dist_backend="gloo")
-    try:
-        engine = deepspeed_engine(cfg, load_policy(cfg.model))
-        engine.train()
-        before = {n: p.detach().clone() for n, p in engine.module.named_parameters() if p.requires_grad}
+    engine = deepspeed_engine(cfg, load_policy(cfg.model))
+    engine.train()
+    before = {n: p.detach().clone() for n, p in engine.module.named_parameters() if p.requires_grad}
 
-        def step(batch):
-            mask = batch.per_token["loss_mask"]
-            return train_step(cfg, ALGORITHMS["dapo"], family, engine, None, batch, float(mask.sum()),
-                              float((mask.sum(-1) > 0).sum()), 1, padding)
+    def step(batch):
+        mask = batch.per_token["loss_mask"]
+        return train_step(cfg, ALGORITHMS["dapo"], family, engine, None, batch, float(mask.sum()),
+                          float((mask.sum(-1) > 0).sum()), 1, padding)
 
-        poisoned = rank_batch(media_prompts, 0, seed=1)
-        poisoned.per_token["advantages"][0, poisoned.per_token["loss_mask"][0].nonzero()[0]] = math.nan
-        stats = step(poisoned)
-        assert stats["step_skipped"] == 1 and stats["ranks_trained"] == 0
-        assert all(torch.equal(before[n], p) for n, p in engine.module.named_parameters() if n in before)
-        stats = step(rank_batch(media_prompts, 0, seed=1))  # the same batch, finite: trains
-        assert stats["step_skipped"] == 0 and stats["passes_dropped"] == 0 and math.isfinite(stats["loss"])
-        changed = [n for n, p in engine.module.named_parameters() if n in before and not torch.equal(before[n], p)]
-        assert changed and all(bool(torch.isfinite(p).all()) for p in engine.module.parameters())
-    finally:
-        dist.destroy_process_group()
+    poisoned = rank_batch(media_prompts, 0, seed=1)
+    poisoned.per_token["advantages"][0, poisoned.per_token["loss_mask"][0].nonzero()[0]] = math.nan
+    stats = step(poisoned)
+    assert stats["step_skipped"] == 1 and stats["ranks_trained"] == 0
+    assert all(torch.equal(before[n], p) for n, p in engine.module.named_parameters() if n in before)
+    stats = step(rank_batch(media_prompts, 0, seed=1))  # the same batch, finite: trains
+    assert stats["step_skipped"] == 0 and stats["passes_dropped"] == 0 and math.isfinite(stats["loss"])
+    changed = [n for n, p in engine.module.named_parameters() if n in before and not torch.equal(before[n], p)]
+    assert changed and all(bool(torch.isfinite(p).all()) for p in engine.module.parameters())
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])

@@ -85,7 +85,7 @@ def run_project(args) -> dict:
     from raytrain.config import parse_config
     from raytrain.train.launch import train
 
-    out = Path(args.work) / f"project-{args.mode}"
+    out = Path(args.work) / f"project-{Path(args.model_dir).name}-{args.mode}"  # a run of its own: nothing to resume
     cfg = parse_config(project_config(Path(args.model_dir), Path(args.manifest), out, args.steps, args.mode))
     metrics = out / "metrics.jsonl"
     first: list[float] = []
@@ -157,7 +157,7 @@ def run_trl(args) -> dict:
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(args.model_dir, dtype=torch.float32)
     config = GRPOConfig(
-        output_dir=str(Path(args.work) / "trl"), loss_type="dapo", beta=0.0, epsilon=0.2, epsilon_high=0.28,
+        output_dir=str(Path(args.work) / f"trl-{Path(args.model_dir).name}"), loss_type="dapo", beta=0.0, epsilon=0.2, epsilon_high=0.28,
         num_generations=GROUP_SIZE, per_device_train_batch_size=PROMPTS_PER_STEP * GROUP_SIZE, gradient_accumulation_steps=1,
         max_completion_length=NEW_TOKENS, temperature=1.0, learning_rate=LR, max_steps=args.steps, seed=0,
         use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,

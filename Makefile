@@ -8,8 +8,11 @@ STAMP := $(VENV)/.installed
 VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
+BENCH_VENV ?= .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: env env-vllm demo lint test test-vllm test-recipes prometheus
+.PHONY: env env-vllm bench-env bench-trainer demo lint test test-vllm test-recipes prometheus
 
 # bitsandbytes (the `qlora` extra) goes apart, into $(VENV)/qlora: peft imports it whenever it is installed, and
 # its import (torch's inductor) would slow every process of the suite; only the QLoRA test puts it on its path.
@@ -44,9 +47,28 @@ $(VLLM_STAMP): pyproject.toml constraints-vllm.txt vllm_cpu/torchvision_schemas.
 	$(VLLM_PY) -m pip install --quiet --no-deps -e .
 	touch $(VLLM_STAMP)
 
+# The benchmark environment of bench/trainer.py: TRL (never a dependency of the project) and what it needs
+# beyond .venv (constraints-bench.txt), layered over .venv by a .pth file that adds .venv's site-packages
+# (its .pth files included: the project's editable install). Both sides of the benchmark thus run the same
+# torch, transformers and peft builds, and the few packages TRL adds cannot change .venv.
+$(BENCH_STAMP): $(STAMP) constraints-bench.txt
+	test -x $(BENCH_PY) || python3 -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet --upgrade pip
+	base=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+	site=$$($(BENCH_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+	echo "import site; site.addsitedir('$$base')" > $$site/deepfake_rl_base_venv.pth
+	$(BENCH_PY) -m pip install --quiet -c constraints-cpu.txt -c constraints-bench.txt trl
+	touch $(BENCH_STAMP)
+
 env: $(STAMP)
 
 env-vllm: $(VLLM_STAMP)
+
+bench-env: $(BENCH_STAMP)
+
+# The project's DAPO against TRL's GRPOTrainer(loss_type="dapo"), both model sizes (< 10 min on 2 cores).
+bench-trainer: $(BENCH_STAMP)
+	$(BENCH_PY) -m bench.trainer
 
 demo: $(STAMP)
 	$(PY) -m jobs.demo

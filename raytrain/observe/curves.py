@@ -16,7 +16,7 @@ PANELS = (
     ("accuracy (sampled)", ("reward/accuracy",)),
     ("format reward", ("reward/format",)),
     ("groups (dynamic sampling)", ("groups_kept", "groups_dropped")),
-    ("seconds per phase", ("time/rollout_s", "time/train_s", "time/weight_sync_s", "time/idle_s")),
+    ("seconds per phase", ("time/rollout_s", "time/data_s", "time/reward_s", "time/train_s", "time/weight_sync_s", "time/idle_s")),
     ("loss", ("loss",)),
 )
 

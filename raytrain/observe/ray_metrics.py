@@ -70,7 +70,8 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in (
           "Throughput of a phase: response tokens sampled per second of rollout, loss tokens per second of "
           "training (`throughput/<phase>_tokens_per_s`).", "trainer", ("phase",)),
     _spec("deepfake_rl_phase_seconds", "gauge", "seconds",
-          "Wall time of a phase of the step (`time/<phase>_s`): rollout (generation and scoring), train, weight_sync, "
+          "Wall time of a phase of the step (`time/<phase>_s`): rollout (generation and scoring), of it data (waiting "
+          "for the shard's prompts) and reward (waiting for scores once generation was done), train, weight_sync, "
           "idle (checkpoint and logging of the previous step).", "trainer", ("phase",)),
     _spec("deepfake_rl_weight_sync_bytes", "gauge", "bytes", "Bytes rank 0 sent to each rollout engine in the step's sync (`weight_sync/bytes`).", "trainer"),
     _spec("deepfake_rl_media_skipped", "gauge", "draws", "Undecodable media skipped so far in this run (`media_skipped`).", "trainer"),
@@ -111,7 +112,7 @@ _STEP_KEYS: dict[str, tuple[str, dict[str, str]]] = {
     "media_skipped": ("deepfake_rl_media_skipped", {}),
     "loss": ("deepfake_rl_loss", {}),
     **{f"groups_{o}": ("deepfake_rl_groups", {"outcome": o}) for o in ("drawn", "kept", "dropped", "nonfinite")},
-    **{f"time/{p}_s": ("deepfake_rl_phase_seconds", {"phase": p}) for p in ("rollout", "train", "weight_sync", "idle")},
+    **{f"time/{p}_s": ("deepfake_rl_phase_seconds", {"phase": p}) for p in ("rollout", "data", "reward", "train", "weight_sync", "idle")},
     **{f"throughput/{p}_tokens_per_s": ("deepfake_rl_tokens_per_second", {"phase": p}) for p in ("rollout", "train")},
 }
 

@@ -10,6 +10,7 @@ their targets (`raytrain.data.sft_targets`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -92,13 +93,18 @@ def collect_rollouts(cfg: Config, feed: PromptFeed, rollout: ActorRollouts | Loc
     """DAPO dynamic sampling: draw prompts until `prompts_per_worker` informative groups or the round limit.
 
     Returns the kept groups and this rank's stats: `rollout_stats` over every drawn group, the
-    policy version that generated them, and the group counts."""
+    policy version that generated them, the group counts, and the rank's own seconds spent waiting
+    for the data shard's prompts (`time/data_s`) and for the scores once generation was done
+    (`time/reward_s`: scoring that generation did not hide)."""
     algo, want = cfg.algorithm, cfg.train.prompts_per_worker
     kept: list[Group] = []
     drawn = dropped = nonfinite = rounds = 0
+    data_s = reward_s = 0.0
     all_groups: list[Group] = []
     while len(kept) < want and rounds < algo.max_generation_rounds:
+        t0 = time.perf_counter()
         prompts = feed.take(want - len(kept))
+        data_s += time.perf_counter() - t0
         if not prompts:
             break
         rounds += 1
@@ -117,7 +123,9 @@ def collect_rollouts(cfg: Config, feed: PromptFeed, rollout: ActorRollouts | Loc
                 served.append(prompt)
                 samples.append(group)
                 scoring.append(_submit_scoring(cfg, reward_actor, prompt, group))
+        t0 = time.perf_counter()
         scores = [sc for prompt, group, ref in zip(served, samples, scoring) for sc in scored(cfg, reward_actor, prompt, group, ref)]
+        reward_s += time.perf_counter() - t0
         g = cfg.rollout.sampling.group_size
         groups, bad = finite_groups([Group(p, samples[i], scores[i * g:(i + 1) * g]) for i, p in enumerate(served)])
         if bad:
@@ -135,7 +143,7 @@ def collect_rollouts(cfg: Config, feed: PromptFeed, rollout: ActorRollouts | Loc
     # The policy version that generated this rank's rollouts (all equal while max_staleness is 0).
     stats["rollout_version"] = min((s.version for grp in all_groups for s in grp.samples), default=-1)
     stats.update({"groups_drawn": drawn, "groups_dropped": dropped, "groups_kept": len(kept), "generation_rounds": rounds,
-                  "groups_nonfinite": nonfinite})
+                  "groups_nonfinite": nonfinite, "time/data_s": data_s, "time/reward_s": reward_s})
     return kept, stats
 
 

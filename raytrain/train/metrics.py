@@ -36,11 +36,13 @@ def _add(totals: dict, part: dict) -> None:
 
 def step_metrics(algorithm: Algorithm, state: TrainerState, stats: dict, global_tokens: float, media_skipped: int) -> dict:
     """The step's global metrics from this rank's `stats` (the algorithm's `collect` and `train_step`'s)."""
-    # `rollout_version` stays this rank's own: every rank checked its rollouts' staleness itself.
-    local = {k: v for k, v in stats.items() if k != "rollout_version"}
+    # `rollout_version` and the `time/` phases stay this rank's own (every rank checked its rollouts'
+    # staleness itself; rank 0's phases are logged beside its own step timings).
+    own = {k: v for k, v in stats.items() if k == "rollout_version" or k.startswith("time/")}
+    local = {k: v for k, v in stats.items() if k not in own}
     totals = sum_by_key({**local, "media_skipped": media_skipped})
     metrics = {"step": state.step, "policy_version": state.version, "tokens": global_tokens,
-               "media_skipped": int(totals["media_skipped"])}
+               "media_skipped": int(totals["media_skipped"]), **{k: v for k, v in own.items() if k.startswith("time/")}}
     # `raytrain.train.step.train_step`'s guard: NaN or infinite loss inputs (ranks that saw them) and passes.
     metrics.update({k: int(totals.get(k, 0)) for k in ("step_skipped", "passes_dropped")})
     if "rollout_version" in stats:

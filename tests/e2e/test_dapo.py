@@ -62,6 +62,8 @@ def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_
         assert 0.0 <= r["reward/accuracy"] <= 1.0
         assert r["groups_kept"] + r["groups_dropped"] == r["groups_drawn"]
         assert r["responses"] == r["groups_drawn"] * cfg.rollout.sampling.group_size
+        # Waiting for prompts and for scores are parts of the rollout phase.
+        assert 0.0 <= r["time/data_s"] and 0.0 <= r["time/reward_s"] and r["time/data_s"] + r["time/reward_s"] <= r["time/rollout_s"]
         per_category = {k.rsplit("/", 1)[1]: v for k, v in r.items() if k.startswith("reward/accuracy/")}
         assert per_category and set(per_category) <= categories
         assert all(0.0 <= v <= 1.0 for v in per_category.values())

@@ -141,16 +141,19 @@ def _two_ranks(monkeypatch, other: dict) -> None:
 def test_rl_step_metrics_sum_the_ranks_by_key_when_one_has_no_data(groups, monkeypatch):
     stats = {**rollout_stats(groups), "rollout_version": 3, "groups_drawn": 3, "groups_dropped": 1, "groups_kept": 2,
              "generation_rounds": 2, "groups_nonfinite": 0, "loss": 0.5, "ranks_trained": 1.0, "loss_sums": {},
-             "loss_means": {"clip_frac": 0.25, "ratio_mean": 1.0, "approx_kl": 0.0, "kl": 0.125}}
+             "loss_means": {"clip_frac": 0.25, "ratio_mean": 1.0, "approx_kl": 0.0, "kl": 0.125},
+             "time/data_s": 0.25, "time/reward_s": 0.5}
     # The other rank ran out of data: no rewards, no loss stats, and no rollout version.
     empty = {**rollout_stats([]), "groups_drawn": 0, "groups_dropped": 0, "groups_kept": 0, "generation_rounds": 0,
-             "groups_nonfinite": 0, "loss": 0.0, "ranks_trained": 0.0, "loss_sums": {}, "loss_means": {}, "media_skipped": 2}
+             "groups_nonfinite": 0, "loss": 0.0, "ranks_trained": 0.0, "loss_sums": {}, "loss_means": {}, "media_skipped": 2,
+             "time/data_s": 2.0, "time/reward_s": 0.0}
     _two_ranks(monkeypatch, empty)
     metrics = step_metrics(ALGORITHMS["dapo"], TrainerState(step=4, version=4), stats, 40.0, 1)
     tokens = sum(len(s.token_ids) for g in groups for s in g.samples)
     assert metrics == {
         "step": 4, "policy_version": 4, "tokens": 40.0, "media_skipped": 3, "rollout_version": 3, "rollout_staleness": 0,
         "step_skipped": 0, "passes_dropped": 0, "loss": 0.5,
+        "time/data_s": 0.25, "time/reward_s": 0.5,  # this rank's own phases, not summed over ranks
         "responses": 4, "groups_drawn": 3, "groups_dropped": 1, "groups_kept": 2, "generation_rounds": 2, "groups_nonfinite": 0,
         "response_tokens_mean": tokens / 4, "truncated_mean": 0.25,
         # Mean paragraph rewards 0.625, 0 (no paragraphs), 0.625 and 1.

@@ -51,19 +51,24 @@ class TrainerState:
 def checkpoint_problem(directory: str | Path) -> str | None:
     """Why the checkpoint folder cannot be resumed from, or None: its state is missing or does not parse,
     or a file the state lists is missing or of another size than written (a copy cut off, a truncated file)."""
+    return _complete_state(directory)[1]
+
+
+def _complete_state(directory: str | Path) -> tuple[TrainerState | None, str | None]:
+    """The checkpoint's state when it is complete, else None and `checkpoint_problem`'s reason."""
     try:
         state = TrainerState.load(directory)
     except FileNotFoundError:
-        return f"no {STATE_FILE}"
+        return None, f"no {STATE_FILE}"
     except (json.JSONDecodeError, TypeError) as err:
-        return f"{STATE_FILE} does not parse ({err})"
+        return None, f"{STATE_FILE} does not parse ({err})"
     for rel, size in state.files.items():
         path = Path(directory, rel)
         if not path.is_file():
-            return f"{rel} is missing"
+            return None, f"{rel} is missing"
         if path.stat().st_size != size:
-            return f"{rel} has {path.stat().st_size} bytes, {size} were written"
-    return None
+            return None, f"{rel} has {path.stat().st_size} bytes, {size} were written"
+    return state, None
 
 
 def _position(state: TrainerState) -> tuple[int, int]:
@@ -76,11 +81,11 @@ def latest_checkpoint(storage_dir: str | Path) -> Path | None:
     `checkpoint_problem`) is reported by path and passed over, so the run resumes from the one before."""
     states = {}
     for folder in sorted(p for p in Path(storage_dir).glob("checkpoint_*") if p.is_dir()):
-        problem = checkpoint_problem(folder)
+        state, problem = _complete_state(folder)
         if problem:
             print(f"[run] passing over incomplete checkpoint {folder}: {problem}", flush=True)
             continue
-        states[folder] = TrainerState.load(folder)
+        states[folder] = state
     return max(states, key=lambda p: _position(states[p])) if states else None
 
 
@@ -89,8 +94,9 @@ def resume_point(handed: str | Path | None, chosen: str | Path | None) -> Path |
     one the driver `chosen` at start (a restart within this run), else the driver's, whose consumed keys
     the driver left out of the data (Ray hands over its newest registered checkpoint, which may be one
     truncated since, or older than a complete one it did not get to register)."""
-    if handed is not None and checkpoint_problem(handed) is None:
-        if chosen is None or _position(TrainerState.load(handed)) > _position(TrainerState.load(chosen)):
+    handed_state = _complete_state(handed)[0] if handed is not None else None
+    if handed_state is not None:
+        if chosen is None or _position(handed_state) > _position(TrainerState.load(chosen)):
             return Path(handed)
     return Path(chosen) if chosen is not None else None
 

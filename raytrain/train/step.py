@@ -42,12 +42,12 @@ def micro_batch_rows(train: TrainConfig, rows: int) -> int:
     return max(1, math.ceil(rows / (train.gradient_accumulation_steps or 1)))
 
 
-def micro_batch_groups(train: TrainConfig, batch: TrainBatch) -> list[list[int]]:
-    """The rows of each of the step's passes: packed by `train.max_tokens_per_micro_batch` (`token_budget_rows`),
-    else `micro_batch_rows` at a time in order."""
+def micro_batch_groups(train: TrainConfig, lengths: list[int]) -> list[list[int]]:
+    """The rows of each of the step's passes, given each row's tokens (`TrainBatch.lengths`): packed by
+    `train.max_tokens_per_micro_batch` (`token_budget_rows`), else `micro_batch_rows` at a time in order."""
     if train.max_tokens_per_micro_batch:
-        return token_budget_rows(batch.lengths(), train.max_tokens_per_micro_batch)
-    return consecutive_rows(len(batch), micro_batch_rows(train, len(batch)))
+        return token_budget_rows(lengths, train.max_tokens_per_micro_batch)
+    return consecutive_rows(len(lengths), micro_batch_rows(train, len(lengths)))
 
 
 def sum_across_ranks(values: list[float]) -> list[float]:
@@ -108,9 +108,9 @@ def train_step(cfg: Config, algorithm: Algorithm, family: ModelFamily, engine, r
     if nonfinite:
         return {"loss": 0.0, "ranks_trained": 0.0, "loss_sums": {}, "loss_means": {}, "step_skipped": float(not finite),
                 "passes_dropped": 0.0, "micro_batches": 0.0, "row_tokens": 0.0, "padded_tokens": 0.0}
-    groups = micro_batch_groups(cfg.train, batch) if batch else []
-    micro = batch.collate_rows(groups, family.collate) if batch else []
     lengths = batch.lengths() if batch else []
+    groups = micro_batch_groups(cfg.train, lengths)
+    micro = batch.collate_rows(groups, family.collate) if batch else []
     count = torch.tensor(float(len(micro)))
     dist.all_reduce(count, op=dist.ReduceOp.MAX)
     dropped = 0

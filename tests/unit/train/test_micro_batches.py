@@ -127,8 +127,8 @@ def test_token_budget_micro_batches_give_the_same_step_as_row_micro_batches(batc
     num_tokens, num_seqs = float(mask.sum()), float((mask.sum(-1) > 0).sum())
     lengths = batch.lengths()  # 57, 61, 55, 59 (videos), 44, 48 (the image)
     budget = 2 * max(lengths) + 8  # two rows of any length fit, three never do
-    by_rows = micro_batch_groups(TrainConfig(micro_batch_size=4), batch)
-    by_tokens = micro_batch_groups(TrainConfig(max_tokens_per_micro_batch=budget), batch)
+    by_rows = micro_batch_groups(TrainConfig(micro_batch_size=4), batch.lengths())
+    by_tokens = micro_batch_groups(TrainConfig(max_tokens_per_micro_batch=budget), batch.lengths())
     assert by_rows == [[0, 1, 2, 3], [4, 5]]
     # Rows of similar length paired, longest first: not the batch's order.
     assert sorted(i for g in by_tokens for i in g) == list(range(len(batch)))

@@ -1,5 +1,10 @@
 """Rollout actor: holds one engine and serves generation and weight updates; `RolloutActors` lets the
-weight-sync sender (`raytrain.weight_sync.sender`) reach a list of them."""
+weight-sync sender (`raytrain.weight_sync.sender`) reach a list of them.
+
+Ray runs an actor's calls one at a time. Under `rollout.mode: async` the actors are started as
+`OverlappingRolloutActor`, with a concurrency group of their own for the sync calls (`WEIGHTS`), so
+weights arrive while the actor generates; the transformers engine stages them and swaps them in
+between generate calls."""
 
 from __future__ import annotations
 
@@ -16,6 +21,9 @@ from raytrain.engines.base import make_engine
 from raytrain.observe.ray_metrics import RolloutMetrics
 from raytrain.weight_sync.group import GroupAddress
 from raytrain.weight_sync.protocol import BucketMeta, Shape
+
+WEIGHTS = "weights"  # the concurrency group of the sync calls, in `OverlappingRolloutActor`
+SYNC_CALLS = ("begin_update", "load_bucket", "finish_update", "join_weight_group", "receive_bucket")
 
 
 @ray.remote
@@ -62,12 +70,18 @@ class RolloutActor:
         return os.getpid()
 
 
+# The same actor with the sync calls in a thread of their own beside generation (`rollout.mode: async`).
+OverlappingRolloutActor = ray.remote(concurrency_groups={WEIGHTS: 1})(RolloutActor.__ray_actor_class__)
+
+
 class RolloutActors:
     """Rollout actors as the weight-sync sender reaches them (`raytrain.weight_sync.sender.Engines`): calls
-    are actor tasks, a bucket goes into the object store once for all of them, rank 0's store listens on this node."""
+    are actor tasks, a bucket goes into the object store once for all of them, rank 0's store listens on this node.
+    `overlapping`: the actors are `OverlappingRolloutActor`s, whose sync calls run beside a generate call."""
 
-    def __init__(self, actors: list):
+    def __init__(self, actors: list, overlapping: bool = False):
         self.actors = actors
+        self.group = WEIGHTS if overlapping else None
 
     @property
     def host(self) -> str:
@@ -81,7 +95,9 @@ class RolloutActors:
         return len(self.actors)
 
     def call(self, method: str, args: Sequence[tuple]) -> list[ray.ObjectRef]:
-        return [getattr(actor, method).remote(*actor_args) for actor, actor_args in zip(self.actors, args, strict=True)]
+        options = {"concurrency_group": self.group} if self.group and method in SYNC_CALLS else {}
+        return [getattr(actor, method).options(**options).remote(*actor_args)
+                for actor, actor_args in zip(self.actors, args, strict=True)]
 
     def wait(self, pending: list[ray.ObjectRef]) -> list:
         return ray.get(pending)
@@ -92,7 +108,8 @@ class RolloutActors:
 
 def start_rollout_actors(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None, name_prefix: str | None = None,
                          max_restarts: int = 0, tags: dict[str, str] | None = None) -> list:
-    """`rollout.num_actors` actors; named (and so findable by Ray Train workers) when `name_prefix` is set.
+    """`rollout.num_actors` actors (`OverlappingRolloutActor`s under `rollout.mode: async`); named (and so
+    findable by Ray Train workers) when `name_prefix` is set.
     Ray restarts a dead one up to `max_restarts` times, serving `weights` (version 0) until a sync.
     With `rollout.python` they run in that interpreter's environment (Ray's per-actor `py_executable`:
     on CPU, vLLM's own torch in .venv-vllm beside the trainer's .venv). `tags`
@@ -104,6 +121,7 @@ def start_rollout_actors(model: ModelConfig, rollout: RolloutConfig, *, weights:
             options["name"] = f"{name_prefix}-rollout-{i}"
         if rollout.python:
             options["runtime_env"] = {"py_executable": rollout.python}
-        actors.append(RolloutActor.options(**options).remote(model, rollout, weights, tags))
+        actor_class = OverlappingRolloutActor if rollout.mode == "async" else RolloutActor
+        actors.append(actor_class.options(**options).remote(model, rollout, weights, tags))
     ray.get([a.version.remote() for a in actors])  # surface load errors here, not mid-training
     return actors

@@ -139,6 +139,18 @@ class Config(Strict):
         return self
 
     @model_validator(mode="after")
+    def _async_rollouts(self):
+        if self.rollout.mode != "async":
+            return self
+        if self.rollout.colocate:
+            raise ValueError("rollout.mode async overlaps rollout actors with the trainers; rollout.colocate generates with "
+                             "the trainer's own module, between its steps (set rollout.mode sync)")
+        if self.rollout.engine != "transformers":
+            raise ValueError("rollout.mode async needs rollout.engine transformers (its engine stages a sync while it "
+                             "generates; the vLLM engine does not yet)")
+        return self
+
+    @model_validator(mode="after")
     def _broadcast_transport(self):
         r = self.rollout
         if r.weight_transport != "broadcast":

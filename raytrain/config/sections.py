@@ -216,6 +216,20 @@ class RolloutConfig(Strict):
                     "scale. It pays where the weight sync and the second copy cost more than the generation itself "
                     "(tiny models, one GPU per worker with memory to spare).",
     )
+    mode: Literal["sync", "async"] = Field(
+        "sync",
+        description="`sync`: each step a rank generates its groups, then trains on them, then the new weights are sent. "
+                    "`async`: generation overlaps training with bounded staleness (k = `algorithm.max_staleness`): before "
+                    "it trains a step, each rank submits the first generation round of each of its next k steps, so its "
+                    "rollout actor generates them with the newest weights it has while the trainers update (k = 1 is "
+                    "verl's one-step-off policy); later dynamic-sampling rounds are generated when needed, with the "
+                    "current weights. Every sample records the version that generated it; the loss's importance ratio "
+                    "uses the behaviour policy's recorded log-probabilities; a sync stages the weights while the actor "
+                    "generates and swaps them in between generate calls (a sync waits at most for the call in "
+                    "progress, and the engine holds a second copy of the synced tensors meanwhile). Prompts in flight "
+                    "are not consumed at a checkpoint: a resume draws them again. k = 0 is `sync` exactly. Needs "
+                    "`engine: transformers` and separate rollout actors (not `colocate`).",
+    )
     num_actors: int = Field(1, gt=0, description="Rollout actors; training workers are spread over them.")
     num_cpus: float = Field(1, gt=0, description="CPUs reserved per rollout actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs per rollout actor (0 on CPU).")
@@ -374,7 +388,12 @@ class AlgorithmConfig(Strict):
     overlong_filter: bool = Field(False, description="Mask the loss of truncated responses (DAPO overlong filtering).")
     kl_coef: float = Field(0.0, ge=0, description="beta of a KL penalty to the initial policy; 0 (DAPO default) loads no reference model.")
     kl_kind: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (Schulman 2020); k3 is GRPO's low-variance one.")
-    max_staleness: int = Field(0, ge=0, description="Largest allowed gap between the trainer's policy version and a rollout's; larger fails loudly.")
+    max_staleness: int = Field(
+        0, ge=0,
+        description="k: the largest allowed gap between the trainer's policy version and the version that generated a "
+                    "sample it trains on; a larger gap fails loudly. With `rollout.mode: async` also how many steps ahead "
+                    "a rank submits its first generation round (1: one-step-off); 0 keeps rollouts on-policy.",
+    )
 
 
 class SFTConfig(Strict):

@@ -3,6 +3,8 @@ and the same generation on a training worker's live module (`LiveModuleEngine`, 
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from raytrain.config.sections import ModelConfig, SamplingConfig
@@ -16,7 +18,12 @@ from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, Shape, ten
 
 class TransformersEngine(BucketReceiver):
     """`model.generate`, one prompt (G return sequences) at a time. Serves the vision-language
-    detectors, and text-only causal LMs too (the benchmark's side-by-side with vLLM on CPU)."""
+    detectors, and text-only causal LMs too (the benchmark's side-by-side with vLLM on CPU).
+
+    A sync is staged: its buckets are kept aside and `finish_update` swaps them in between generate
+    calls, so a rollout actor can receive weights while it generates (`rollout.mode: async`) and every
+    sample is stamped with the version that generated all of it. A sync cut short leaves the served
+    weights whole."""
 
     def __init__(self, cfg: ModelConfig, *, weights: str | None = None, device: str = "cpu"):
         self.device = torch.device(device)
@@ -27,12 +34,15 @@ class TransformersEngine(BucketReceiver):
         self.version = 0
         self._group: WeightGroup | None = None
         self._received: dict[str, torch.Tensor] | None = None
+        self._staged: dict[str, torch.Tensor] = {}
+        self._serving = threading.Lock()  # held by a generate call; a sync's swap waits for it
         # What a sync carries: the adapter alone under LoRA, every weight otherwise.
         self._spec = tensor_spec(sync_state(self.model, cpu_copy=False))
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample]]:
-        self.check_serving()
-        return sample_groups(self.family, self.model, prompts, sampling, greedy=greedy, version=self.version)
+        with self._serving:
+            self.check_serving()
+            return sample_groups(self.family, self.model, prompts, sampling, greedy=greedy, version=self.version)
 
     def head_probs(self, prompts: list[Prompt]) -> list[float | None]:
         """The binary head's probability of fake per prompt (None for a family without a head)."""
@@ -44,7 +54,23 @@ class TransformersEngine(BucketReceiver):
         return self._spec
 
     def _apply_bucket(self, bucket: dict[str, torch.Tensor]) -> None:
-        apply_sync_state(self.model, {k: v.to(self.device) for k, v in bucket.items()})
+        # A copy: an object-store bucket is a read-only view of shared memory the sender frees.
+        self._staged.update({k: v.to(self.device, copy=True) for k, v in bucket.items()})
+
+    def _commit(self, version: int) -> None:
+        apply_sync_state(self.model, self._staged)
+        self._staged = {}
+
+    def _abort(self, applied: bool) -> bool:
+        self._staged = {}
+        return True  # nothing staged reached the served weights
+
+    def _mixed_weights(self) -> str | None:
+        return None  # staged: the served weights are always one version's
+
+    def finish_update(self) -> int:
+        with self._serving:  # weights and version change together, between generate calls
+            return super().finish_update()
 
     def join_weight_group(self, address: GroupAddress, first_rank: int) -> int:
         self._group = self.weight_group = None  # a restarted sender's new group replaces the old one

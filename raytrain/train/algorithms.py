@@ -17,7 +17,15 @@ from raytrain.config import Config
 from raytrain.config.sections import AlgorithmConfig
 from raytrain.data.batch import TrainBatch
 from raytrain.models.family import ModelFamily
-from raytrain.train.experience import Group, PromptFeed, collect_rollouts, rl_batch, rollout_metrics, supervised_batch
+from raytrain.train.experience import (
+    Group,
+    PromptFeed,
+    RolloutsAhead,
+    collect_rollouts,
+    rl_batch,
+    rollout_metrics,
+    supervised_batch,
+)
 
 ALGORITHMS: dict[str, Algorithm] = {}
 
@@ -45,8 +53,9 @@ class Algorithm(ABC):
 
     @abstractmethod
     def collect(self, cfg: Config, feed: PromptFeed, rollout, reward_actor, version: int,
-                family: ModelFamily) -> tuple[TrainBatch | None, dict]:
-        """This rank's batch for the step (None: no rows) and its stats, which every rank sums by key."""
+                family: ModelFamily, ahead: RolloutsAhead | None = None) -> tuple[TrainBatch | None, dict]:
+        """This rank's batch for the step (None: no rows) and its stats, which every rank sums by key.
+        `ahead`: rollouts submitted steps ahead (`rollout.mode: async`)."""
 
     @abstractmethod
     def loss(self, algo: AlgorithmConfig, logp: Tensor, ref_logp: Tensor | None, batch: dict[str, Tensor],
@@ -73,8 +82,8 @@ class DAPO(Algorithm):
         # The distribution the rollout sampled from, so the ratio to its log-probs starts at 1.
         return cfg.rollout.sampling.temperature
 
-    def collect(self, cfg, feed, rollout, reward_actor, version, family):
-        groups, stats = collect_rollouts(cfg, feed, rollout, reward_actor, version)
+    def collect(self, cfg, feed, rollout, reward_actor, version, family, ahead=None):
+        groups, stats = collect_rollouts(cfg, feed, rollout, reward_actor, version, ahead)
         return self.batch(cfg, groups, family.tokenizer), stats
 
     def batch(self, cfg: Config, groups: list[Group], tokenizer) -> TrainBatch | None:
@@ -119,7 +128,7 @@ class SFT(Algorithm):
     def logprob_temperature(self, cfg):
         return 1.0  # the model's own distribution
 
-    def collect(self, cfg, feed, rollout, reward_actor, version, family):
+    def collect(self, cfg, feed, rollout, reward_actor, version, family, ahead=None):
         return supervised_batch(cfg, feed, family.tokenizer, family.end_id)
 
     def loss(self, algo, logp, ref_logp, batch, num_tokens, num_seqs):

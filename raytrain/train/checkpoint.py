@@ -36,7 +36,7 @@ MODEL_DIR = "model"
 class TrainerState:
     step: int = 0
     version: int = 0  # policy version served to the rollout actors; advances once per optimizer step
-    consumed: list[str] = field(default_factory=list)  # data keys already drawn (trained on or filtered out)
+    consumed: list[str] = field(default_factory=list)  # data keys already drawn (trained on or filtered out; not in flight)
     skipped: list[dict] = field(default_factory=list)  # media that could not be decoded: {key, path, reason}
     files: dict[str, int] = field(default_factory=dict)  # every other file of the checkpoint -> its size in bytes
 
@@ -125,9 +125,10 @@ def save_checkpoint(engine, processor, cfg: Config, state: TrainerState, rank: i
 
 
 def gather_data_position(state: TrainerState, feed: PromptFeed) -> None:
-    """Every rank's drawn keys and skipped media, merged into the state rank 0 saves."""
+    """Every rank's settled keys (drawn and not in flight: `PromptFeed.settled`) and skipped media, merged
+    into the state rank 0 saves."""
     gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (feed.drawn, feed.skipped))
+    dist.all_gather_object(gathered, (feed.settled(), feed.skipped))
     consumed = set(state.consumed)
     seen_skips = {s["key"] for s in state.skipped}
     for drawn, skipped in gathered:

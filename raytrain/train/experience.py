@@ -2,7 +2,8 @@
 training batch they make (SPEC sections 4 and 5).
 
 Each data-parallel rank streams its own Ray Data shard and asks its rollouts (a rollout actor, or with
-`rollout.colocate` its own live module) for G samples per prompt and the reward actor for scores. DAPO keeps only informative groups (dynamic sampling) until
+`rollout.colocate` its own live module) for G samples per prompt and the reward actor for scores. Under
+`rollout.mode: async` a step's first generation round may have been submitted steps ahead (`RolloutsAhead`). DAPO keeps only informative groups (dynamic sampling) until
 the rank has its quota; the batch carries the sampling log-probs and the per-token advantages of the
 estimator the algorithm names (`raytrain.algos.advantages`). SFT's batch is the next prompts with
 their targets (`raytrain.data.sft_targets`).
@@ -11,6 +12,7 @@ their targets (`raytrain.data.sft_targets`).
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -42,6 +44,7 @@ class PromptFeed:
         self._buffer: list[Prompt] = []
         self._consumed = consumed
         self.drawn: list[str] = []
+        self.in_flight: set[str] = set()  # drawn keys whose groups are still being generated (`RolloutsAhead`)
         self.skipped: list[dict] = []
         self.exhausted = False
 
@@ -59,6 +62,11 @@ class PromptFeed:
         self.drawn += [p.key for p in out]
         return out
 
+    def settled(self) -> list[str]:
+        """The drawn keys a checkpoint records as consumed (trained, dropped or skipped): not those still in
+        flight, which are not trained yet and which a resume draws again."""
+        return [k for k in self.drawn if k not in self.in_flight]
+
     def refused(self, prompt: Prompt, refusal: Refusal) -> None:
         """A drawn prompt the rollout engine could not serve: skipped like undecodable media."""
         self.skipped.append({"key": prompt.key, "path": prompt.path, "reason": refusal.reason})
@@ -71,9 +79,15 @@ class ActorRollouts:
     def __init__(self, actor):
         self.actor = actor
 
+    def submit(self, calls: list[list[Prompt]], sampling: SamplingConfig) -> list[ray.ObjectRef]:
+        return [self.actor.generate.remote(call, sampling) for call in calls]
+
     def generate(self, calls: list[list[Prompt]], sampling: SamplingConfig) -> Iterator[list[list[Sample] | Refusal]]:
         """Each call's groups, in order."""
-        refs = [self.actor.generate.remote(call, sampling) for call in calls]
+        return self.results(self.submit(calls, sampling))
+
+    @staticmethod
+    def results(refs: list[ray.ObjectRef]) -> Iterator[list[list[Sample] | Refusal]]:
         return (ray.get(ref) for ref in refs)
 
 
@@ -88,9 +102,50 @@ class LocalRollouts:
         return (self.engine.generate(call, sampling) for call in calls)
 
 
+class RolloutsAhead:
+    """`rollout.mode: async`: the first generation round of each of a rank's next `depth` steps
+    (`algorithm.max_staleness`), submitted to its rollout actor before the rank trains, so that the actor
+    generates them with the newest weights it has while the trainers update. A round submitted while the
+    trainer is at version v is trained at version v + depth or before (v + 1 for one-step-off), and its
+    samples come from version v or later: never more than `depth` versions old. Its prompts are in flight
+    (`PromptFeed.in_flight`) until the step that trains them takes them."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+        self._rounds: deque[tuple[list[list[Prompt]], list[ray.ObjectRef]]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._rounds)
+
+    def fill(self, cfg: Config, feed: PromptFeed, rollout: ActorRollouts, steps_left: float) -> None:
+        """Submit first rounds until `depth` of them, or one per step left after this one, are in flight."""
+        while len(self._rounds) < min(self.depth, steps_left):
+            prompts = feed.take(cfg.train.prompts_per_worker)
+            if not prompts:
+                return
+            feed.in_flight.update(p.key for p in prompts)
+            calls = _calls(cfg, prompts)
+            self._rounds.append((calls, rollout.submit(calls, cfg.rollout.sampling)))
+
+    def take(self, feed: PromptFeed, rollout: ActorRollouts) -> tuple[list[list[Prompt]], Iterator] | None:
+        """The oldest round's calls and their groups (as `ActorRollouts.generate`), or None when none is in flight."""
+        if not self._rounds:
+            return None
+        calls, refs = self._rounds.popleft()
+        feed.in_flight.difference_update(p.key for call in calls for p in call)
+        return calls, rollout.results(refs)
+
+
+def _calls(cfg: Config, prompts: list[Prompt]) -> list[list[Prompt]]:
+    """Prompts in generate calls of `rollout.prompts_per_call`."""
+    per_call = cfg.rollout.prompts_per_call
+    return [prompts[i:i + per_call] for i in range(0, len(prompts), per_call)]
+
+
 def collect_rollouts(cfg: Config, feed: PromptFeed, rollout: ActorRollouts | LocalRollouts, reward_actor,
-                     version: int) -> tuple[list[Group], dict]:
+                     version: int, ahead: RolloutsAhead | None = None) -> tuple[list[Group], dict]:
     """DAPO dynamic sampling: draw prompts until `prompts_per_worker` informative groups or the round limit.
+    `ahead`: the first round is the one submitted earliest (`rollout.mode: async`), when there is one.
 
     Returns the kept groups and this rank's stats: `rollout_stats` over every drawn group, the
     policy version that generated them, the group counts, and the rank's own seconds spent waiting
@@ -102,19 +157,21 @@ def collect_rollouts(cfg: Config, feed: PromptFeed, rollout: ActorRollouts | Loc
     data_s = reward_s = 0.0
     all_groups: list[Group] = []
     while len(kept) < want and rounds < algo.max_generation_rounds:
-        t0 = time.perf_counter()
-        prompts = feed.take(want - len(kept))
-        data_s += time.perf_counter() - t0
-        if not prompts:
-            break
+        submitted = ahead.take(feed, rollout) if ahead is not None and rounds == 0 else None
+        if submitted is None:
+            t0 = time.perf_counter()
+            prompts = feed.take(want - len(kept))
+            data_s += time.perf_counter() - t0
+            if not prompts:
+                break
+            # Prompts go to the engine in calls of `rollout.prompts_per_call`, and each call's groups go to
+            # the reward actor as soon as they exist: scoring (judge, encoder) runs while the engine
+            # generates the next call's prompts.
+            calls = _calls(cfg, prompts)
+            submitted = calls, rollout.generate(calls, cfg.rollout.sampling)
         rounds += 1
-        # Prompts go to the engine in calls of `rollout.prompts_per_call`, and each call's groups go to
-        # the reward actor as soon as they exist: scoring (judge, encoder) runs while the engine
-        # generates the next call's prompts.
-        per_call = cfg.rollout.prompts_per_call
-        calls = [prompts[i:i + per_call] for i in range(0, len(prompts), per_call)]
         served, samples, scoring = [], [], []
-        for call, generated in zip(calls, rollout.generate(calls, cfg.rollout.sampling)):
+        for call, generated in zip(*submitted):
             for prompt, group in zip(call, generated):
                 if isinstance(group, Refusal):
                     feed.refused(prompt, group)
@@ -140,8 +197,11 @@ def collect_rollouts(cfg: Config, feed: PromptFeed, rollout: ActorRollouts | Loc
             groups = [grp for grp, ok in zip(groups, informative) if ok]
         kept += groups
     stats = rollout_stats(all_groups)
-    # The policy version that generated this rank's rollouts (all equal while max_staleness is 0).
+    # The oldest policy version that generated this rank's rollouts (all equal while max_staleness is 0);
+    # `rollout_version_min` is reduced by min over the ranks (`raytrain.train.metrics.sum_by_key`).
     stats["rollout_version"] = min((s.version for grp in all_groups for s in grp.samples), default=-1)
+    if all_groups:
+        stats["rollout_version_min"] = stats["rollout_version"]
     stats.update({"groups_drawn": drawn, "groups_dropped": dropped, "groups_kept": len(kept), "generation_rounds": rounds,
                   "groups_nonfinite": nonfinite, "time/data_s": data_s, "time/reward_s": reward_s})
     return kept, stats

@@ -7,7 +7,9 @@ loss, and whether rollout engines need the new weights. Every rank takes one Dee
 batch (`raytrain.train.step`); rank 0 then pushes the new weights (or only the LoRA adapter) to every
 rollout actor, versioned (`raytrain.train.policy_sync`), and shows the step: metrics.jsonl, the trackers of
 `run.loggers`, Ray's metrics (`raytrain.observe`) and a progress bar or line on the console. With
-`rollout.colocate` each rank generates with its own live module instead and nothing is synced.
+`rollout.colocate` each rank generates with its own live module instead and nothing is synced. With
+`rollout.mode: async` each rank submits the first generation round of its next `algorithm.max_staleness`
+steps before it trains (`RolloutsAhead`), so its rollout actor generates while it trains and syncs.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from raytrain.observe.ray_metrics import StepGauges, run_tags
 from raytrain.observe.trackers import Trackers
 from raytrain.train.algorithms import ALGORITHMS
 from raytrain.train.checkpoint import DEEPSPEED_TAG, TrainerState, resume_point, save_checkpoint
-from raytrain.train.experience import ActorRollouts, LocalRollouts, PromptFeed
+from raytrain.train.experience import ActorRollouts, LocalRollouts, PromptFeed, RolloutsAhead
 from raytrain.train.metrics import BAR_SHOWN, SHOWN, log_metrics, step_metrics, step_text
 from raytrain.train.policy_sync import gathered_weights, push_policy, weight_group
 from raytrain.train.step import deepspeed_engine, sum_across_ranks, train_step
@@ -87,6 +89,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         rollout = LocalRollouts(colocated)
     else:
         rollout = ActorRollouts(rollouts[rank % len(rollouts)]) if rollouts else None
+    overlapped = rollout is not None and cfg.rollout.mode == "async" and cfg.algorithm.max_staleness > 0
+    ahead = RolloutsAhead(cfg.algorithm.max_staleness) if overlapped else None
     out_dir = Path(cfg.run.output_dir)
     engine.train()
     total_steps = cfg.train.total_steps or math.inf  # null: until the data runs out
@@ -101,11 +105,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
             t_idle = t0 - t_idle_from if t_idle_from is not None else 0.0
             if colocated:
                 colocated.version = state.version  # it serves the live weights: always the trainer's version
-            batch, stats = algorithm.collect(cfg, feed, rollout, reward_actor, state.version, family)
+            batch, stats = algorithm.collect(cfg, feed, rollout, reward_actor, state.version, family, ahead)
+            if ahead is not None:  # the next steps' first rounds generate while this one trains
+                ahead.fill(cfg, feed, rollout, total_steps - state.step - 1)
             t_rollout = time.perf_counter() - t0
             mask = batch.per_token["loss_mask"] if batch is not None else torch.zeros(0, 0)
+            has_data = not feed.exhausted or bool(ahead)
             global_tokens, global_rows, global_seqs, ranks_with_data = sum_across_ranks(
-                [float(mask.sum()), float(mask.shape[0]), float((mask.sum(-1) > 0).sum()), float(not feed.exhausted)]
+                [float(mask.sum()), float(mask.shape[0]), float((mask.sum(-1) > 0).sum()), float(has_data)]
             )
             if global_rows == 0 and ranks_with_data == 0:
                 # Every rank has run out of data: record the final data position (skipped media

@@ -16,8 +16,9 @@ BAR_SHOWN = ("reward/total", "reward/accuracy", "sft_nll")  # beside a progress 
 
 
 def sum_by_key(local: dict) -> dict:
-    """Every rank's `local` added up key by key, nested dicts too. A rank without data this step sends
-    fewer keys (no rewards, no loss stats), so the keys are whatever any rank has."""
+    """Every rank's `local` added up key by key, nested dicts too; keys ending in `_min` take the least
+    value instead. A rank without data this step sends fewer keys (no rewards, no loss stats), so the keys
+    are whatever any rank has."""
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, local)
     totals: dict = {}
@@ -30,6 +31,8 @@ def _add(totals: dict, part: dict) -> None:
     for k, v in part.items():
         if isinstance(v, dict):
             _add(totals.setdefault(k, {}), v)
+        elif k.endswith("_min"):
+            totals[k] = min(totals.get(k, v), v)
         else:
             totals[k] = totals.get(k, 0.0) + v
 
@@ -49,6 +52,9 @@ def step_metrics(algorithm: Algorithm, state: TrainerState, stats: dict, global_
         # The step trained policy version `state.version - 1` on these rollouts.
         metrics["rollout_version"] = stats["rollout_version"]
         metrics["rollout_staleness"] = state.version - 1 - stats["rollout_version"]
+    if "rollout_version_min" in totals:
+        # Over every rank: how many versions the oldest sample trained on is behind (<= algorithm.max_staleness).
+        metrics["rollout_staleness_max"] = state.version - 1 - int(totals["rollout_version_min"])
     if totals.get("padded_tokens"):
         # The share of the step's forward/backward tokens that were padding (`train.max_tokens_per_micro_batch` lowers it).
         metrics["micro_batches"] = int(totals["micro_batches"])

@@ -20,7 +20,7 @@ def weight_group(cfg: Config, rollouts: list) -> WeightGroup | None:
         return None
     backend = "nccl" if cfg.train.use_gpu else "gloo"
     ranks = cfg.rollout.vllm.tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
-    group = open_weight_group(RolloutActors(rollouts), backend, cfg.rollout.weight_group_timeout_s, ranks)
+    group = open_weight_group(_reached(cfg, rollouts), backend, cfg.rollout.weight_group_timeout_s, ranks)
     say(f"[train] weight sync: {backend} broadcast to {len(rollouts)} rollout actor(s), {group.address.world_size} ranks")
     return group
 
@@ -42,7 +42,12 @@ def push_policy(engine, cfg: Config, rollouts: list, version: int, rank: int, gr
     if rank == 0:
         # A broadcast flattens each bucket from the live weights (on the GPU under NCCL: no host round trip).
         state = sync_state(engine.module, gathered, cpu_copy=group is None)
-        push_weights(RolloutActors(rollouts), state, version, cfg.rollout.weight_bucket_mb << 20, group)
+        push_weights(_reached(cfg, rollouts), state, version, cfg.rollout.weight_bucket_mb << 20, group)
         sent = sum(t.numel() * t.element_size() for t in state.values())
     dist.barrier()
     return sent
+
+
+def _reached(cfg: Config, rollouts: list) -> RolloutActors:
+    # Under `rollout.mode: async` a sync runs beside the generate calls a rank submitted ahead.
+    return RolloutActors(rollouts, overlapping=cfg.rollout.mode == "async")

@@ -2,7 +2,7 @@
 
 Runs in the benchmark environment (`make bench-env`; `make bench-trainer` runs the defaults):
 
-    .venv-bench/bin/python -m bench.trainer [--sizes small,large] [--modes sync,sync-2t] [--steps 12] [--skip 2]
+    .venv-bench/bin/python -m bench.trainer [--sizes small,large] [--modes sync,sync-2t,async] [--steps 12] [--skip 2]
 
 Each size is a tiny Qwen2.5-VL from the project's factory (`raytrain.models.tiny`: small 5.4 M parameters,
 large 34.8 M), trained from the same random weights on the same 80 synthetic 56x56 training images
@@ -49,10 +49,12 @@ REWARD_WEIGHTS = {"format": 1.0, "overlong": 1.0, "accuracy": 1.0}
 MAX_LEN, OVERLONG_BUFFER = 24, 8  # the demo's soft overlong punishment at this response length
 # The project's modes: the config each sets over the shared one. `sync`: rollout, then train, then weight
 # sync, with the defaults' one torch thread per actor and worker; `sync-2t`: the same with both cores for
-# each phase (in sync mode the rollout actor and the training worker never compute at the same time).
+# each phase (in sync mode the rollout actor and the training worker never compute at the same time);
+# `async`: one-step-off rollouts (`rollout.mode: async`, k = 1), one thread each, generating while training.
 MODES: dict[str, dict] = {
     "sync": {},
     "sync-2t": {"rollout": {"torch_threads": 2}, "train": {"torch_threads": 2}},
+    "async": {"rollout": {"mode": "async"}, "algorithm": {"max_staleness": 1}},
 }
 RESULT = "BENCH_RESULT "  # a child's last line: its figures as JSON
 

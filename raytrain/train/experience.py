@@ -114,6 +114,12 @@ class RolloutsAhead:
         self.depth = depth
         self._rounds: deque[tuple[list[list[Prompt]], list[ray.ObjectRef]]] = deque()
 
+    @classmethod
+    def for_config(cls, cfg: Config) -> RolloutsAhead | None:
+        """The queue of `rollout.mode: async` with k > 0; None otherwise: k = 0 runs the synchronous step itself."""
+        k = cfg.algorithm.max_staleness
+        return cls(k) if cfg.rollout.mode == "async" and k > 0 else None
+
     def __len__(self) -> int:
         return len(self._rounds)
 

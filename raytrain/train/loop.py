@@ -89,8 +89,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         rollout = LocalRollouts(colocated)
     else:
         rollout = ActorRollouts(rollouts[rank % len(rollouts)]) if rollouts else None
-    overlapped = rollout is not None and cfg.rollout.mode == "async" and cfg.algorithm.max_staleness > 0
-    ahead = RolloutsAhead(cfg.algorithm.max_staleness) if overlapped else None
+    ahead = RolloutsAhead.for_config(cfg) if isinstance(rollout, ActorRollouts) else None
     out_dir = Path(cfg.run.output_dir)
     engine.train()
     total_steps = cfg.train.total_steps or math.inf  # null: until the data runs out

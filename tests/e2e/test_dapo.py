@@ -141,11 +141,18 @@ def _kill_a_worker_then_the_rollout_actor(storage: Path, done: threading.Event, 
             return
 
 
-def test_killed_worker_and_rollout_actor_resume_from_checkpoint_without_repeating_data(base_config_dict, warm_model_dir, ray_local):
+def test_async_killed_worker_and_rollout_actor_resume_from_checkpoint_training_every_prompt_once(
+        base_config_dict, warm_model_dir, ray_local):
+    # Asynchronous one-step-off rollouts (`rollout.mode: async`, k = 1): each rank submits its next step's
+    # first round before it trains, so at every checkpoint prompts are in flight, and both kills catch
+    # generate calls and syncs overlapping. (The synchronous resume is tested above; the synchronous step
+    # is the same loop without the calls submitted ahead.)
     # ZeRO-2: ZeRO-3's resume is tested above, and its per-step gathers and checkpoints here cost a minute of CI.
     # Six steps: a resumed step takes about a second here, and the rollout actor must still be alive when
     # the killer sees the resumed run's first checkpoint (with four, the run sometimes ended first).
     raw = _dapo_config(base_config_dict, warm_model_dir, total_steps=6, checkpoint_every=1, max_failures=3, zero_stage=2)
+    raw["rollout"] = {**raw["rollout"], "mode": "async"}
+    raw["algorithm"] = {**raw["algorithm"], "max_staleness": 1}
     # Enough data that dynamic sampling cannot run the 16-row split dry before the last step.
     raw["data"] = {**raw["data"], "epochs": 6}
     cfg = parse_config(raw)
@@ -161,15 +168,20 @@ def test_killed_worker_and_rollout_actor_resume_from_checkpoint_without_repeatin
     assert killed.get("worker", (None,))[0] and killed.get("rollout actor"), f"not everything was killed: {killed}"
     state = TrainerState.load(latest_checkpoint(storage))
     assert state.step == 6
-    assert len(state.consumed) == len(set(state.consumed))
     # Every step after a restart was logged again from the checkpoint on; the final record of
     # each step is the one that counts, and all six steps are there.
     records = _metrics(cfg)
     assert sorted({r["step"] for r in records}) == [1, 2, 3, 4, 5, 6]
-    # Every step's rollouts came from the policy of the step before: the restarted rollout actor
-    # got the checkpoint's weights back before it generated again.
     final = {r["step"]: r for r in records}
-    assert [final[s]["rollout_version"] for s in range(1, 7)] == [0, 1, 2, 3, 4, 5]
+    # Exactly once: the prompts the six surviving steps drew (those in flight at a checkpoint were drawn
+    # again after the restart, by the step that trained them) are the consumed keys, none twice.
+    assert sum(final[s]["groups_drawn"] for s in range(1, 7)) == len(state.consumed)
+    # No step trained a sample more than one version old (over every rank), and steps did train on
+    # samples generated while the step before trained; the restarted rollout actor got the
+    # checkpoint's weights back before it generated again (its initial ones would be too old).
+    assert all(final[s]["rollout_staleness_max"] <= 1 for s in range(1, 7)), [final[s]["rollout_staleness_max"] for s in final]
+    assert any(final[s]["rollout_staleness_max"] == 1 for s in range(2, 7))
+    assert all(final[s]["rollout_version"] >= s - 2 for s in range(1, 7))
 
 
 def test_undecodable_media_are_skipped_counted_and_listed(warm_run):

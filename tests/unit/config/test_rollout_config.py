@@ -94,3 +94,16 @@ def test_broadcast_refused_where_it_cannot_work(base_config_dict, change, messag
     if "model" not in change:
         raw["rollout"].pop("vllm", None)
         assert parse_config(raw).weight_transport() == "broadcast"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colocate": True}, "rollout.mode async overlaps rollout actors"),
+    ({"engine": "vllm"}, "rollout.mode async needs rollout.engine transformers"),
+])
+def test_async_rollouts_refuse_what_they_cannot_overlap(base_config_dict, change, message):
+    base_config_dict["rollout"]["mode"] = "async"
+    assert parse_config(base_config_dict).rollout.mode == "async"
+    assert parse_config(config_dict("m", "d", "r")).rollout.mode == "sync"  # the default
+    base_config_dict["rollout"].update(change)
+    with pytest.raises(ConfigError, match=message):
+        parse_config(base_config_dict)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from raytrain.models.loading import DTYPES
-
 
 class ClipEncoder:
     def __init__(self, path: str, *, kind: str = "transformers", pretrained: str | None = None,
                  dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False):
+        # Here, not at the top: the reward actor imports this module even when no paragraph reward needs an
+        # encoder, and the model-loading stack costs its process seconds of start-up.
+        from raytrain.models.loading import DTYPES
+
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype]
         self.kind = kind

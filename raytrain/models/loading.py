@@ -3,11 +3,10 @@ weights that travel to rollout engines or into an export."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
-from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model, get_peft_model_state_dict, prepare_model_for_kbit_training, set_peft_model_state_dict
 from transformers import AutoConfig, AutoProcessor
 
 from raytrain.config.sections import ModelConfig
@@ -19,6 +18,13 @@ from raytrain.weight_sync.protocol import Shape, tensor_spec
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Every model family, by the `model_type` of the checkpoints it serves.
 FAMILIES: dict[str, type[ModelFamily]] = {t: family for family in (Qwen2_5_VL, Qwen2Text, DxLlava) for t in family.model_types}
+
+
+def _is_adapter(model) -> bool:
+    """Whether `model` is a peft model. peft is imported only where an adapter is made or loaded (its import
+    costs ~6 s of CPU in each of a run's processes): a process that never imported it holds no peft model."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def family_class(config) -> type[ModelFamily]:
@@ -61,9 +67,13 @@ def load_policy(cfg: ModelConfig, *, weights: str | Path | None = None):
         **_quantized(cfg),
     )
     if cfg.lora.enabled and cfg.quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
         # Norms and the output layer in float32, inputs that carry gradients into the adapters.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     if weights is not None and (Path(weights) / "adapter_config.json").exists():
+        from peft import PeftModel
+
         return PeftModel.from_pretrained(model, str(weights), is_trainable=cfg.lora.enabled)
     if cfg.lora.enabled:
         return wrap_lora(model, cfg)
@@ -119,6 +129,9 @@ def wrap_lora(model, cfg: ModelConfig):
     """A fresh adapter on `cfg.lora.target_modules` where the model's family puts adapters (the language
     model; Qwen2.5-VL's and DX-LLaVA's vision towers stay frozen); the other `trainable_modules` (DX-LLaVA's
     projector and head) train whole beside it."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
     lora = cfg.lora
     target = family_class(model.config).lora_target(lora.target_modules)
     whole = [m for m in trainable_modules(model, cfg) or () if m != "language_model"]
@@ -145,7 +158,9 @@ def sync_state(model, gathered: dict[str, torch.Tensor] | None = None, *, cpu_co
     every weight otherwise. CPU copies by default, so they can travel through the object store;
     `cpu_copy=False` leaves them where they are (a broadcast sends them from the GPU, bucket by bucket).
     `gathered`: the model's state dict when its own parameters are shards (ZeRO-3)."""
-    if isinstance(model, PeftModel):
+    if _is_adapter(model):
+        from peft import get_peft_model_state_dict
+
         state = get_peft_model_state_dict(model, state_dict=gathered)
     else:
         state = model.state_dict() if gathered is None else gathered
@@ -173,7 +188,9 @@ def sync_spec(cfg: ModelConfig) -> dict[str, Shape]:
 def apply_sync_state(model, state: dict[str, torch.Tensor]) -> None:
     """Load all or part (one bucket) of a `sync_state`; names and shapes are checked by the caller
     (`raytrain.weight_sync.protocol`) before anything is loaded."""
-    if isinstance(model, PeftModel):
+    if _is_adapter(model):
+        from peft import set_peft_model_state_dict
+
         set_peft_model_state_dict(model, state)
     else:
         model.load_state_dict(state, strict=False)

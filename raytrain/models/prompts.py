@@ -10,7 +10,6 @@ from raytrain.config import Config
 from raytrain.config.sections import DataConfig, ModelConfig
 from raytrain.data.media import MediaError
 from raytrain.data.pipeline import PAD_MEDIA, ROWS_PER_BLOCK, decode_row, prompt_mode, ragged, row_blocks
-from raytrain.models.loading import load_family
 
 
 def _error_row(reason: str) -> dict:
@@ -34,6 +33,10 @@ class PromptBuilder:
     """Ray Data callable class: decode frames and run the model family's processor, once per row."""
 
     def __init__(self, model: ModelConfig, data: DataConfig):
+        # Here, not at the top: Ray Train's controller and Ray Data's split coordinator unpickle this class with
+        # the dataset and never build a prompt; the model-loading stack would cost each of them seconds.
+        from raytrain.models.loading import load_family
+
         self.family = load_family(model)
         self.data = data
 

@@ -16,7 +16,6 @@ import torch
 
 from raytrain.config.sections import JudgeConfig
 from raytrain.data.media import decode_media
-from raytrain.models.loading import load_family, load_policy, without_lora
 from rewards.judge_prompt import build_judge_prompt, parse_judge_score
 
 
@@ -34,6 +33,10 @@ class JudgeModel:
             raise ValueError("judge.model is not set")
         self.cfg = cfg
         self.device = torch.device(device)
+        # Here, not at the top: the reward actor imports this module for `JudgeRequest` alone, and the
+        # model-loading stack (transformers' processors, torchvision) costs its process seconds of start-up.
+        from raytrain.models.loading import load_family, load_policy, without_lora
+
         self.family = load_family(cfg.model)
         # Left padding: every row of a batch ends where its generation starts.
         self.family.tokenizer.padding_side = "left"

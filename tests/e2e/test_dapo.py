@@ -116,10 +116,15 @@ def test_colocated_dapo_generates_with_the_live_module_and_syncs_nothing(base_co
 
 
 def _kill(process_title: str) -> int | None:
-    for proc in psutil.process_iter(["cmdline"]):
-        if process_title in " ".join(proc.info["cmdline"] or []):
-            proc.kill()
-            return proc.pid
+    """Kill one process of this session's Ray (a descendant of this pytest process: `ray.init` started its
+    raylet here) titled `process_title`; never a process of another Ray on the machine."""
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if process_title in " ".join(proc.cmdline()):
+                proc.kill()
+                return proc.pid
+        except psutil.NoSuchProcess:
+            continue
     return None
 
 

@@ -12,7 +12,7 @@ BENCH_VENV ?= .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: env env-vllm bench-env bench-trainer demo lint test test-vllm test-recipes prometheus
+.PHONY: env env-vllm bench-env bench-trainer demo lint test test-vllm test-chaos test-recipes prometheus
 
 # bitsandbytes (the `qlora` extra) goes apart, into $(VENV)/qlora: peft imports it whenever it is installed, and
 # its import (torch's inductor) would slow every process of the suite; only the QLoRA test puts it on its path.
@@ -90,6 +90,10 @@ test: lint $(VLLM_STAMP) prometheus
 
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_PY) -m pytest -q tests_vllm
+
+# The reliability runs alone (random kills of every role, nodes lost); `make test` runs them too.
+test-chaos: $(STAMP)
+	$(PY) -m pytest -q -m chaos
 
 # The recipes' training effects at demo scale (tens of minutes each); not part of `make test`.
 test-recipes: $(STAMP)

@@ -31,14 +31,16 @@ MediaRef = tuple[str, str]  # (path, "video" | "image")
 
 
 class RewardScorer:
-    """The reward actor's body (`RewardActor` below); `judges` overrides the judge actors it would start;
-    `tags` (`raytrain.observe.ray_metrics.run_tags`): export Ray metrics under them."""
+    """The reward actor's body (`RewardActor` below); `judges` overrides the judge actors it would start
+    (each restarted by Ray up to `judge_restarts` times); `tags` (`raytrain.observe.ray_metrics.run_tags`):
+    export Ray metrics under them."""
 
-    def __init__(self, reward: RewardConfig, answer_format: str, judges: list | None = None, tags: dict[str, str] | None = None):
+    def __init__(self, reward: RewardConfig, answer_format: str, judges: list | None = None, tags: dict[str, str] | None = None,
+                 judge_restarts: int = 0):
         self.metrics = RewardMetrics(tags) if tags else None
         self.cfg = reward
         self.answer_format = answer_format
-        self.judges = [] if not reward.enabled("thinking") else judges or start_judge_actors(reward.judge)
+        self.judges = [] if not reward.enabled("thinking") else judges or start_judge_actors(reward.judge, judge_restarts)
         self.judge_failures = 0
         self.encoder = self.keyphrase = None
         para = reward.paragraph

@@ -32,7 +32,7 @@ from raytrain.observe.trackers import Trackers
 from raytrain.train.algorithms import ALGORITHMS
 from raytrain.train.checkpoint import DEEPSPEED_TAG, TrainerState, resume_point, save_checkpoint
 from raytrain.train.experience import ActorRollouts, LocalRollouts, PromptFeed, RolloutsAhead
-from raytrain.train.metrics import BAR_SHOWN, SHOWN, log_metrics, step_metrics, step_text
+from raytrain.train.metrics import BAR_SHOWN, SHOWN, keep_records_through, log_metrics, step_metrics, step_text
 from raytrain.train.policy_sync import gathered_weights, push_policy, weight_group
 from raytrain.train.step import deepspeed_engine, sum_across_ranks, train_step
 
@@ -72,8 +72,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if source is not None:
             engine.load_checkpoint(str(source), tag=DEEPSPEED_TAG, load_module_strict=not cfg.model.lora.enabled)
             state = TrainerState.load(source)
-    if source is not None and rank == 0:
-        say(f"[train] resumed at step {state.step} (policy version {state.version}, {len(state.consumed)} prompts consumed)")
+    if rank == 0:
+        keep_records_through(Path(cfg.run.output_dir), state.step)
+        if source is not None:
+            say(f"[train] resumed at step {state.step} (policy version {state.version}, {len(state.consumed)} prompts consumed)")
     # After a restart the engines may serve another version: a later one (synced before the step's
     # checkpoint was recorded), their initial weights (a restarted rollout actor) or part of a sync
     # whose sender died. Rank 0 looks and every rank learns the answer, so all push or none.

@@ -73,6 +73,18 @@ def log_metrics(out_dir: Path, metrics: dict) -> dict:
     return record
 
 
+def keep_records_through(out_dir: Path, step: int) -> None:
+    """Drop the `metrics.jsonl` records of steps after `step`. A run resumed from the checkpoint of `step`
+    trains (and logs) the later steps again: the file keeps one record per step, the one that counts."""
+    path = out_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) < len(lines):
+        path.write_text("".join(line + "\n" for line in kept))
+
+
 def step_text(record: dict, keys: tuple[str, ...] = SHOWN) -> str:
     """The figures of `keys` the record has, as `name value | ...`."""
     shown = {k: record[k] for k in keys if k in record}

@@ -3,12 +3,10 @@ actor, for real."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from PIL import Image
@@ -19,13 +17,9 @@ from raytrain.data.manifest import read_manifest
 from raytrain.models.loading import load_policy
 from raytrain.train.checkpoint import MODEL_DIR, TrainerState, latest_checkpoint
 from raytrain.train.launch import STORAGE_DIR, train
+from tests.helpers.runs import kill_one, metrics_records
 
 pytestmark = pytest.mark.slow
-
-
-def _metrics(cfg) -> list[dict]:
-    path = Path(cfg.run.output_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def _dapo_config(base: dict, warm_model_dir, **train) -> dict:
@@ -53,7 +47,7 @@ def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_
     load_policy(cfg.model.model_copy(update={"path": str(final)}))
 
     # Metrics were reported each step, and step 2 was rolled out by the weights of step 1.
-    records = _metrics(cfg)
+    records = metrics_records(cfg.run.output_dir)
     categories = set(read_manifest(cfg.data.manifest)["category"].to_pylist())
     assert [r["step"] for r in records] == [1, 2]
     assert [r["rollout_version"] for r in records] == [0, 1]
@@ -85,7 +79,7 @@ def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_
     train(resumed)
     state3 = TrainerState.load(latest_checkpoint(Path(cfg.run.output_dir) / STORAGE_DIR))
     assert (state3.step, state3.version) == (3, 3)
-    step3 = _metrics(cfg)[-1]
+    step3 = metrics_records(cfg.run.output_dir)[-1]
     assert step3["step"] == 3 and step3["rollout_version"] == 2
     assert set(state.consumed) < set(state3.consumed)
     assert len(state3.consumed) == len(set(state3.consumed)) == drawn + step3["groups_drawn"]
@@ -100,7 +94,7 @@ def test_colocated_dapo_generates_with_the_live_module_and_syncs_nothing(base_co
     cfg = parse_config(raw)
     final = train(cfg)
 
-    records = _metrics(cfg)
+    records = metrics_records(cfg.run.output_dir)
     assert [r["step"] for r in records] == [1, 2]
     assert [r["rollout_version"] for r in records] == [0, 1]
     for r in records:
@@ -115,19 +109,6 @@ def test_colocated_dapo_generates_with_the_live_module_and_syncs_nothing(base_co
     assert (state.step, state.version) == (2, 2)
 
 
-def _kill(process_title: str) -> int | None:
-    """Kill one process of this session's Ray (a descendant of this pytest process: `ray.init` started its
-    raylet here) titled `process_title`; never a process of another Ray on the machine."""
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if process_title in " ".join(proc.cmdline()):
-                proc.kill()
-                return proc.pid
-        except psutil.NoSuchProcess:
-            continue
-    return None
-
-
 def _kill_a_worker_then_the_rollout_actor(storage: Path, done: threading.Event, killed: dict) -> None:
     """After the first checkpoint, kill a training worker; once training resumed and checkpointed
     again, kill the rollout actor (Ray restarts it with its initial weights)."""
@@ -140,9 +121,9 @@ def _kill_a_worker_then_the_rollout_actor(storage: Path, done: threading.Event, 
         except (OSError, ValueError):  # a checkpoint still being copied into storage: a half-written state
             continue
         if step is not None and "worker" not in killed:
-            killed["worker"] = (_kill("ray::RayTrainWorker"), step)
+            killed["worker"] = (kill_one("ray::RayTrainWorker"), step)
         elif step is not None and step > killed["worker"][1]:
-            killed["rollout actor"] = _kill("ray::RolloutActor")
+            killed["rollout actor"] = kill_one("ray::RolloutActor")
             return
 
 
@@ -173,10 +154,9 @@ def test_async_killed_worker_and_rollout_actor_resume_from_checkpoint_training_e
     assert killed.get("worker", (None,))[0] and killed.get("rollout actor"), f"not everything was killed: {killed}"
     state = TrainerState.load(latest_checkpoint(storage))
     assert state.step == 6
-    # Every step after a restart was logged again from the checkpoint on; the final record of
-    # each step is the one that counts, and all six steps are there.
-    records = _metrics(cfg)
-    assert sorted({r["step"] for r in records}) == [1, 2, 3, 4, 5, 6]
+    # A resume drops the records of the steps after its checkpoint (they are trained again): one per step.
+    records = metrics_records(cfg.run.output_dir)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     final = {r["step"]: r for r in records}
     # Exactly once: the prompts the six surviving steps drew (those in flight at a checkpoint were drawn
     # again after the restart, by the step that trained them) are the consumed keys, none twice.
@@ -198,7 +178,7 @@ def test_undecodable_media_are_skipped_counted_and_listed(warm_run):
     keys = [s["key"] for s in state.skipped]
     assert len(keys) == len(set(keys))
     # Nothing usable was dropped: the consumed keys are exactly the rows trained on plus the skipped draws.
-    records = _metrics(cfg)
+    records = metrics_records(cfg.run.output_dir)
     assert len(state.consumed) == len(set(state.consumed)) == sum(r["prompts"] for r in records) + len(keys)
     assert set(keys) <= set(state.consumed)
     assert records[-1]["media_skipped"] == len(keys)

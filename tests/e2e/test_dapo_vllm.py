@@ -6,7 +6,6 @@ on the transformers engine in test_dapo.py: here one run, one vLLM start."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from safetensors.torch import load_file
 from raytrain.config import parse_config
 from raytrain.train.checkpoint import TrainerState, latest_checkpoint
 from raytrain.train.launch import STORAGE_DIR, train
+from tests.helpers.runs import metrics_records
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def test_dapo_on_vllm_trains_and_syncs(base_config_dict, warm_model_dir, ray_loc
     before, after = load_file(Path(warm_model_dir) / "model.safetensors"), load_file(final / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before), "the weights should change"
     # Step 2 was rolled out by vLLM serving the weights of step 1 (a sync into the other environment).
-    records = [json.loads(line) for line in (Path(cfg.run.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    records = metrics_records(cfg.run.output_dir)
     assert [r["step"] for r in records] == [1, 2]
     assert [r["rollout_version"] for r in records] == [0, 1]
     assert all(r["responses"] == r["groups_drawn"] * cfg.rollout.sampling.group_size for r in records)

@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from raytrain.config import load_config
 from raytrain.observe.ray_metrics import METRICS, step_series
 from raytrain.observe.trackers import MLFLOW_DIR, flatten, mlflow_name
+from tests.helpers.runs import metrics_records
 from tests.helpers.trackers import history, run_files, tensorboard_scalars
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,7 +120,7 @@ def test_prpo_job_under_ray_job_submit_watched_by_prometheus_and_trackers(base_c
         log = job.stdout + job.stderr
         assert job.returncode == 0 and "succeeded" in log, log[-5000:]
         out = Path(raw["run"]["output_dir"])
-        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        records = metrics_records(out)
         last = records[-1]
 
         # Prometheus holds every figure of the last step, with the run's tags and the value of metrics.jsonl.

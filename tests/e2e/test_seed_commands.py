@@ -16,6 +16,7 @@ import yaml
 from jobs import evaluate, prepare_data, sft
 from raytrain.train.checkpoint import TrainerState, latest_checkpoint
 from raytrain.train.launch import STORAGE_DIR
+from tests.helpers.runs import metrics_records
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def test_sft_with_the_seeds_ds_config_and_cpu_offload_resumes(base_config_dict, 
     assert "[run] resuming from" in out and "[train] resumed at step 1" in out
     state = TrainerState.load(latest_checkpoint(storage))
     assert state.step == 2 and len(state.consumed) == 4
-    metrics = [json.loads(line) for line in (Path(raw["run"]["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    metrics = metrics_records(raw["run"]["output_dir"])
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
 
 

@@ -230,7 +230,8 @@ class RolloutConfig(Strict):
                     "are not consumed at a checkpoint: a resume draws them again. k = 0 is `sync` exactly. Needs "
                     "`engine: transformers` and separate rollout actors (not `colocate`).",
     )
-    num_actors: int = Field(1, gt=0, description="Rollout actors; training workers are spread over them.")
+    num_actors: int = Field(1, gt=0, description="Rollout actors, one shared pool: each rank sends each generate call to the actor "
+                                                  "running the fewest of its calls (any number, independent of `train.num_workers`).")
     num_cpus: float = Field(1, gt=0, description="CPUs reserved per rollout actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs per rollout actor (0 on CPU).")
     torch_threads: int = Field(1, gt=0, description="Intra-op threads of a rollout actor on CPU.")

@@ -72,15 +72,33 @@ class PromptFeed:
         self.skipped.append({"key": prompt.key, "path": prompt.path, "reason": refusal.reason})
 
 
-class ActorRollouts:
-    """A rank's rollout actor: every call is submitted at once, so the actor generates the next call
-    while the reward actor scores the one before."""
+def least_loaded(loads: list[int], rank: int) -> int:
+    """The pool index for a rank's next generate call: the fewest calls running, ties to the rank's own
+    actor (`rank % n`) and then the ones after it, so that equal ranks spread evenly over the pool."""
+    n = len(loads)
+    return min(range(n), key=lambda i: (loads[i], (i - rank) % n))
 
-    def __init__(self, actor):
-        self.actor = actor
+
+class ActorRollouts:
+    """A rank's view of the shared pool of rollout actors: each generate call goes to the actor running the
+    fewest of this rank's calls (`least_loaded`), so any rank's prompts reach any engine and the pool's size
+    (`rollout.num_actors`) is independent of the training workers. Every call is submitted at once, so the
+    actors generate the next calls while the reward actor scores the one before."""
+
+    def __init__(self, actors: list, rank: int = 0):
+        self.actors, self.rank = list(actors), rank
+        self._running: list[list[ray.ObjectRef]] = [[] for _ in self.actors]
 
     def submit(self, calls: list[list[Prompt]], sampling: SamplingConfig) -> list[ray.ObjectRef]:
-        return [self.actor.generate.remote(call, sampling) for call in calls]
+        refs = []
+        for call in calls:
+            for running in self._running:  # forget the calls that finished
+                if running:
+                    running[:] = ray.wait(running, num_returns=len(running), timeout=0)[1]
+            i = least_loaded([len(r) for r in self._running], self.rank)
+            refs.append(self.actors[i].generate.remote(call, sampling))
+            self._running[i].append(refs[-1])
+        return refs
 
     def generate(self, calls: list[list[Prompt]], sampling: SamplingConfig) -> Iterator[list[list[Sample] | Refusal]]:
         """Each call's groups, in order."""

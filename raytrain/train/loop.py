@@ -90,7 +90,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if colocated:
         rollout = LocalRollouts(colocated)
     else:
-        rollout = ActorRollouts(rollouts[rank % len(rollouts)]) if rollouts else None
+        rollout = ActorRollouts(rollouts, rank) if rollouts else None
     ahead = RolloutsAhead.for_config(cfg) if isinstance(rollout, ActorRollouts) else None
     out_dir = Path(cfg.run.output_dir)
     engine.train()

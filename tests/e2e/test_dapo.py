@@ -36,8 +36,13 @@ def _dapo_config(base: dict, warm_model_dir, **train) -> dict:
                       "zero3_param_persistence_threshold": 0, **train}}
 
 
+def _pooled(raw: dict) -> dict:
+    # Two rollout actors, one shared pool: both ranks' calls spread over both (and both are synced).
+    return {**raw, "rollout": {**raw["rollout"], "num_actors": 2}}
+
+
 def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_dir, ray_local):
-    cfg = parse_config(_dapo_config(base_config_dict, warm_model_dir, total_steps=2, checkpoint_every=1))
+    cfg = parse_config(_pooled(_dapo_config(base_config_dict, warm_model_dir, total_steps=2, checkpoint_every=1)))
     final = train(cfg)
 
     # The weights changed and the export loads as an ordinary Hugging Face model.
@@ -75,7 +80,7 @@ def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_
     assert len(state.consumed) == drawn == len(set(state.consumed))
 
     # Resuming continues at step 3 with prompts it has not drawn before.
-    resumed = parse_config(_dapo_config(base_config_dict, warm_model_dir, total_steps=3, checkpoint_every=1))
+    resumed = parse_config(_pooled(_dapo_config(base_config_dict, warm_model_dir, total_steps=3, checkpoint_every=1)))
     train(resumed)
     state3 = TrainerState.load(latest_checkpoint(Path(cfg.run.output_dir) / STORAGE_DIR))
     assert (state3.step, state3.version) == (3, 3)

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from raytrain.config import parse_config
 from raytrain.train.algorithms import ALGORITHMS
 from raytrain.train.checkpoint import TrainerState
-from raytrain.train.experience import RolloutsAhead
+from raytrain.train.experience import RolloutsAhead, least_loaded
 from raytrain.train.metrics import step_metrics
 from tests.conftest import config_dict
 
@@ -39,3 +39,12 @@ def test_staleness_max_is_over_every_ranks_oldest_sample(monkeypatch):
     metrics = step_metrics(ALGORITHMS["dapo"], TrainerState(step=5, version=5), stats, 8.0, 0)
     assert (metrics["rollout_version"], metrics["rollout_staleness"], metrics["rollout_staleness_max"]) == (3, 1, 2)
     assert metrics["groups_drawn"] == 4  # the other keys are still summed
+
+
+def test_generate_calls_go_to_the_least_loaded_actor_of_the_shared_pool():
+    # Ties go to the rank's own actor first, then the ones after it: two ranks of two calls each on a pool
+    # of three actors use all three.
+    assert least_loaded([0, 0, 0], rank=0) == 0 and least_loaded([0, 0, 0], rank=1) == 1
+    assert least_loaded([1, 0, 0], rank=0) == 1 and least_loaded([0, 1, 0], rank=1) == 2
+    assert least_loaded([2, 1, 1], rank=2) == 2 and least_loaded([1, 1, 0], rank=4) == 2
+    assert least_loaded([5], rank=3) == 0

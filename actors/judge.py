@@ -24,6 +24,7 @@ class JudgeActor:
 
 
 def start_judge_actors(cfg: JudgeConfig) -> list:
-    actors = [JudgeActor.options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus).remote(cfg) for _ in range(cfg.num_actors)]
+    actors = [JudgeActor.options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=dict(cfg.resources)).remote(cfg)
+              for _ in range(cfg.num_actors)]
     ray.get([a.ready.remote() for a in actors])  # surface load errors at start, not mid-training
     return actors

@@ -12,7 +12,7 @@ BENCH_VENV ?= .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: env env-vllm bench-env bench-trainer demo lint test test-vllm test-recipes prometheus
+.PHONY: env env-vllm bench-env bench-trainer demo lint test test-vllm test-recipes test-chaos prometheus
 
 # bitsandbytes (the `qlora` extra) goes apart, into $(VENV)/qlora: peft imports it whenever it is installed, and
 # its import (torch's inductor) would slow every process of the suite; only the QLoRA test puts it on its path.
@@ -86,10 +86,16 @@ prometheus:
 
 test: lint $(VLLM_STAMP) prometheus
 	$(PY) -m pytest -q --durations=30
+	$(MAKE) --no-print-directory test-chaos VENV=$(VENV)
 	$(VLLM_PY) -m pytest -q tests_vllm
 
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_PY) -m pytest -q tests_vllm
+
+# Several Ray nodes on this machine (ray.cluster_utils.Cluster) and nodes lost mid-run: in a pytest session of
+# their own, since they start and break a cluster instead of the session's local Ray (`chaos` marker).
+test-chaos: $(STAMP)
+	$(PY) -m pytest -q -m chaos
 
 # The recipes' training effects at demo scale (tens of minutes each); not part of `make test`.
 test-recipes: $(STAMP)

@@ -25,7 +25,8 @@ class JudgeActor:
 
 def start_judge_actors(cfg: JudgeConfig, max_restarts: int = 0) -> list:
     """`max_restarts`: Ray restarts a judge actor that died (its batches meanwhile score 0 as judge failures)."""
-    actors = [JudgeActor.options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, max_restarts=max_restarts).remote(cfg)
+    actors = [JudgeActor.options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=dict(cfg.resources),
+                                 max_restarts=max_restarts).remote(cfg)
               for _ in range(cfg.num_actors)]
     ray.get([a.ready.remote() for a in actors])  # surface load errors at start, not mid-training
     return actors

@@ -116,7 +116,8 @@ def start_rollout_actors(model: ModelConfig, rollout: RolloutConfig, *, weights:
     (`raytrain.observe.ray_metrics.run_tags`): export Ray metrics under them."""
     actors = []
     for i in range(rollout.num_actors):
-        options = {"num_cpus": rollout.num_cpus, "num_gpus": rollout.num_gpus, "max_restarts": max_restarts}
+        options = {"num_cpus": rollout.num_cpus, "num_gpus": rollout.num_gpus, "resources": dict(rollout.resources),
+                   "max_restarts": max_restarts}
         if name_prefix:
             options["name"] = f"{name_prefix}-rollout-{i}"
         if rollout.python:

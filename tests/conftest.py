@@ -149,15 +149,11 @@ def warm_run(make_config_dict, synthetic_dir, ray_session, tmp_path_factory):
     policy whose groups differ in accuracy, or dynamic sampling keeps nothing."""
     from raytrain.config import parse_config
     from raytrain.train.launch import train
+    from tests.helpers.dapo_runs import warm_up_config
 
     root = tmp_path_factory.mktemp("warmup")
     manifest, bad_paths = _with_undecodable_rows(synthetic_dir / "manifest.parquet", root)
-    raw = make_config_dict(root / "run")
-    raw["data"].update(manifest=str(manifest), epochs=60)
-    raw["sft"] = {"answer": "random", "think": "I look at the frames."}
-    raw["algorithm"]["name"] = "sft"
-    raw["train"].update(total_steps=60, prompts_per_worker=8, lr=3e-3, checkpoint_every=60)
-    cfg = parse_config(raw)
+    cfg = parse_config(warm_up_config(make_config_dict(root / "run"), manifest))
     return cfg, train(cfg), bad_paths
 
 

@@ -6,9 +6,9 @@ Every option is declared once here with its default and, where it comes from a p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from rewards.judge_prompt import JUDGE_PROMPT
 from rewards.outcome import COMPONENTS as REWARD_COMPONENTS
@@ -18,6 +18,30 @@ class Strict(BaseModel):
     """Unknown keys and wrong types fail, also on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# Ray's own resource names: each has its option (`train.cpus_per_worker`, `rollout.num_gpus`, ...), and Ray
+# accounts memory apart; a custom resource is any other name a node was started with (`ray start --resources`).
+RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def _custom_resources(value: dict[str, float]) -> dict[str, float]:
+    builtin = sorted(set(value) & set(RAY_BUILTIN_RESOURCES))
+    if builtin:
+        raise ValueError(f"{', '.join(builtin)} have options of their own (CPUs and GPUs per worker or actor); "
+                         "name only custom resources here")
+    bad = {k: v for k, v in value.items() if not k or v <= 0}
+    if bad:
+        raise ValueError(f"custom resources need a name and an amount above 0, got {bad}")
+    return value
+
+
+# Extra custom Ray resources one worker or actor asks for, beside its CPUs and GPUs.
+CustomResources = Annotated[dict[str, float], AfterValidator(_custom_resources)]
+
+PINNING = ("A node offers a custom resource when started with it (`ray start --resources='{\"trainer\": 1}'`); "
+           "asking for it pins the role to such nodes, and an amount equal to what each node has puts one per node. "
+           "A name no live node has is refused at start. Default: none.")
 
 
 class TrackingConfig(Strict):
@@ -235,6 +259,13 @@ class RolloutConfig(Strict):
     num_cpus: float = Field(1, gt=0, description="CPUs reserved per rollout actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs per rollout actor (0 on CPU).")
     torch_threads: int = Field(1, gt=0, description="Intra-op threads of a rollout actor on CPU.")
+    resources: CustomResources = Field(
+        default_factory=dict,
+        description="Custom Ray resources each rollout actor asks for beside `num_cpus` and `num_gpus` (also the "
+                    "evaluation's inference actors, which are rollout engines). The reward actor and the judges are "
+                    "roles of their own (`reward.resources`, `reward.judge.resources`): they do not take a rollout "
+                    "node's share. " + PINNING,
+    )
     prompts_per_call: int = Field(
         1, gt=0,
         description="Prompts a training worker sends per generate call (each with its G samples). A call's groups are "
@@ -286,6 +317,7 @@ class JudgeConfig(Strict):
     num_cpus: float = Field(1, gt=0, description="CPUs per judge actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs per judge actor (0 on CPU).")
     torch_threads: int = Field(1, gt=0, description="Intra-op threads of a judge actor on CPU.")
+    resources: CustomResources = Field(default_factory=dict, description="Custom Ray resources each judge actor asks for. " + PINNING)
 
 
 class ParagraphConfig(Strict):
@@ -323,6 +355,11 @@ class RewardConfig(Strict):
     overlong_buffer: int = Field(150, gt=0, description="L_c: the punishment ramps over the last L_c tokens before L_max.")
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     paragraph: ParagraphConfig = Field(default_factory=ParagraphConfig)
+    resources: CustomResources = Field(
+        default_factory=dict,
+        description="Custom Ray resources the reward actor asks for (it scores on CPU, and runs the CLIP encoder "
+                    "of `paragraph`; the judges are placed by `judge.resources`). " + PINNING,
+    )
 
     def enabled(self, component: str) -> bool:
         return self.weights.get(component, 0.0) != 0.0
@@ -414,6 +451,12 @@ class TrainConfig(Strict):
     use_gpu: bool = Field(False, description="One GPU per worker and the NCCL backend; gloo on CPU.")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker.")
     torch_threads: int = Field(1, gt=0, description="Intra-op threads per worker on CPU.")
+    resources: CustomResources = Field(
+        default_factory=dict,
+        description="Custom Ray resources each training worker asks for beside `cpus_per_worker` and its GPU (Ray "
+                    "Train's `resources_per_worker`). With `{trainer: 1}` and nodes started with one `trainer` "
+                    "each, every worker gets a node of its own. " + PINNING,
+    )
     total_steps: int | None = Field(100, gt=0, description="Optimizer steps of the run; null: until `data.epochs` passes are used up.")
     prompts_per_worker: int = Field(4, gt=0, description="Prompts (groups, for RL) per worker per step.")
     micro_batch_size: int | None = Field(

@@ -182,6 +182,7 @@ def heldout_loss(cfg: Config, *, split: str | None = None) -> float:
     scored = build_dataset(served, rows).map_batches(
         LossScorer, fn_constructor_kwargs={"cfg": served, "weights": adapter}, batch_size=cfg.evaluation.batch_size,
         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=cfg.rollout.num_cpus, num_gpus=cfg.rollout.num_gpus,
+        resources=dict(cfg.rollout.resources),
     )
     nll = tokens = 0.0
     for part in scored.iter_batches(batch_size=None, batch_format="numpy"):
@@ -264,6 +265,7 @@ def run_inference(cfg: Config, rows: pa.Table, out: Path, unreadable: list[dict]
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=cfg.rollout.num_cpus,
             num_gpus=cfg.rollout.num_gpus,
+            resources=dict(cfg.rollout.resources),  # on the rollout engines' nodes (`rollout.resources`)
         )
         progress = Progress(todo.num_rows, "[evaluate]", bar=use_bar(cfg.run), unit="item")
         for table in predictions.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -57,7 +57,7 @@ def train(cfg: Config) -> Path:
         if not cfg.rollout.colocate:  # colocated: each training worker generates with its own module
             rollouts = start_rollout_actors(cfg.model, cfg.rollout, max_restarts=restarts, tags=tags)
         encoder_gpus = cfg.reward.paragraph.num_gpus if cfg.reward.enabled("paragraph") else 0
-        reward = RewardActor.options(num_gpus=encoder_gpus, max_restarts=restarts).remote(
+        reward = RewardActor.options(num_gpus=encoder_gpus, resources=dict(cfg.reward.resources), max_restarts=restarts).remote(
             cfg.reward, cfg.data.answer_format, tags=tags, judge_restarts=restarts)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -68,7 +68,8 @@ def train(cfg: Config) -> Path:
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker,
-                                  **({"GPU": placement.worker_gpu_share(cfg)} if cfg.train.use_gpu else {})},
+                                  **({"GPU": placement.worker_gpu_share(cfg)} if cfg.train.use_gpu else {}),
+                                  **cfg.train.resources},
         ),
         run_config=RunConfig(
             name=STORAGE_DIR,

@@ -9,25 +9,23 @@ failures), never the run. `make test-chaos` runs this module alone; `make test` 
 from __future__ import annotations
 
 import random
-import threading
 import time
-from pathlib import Path
 
 import pytest
 from transformers import AutoModelForImageTextToText
 
 from raytrain.config import parse_config
 from raytrain.models.loading import load_policy
-from raytrain.train.checkpoint import MODEL_DIR, TrainerState, checkpoint_problem, latest_checkpoint
-from raytrain.train.launch import STORAGE_DIR, train
-from tests.helpers.runs import kill_one, metrics_records
+from raytrain.train.checkpoint import MODEL_DIR, TrainerState, checkpoint_problem
+from tests.helpers.dapo_runs import storage_dir, train_breaking, trained_every_prompt_once
+from tests.helpers.runs import kill_one
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
 STEPS = 30
 ROLES = {"training worker": "ray::RayTrainWorker", "rollout actor": "ray::RolloutActor",
          "reward actor": "ray::RewardScorer", "judge actor": "ray::JudgeActor"}
-KILL_WINDOW_S = 900  # the killer gives up after this; the test then fails on the kills it could not make
+KILL_WINDOW_S = 1200  # the whole run, kills and restarts included, must end within this
 
 
 def _schedule(seed: int) -> list[tuple[str, int, float]]:
@@ -38,25 +36,21 @@ def _schedule(seed: int) -> list[tuple[str, int, float]]:
     return [(role, step, rng.uniform(0.0, 1.5)) for role, step in zip(roles, steps)]
 
 
-def _killer(storage: Path, schedule, done: threading.Event, killed: list, seed: int) -> None:
-    rng = random.Random(seed)
-    deadline = time.time() + KILL_WINDOW_S
+def _killer(schedule, killed: list, rng: random.Random):
+    """`train_breaking`'s breaker: the schedule's next kill once the newest checkpoint has reached its step."""
     pending = list(schedule)
-    while pending and not done.is_set() and time.time() < deadline:
-        time.sleep(0.1)
-        try:
-            latest = latest_checkpoint(storage)
-            step = TrainerState.load(latest).step if latest is not None else 0
-        except (OSError, ValueError):  # a checkpoint still being copied into storage
-            continue
+
+    def breaker(step: int) -> bool:
         role, after, delay = pending[0]
-        if step < after:
-            continue
-        time.sleep(delay)
-        pid = kill_one(ROLES[role], rng)
-        if pid is not None:  # else its process is restarting (an earlier kill): try again on the next tick
-            killed.append((role, step, pid))
-            pending.pop(0)
+        if step >= after:
+            time.sleep(delay)
+            pid = kill_one(ROLES[role], rng)
+            if pid is not None:  # else its process is restarting (an earlier kill): try again on the next poll
+                killed.append((role, step, pid))
+                pending.pop(0)
+        return not pending
+
+    return breaker
 
 
 @pytest.mark.timeout(1500)
@@ -71,29 +65,16 @@ def test_random_kills_of_every_role_lose_nothing_and_repeat_nothing(base_config_
                                "num_cpus": 0.5, "media": {"num_frames": 2, "max_pixels": 3136, "min_pixels": 784}}}
     raw["train"] = {**raw["train"], "total_steps": STEPS, "checkpoint_every": 1, "max_failures": 4, "actor_restarts": 4}
     cfg = parse_config(raw)
-    storage = Path(cfg.run.output_dir).resolve() / STORAGE_DIR
-    schedule = _schedule(seed)
-    done, killed = threading.Event(), []
-    killer = threading.Thread(target=_killer, args=(storage, schedule, done, killed, seed))
-    killer.start()
-    try:
-        final = train(cfg)
-    finally:
-        done.set()
-        killer.join()
+    schedule, killed = _schedule(seed), []
+    final = train_breaking(cfg, _killer(schedule, killed, random.Random(seed)), timeout_s=KILL_WINDOW_S)
     assert [k[0] for k in killed] == [s[0] for s in schedule], f"kills made {killed} of the schedule {schedule}"
 
-    # Steps and policy versions only went forward, and the metrics file has one record per step.
-    records = metrics_records(cfg.run.output_dir)
-    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
-    assert [r["policy_version"] for r in records] == list(range(1, STEPS + 1))
-    # Exactly once: the prompts the 30 surviving steps drew are the consumed keys, none twice.
-    state = TrainerState.load(latest_checkpoint(storage))
-    assert state.step == STEPS and len(state.consumed) == len(set(state.consumed))
-    assert sum(r["groups_drawn"] for r in records) == len(state.consumed)
+    # Steps and policy versions only went forward, one record per step; every prompt trained exactly once.
+    _, records = trained_every_prompt_once(cfg, STEPS)
+    assert [records[s]["policy_version"] for s in range(1, STEPS + 1)] == list(range(1, STEPS + 1))
 
     # Every checkpoint left behind is complete and loads, in step order; the final export loads by name.
-    left = sorted(c for c in storage.glob("checkpoint_*") if c.is_dir())
+    left = sorted(c for c in storage_dir(cfg).glob("checkpoint_*") if c.is_dir())
     assert left and all(checkpoint_problem(c) is None for c in left), [(c.name, checkpoint_problem(c)) for c in left]
     steps = [TrainerState.load(c).step for c in left]
     assert steps == sorted(steps) and steps[-1] == STEPS

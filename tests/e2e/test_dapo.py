@@ -3,37 +3,25 @@ actor, for real."""
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from raytrain.config import parse_config
 from raytrain.data.manifest import read_manifest
-from raytrain.models.loading import load_policy
 from raytrain.train.checkpoint import MODEL_DIR, TrainerState, latest_checkpoint
 from raytrain.train.launch import STORAGE_DIR, train
+from tests.helpers.dapo_runs import (
+    assert_resumes_one_step,
+    assert_weights_changed,
+    dapo_config,
+    train_breaking,
+    trained_every_prompt_once,
+)
 from tests.helpers.runs import kill_one, metrics_records
 
 pytestmark = pytest.mark.slow
-
-
-def _dapo_config(base: dict, warm_model_dir, **train) -> dict:
-    # The DAPO runs of this module: weights reach the rollout actor by broadcast over a gloo weight
-    # group (the path NCCL takes on GPUs), a round's prompts go in one generate call (as set for
-    # vLLM), a step runs in micro-batches of 3 sequences (ranks keep different numbers of groups, so
-    # their micro-batch counts differ), under ZeRO-3 with every parameter sharded (gathered for each
-    # sync and export) unless a test says otherwise. The warm-up, recipe and `ray job submit` runs use
-    # the defaults: the object store, one prompt per call, one pass per step, ZeRO-2.
-    return {**base, "model": {**base["model"], "path": str(warm_model_dir)},
-            "rollout": {**base["rollout"], "weight_transport": "broadcast", "weight_group_timeout_s": 60.0,
-                        "prompts_per_call": 2},
-            "train": {**base["train"], "micro_batch_size": 3, "zero_stage": 3,
-                      "zero3_param_persistence_threshold": 0, **train}}
 
 
 def _pooled(raw: dict) -> dict:
@@ -42,14 +30,11 @@ def _pooled(raw: dict) -> dict:
 
 
 def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_dir, ray_local):
-    cfg = parse_config(_pooled(_dapo_config(base_config_dict, warm_model_dir, total_steps=2, checkpoint_every=1)))
+    cfg = parse_config(_pooled(dapo_config(base_config_dict, warm_model_dir, total_steps=2, checkpoint_every=1)))
     final = train(cfg)
 
     # The weights changed and the export loads as an ordinary Hugging Face model.
-    before, after = load_file(Path(warm_model_dir) / "model.safetensors"), load_file(final / "model.safetensors")
-    assert before.keys() == after.keys()
-    assert any(not torch.equal(before[k], after[k]) for k in before)
-    load_policy(cfg.model.model_copy(update={"path": str(final)}))
+    assert_weights_changed(warm_model_dir, final, cfg.model)
 
     # Metrics were reported each step, and step 2 was rolled out by the weights of step 1.
     records = metrics_records(cfg.run.output_dir)
@@ -80,14 +65,7 @@ def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_
     assert len(state.consumed) == drawn == len(set(state.consumed))
 
     # Resuming continues at step 3 with prompts it has not drawn before.
-    resumed = parse_config(_pooled(_dapo_config(base_config_dict, warm_model_dir, total_steps=3, checkpoint_every=1)))
-    train(resumed)
-    state3 = TrainerState.load(latest_checkpoint(Path(cfg.run.output_dir) / STORAGE_DIR))
-    assert (state3.step, state3.version) == (3, 3)
-    step3 = metrics_records(cfg.run.output_dir)[-1]
-    assert step3["step"] == 3 and step3["rollout_version"] == 2
-    assert set(state.consumed) < set(state3.consumed)
-    assert len(state3.consumed) == len(set(state3.consumed)) == drawn + step3["groups_drawn"]
+    assert_resumes_one_step(cfg, parse_config(_pooled(dapo_config(base_config_dict, warm_model_dir, total_steps=3, checkpoint_every=1))))
 
 
 def test_colocated_dapo_generates_with_the_live_module_and_syncs_nothing(base_config_dict, warm_model_dir, ray_local):
@@ -108,28 +86,24 @@ def test_colocated_dapo_generates_with_the_live_module_and_syncs_nothing(base_co
         # (step 2 too, after step 1 changed the weights): the importance ratio starts at 1.
         assert abs(r["approx_kl"]) < 1e-4 and r["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
         assert r["micro_batches"] >= 2 and 0.0 <= r["padding_fraction"] < 1.0
-    before, after = load_file(Path(warm_model_dir) / "model.safetensors"), load_file(final / "model.safetensors")
-    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert_weights_changed(warm_model_dir, final)
     state = TrainerState.load(latest_checkpoint(Path(cfg.run.output_dir) / STORAGE_DIR))
     assert (state.step, state.version) == (2, 2)
 
 
-def _kill_a_worker_then_the_rollout_actor(storage: Path, done: threading.Event, killed: dict) -> None:
+def _kill_a_worker_then_the_rollout_actor(killed: dict):
     """After the first checkpoint, kill a training worker; once training resumed and checkpointed
     again, kill the rollout actor (Ray restarts it with its initial weights)."""
-    deadline = time.time() + 900
-    while not done.is_set() and time.time() < deadline:
-        time.sleep(0.1)
-        try:
-            latest = latest_checkpoint(storage)
-            step = TrainerState.load(latest).step if latest is not None else None
-        except (OSError, ValueError):  # a checkpoint still being copied into storage: a half-written state
-            continue
-        if step is not None and "worker" not in killed:
+
+    def breaker(step: int) -> bool:
+        if "worker" not in killed:
             killed["worker"] = (kill_one("ray::RayTrainWorker"), step)
-        elif step is not None and step > killed["worker"][1]:
+        elif step > killed["worker"][1]:
             killed["rollout actor"] = kill_one("ray::RolloutActor")
-            return
+            return True
+        return False
+
+    return breaker
 
 
 def test_async_killed_worker_and_rollout_actor_resume_from_checkpoint_training_every_prompt_once(
@@ -141,31 +115,18 @@ def test_async_killed_worker_and_rollout_actor_resume_from_checkpoint_training_e
     # ZeRO-2: ZeRO-3's resume is tested above, and its per-step gathers and checkpoints here cost a minute of CI.
     # Six steps: a resumed step takes about a second here, and the rollout actor must still be alive when
     # the killer sees the resumed run's first checkpoint (with four, the run sometimes ended first).
-    raw = _dapo_config(base_config_dict, warm_model_dir, total_steps=6, checkpoint_every=1, max_failures=3, zero_stage=2)
+    raw = dapo_config(base_config_dict, warm_model_dir, total_steps=6, checkpoint_every=1, max_failures=3, zero_stage=2)
     raw["rollout"] = {**raw["rollout"], "mode": "async"}
     raw["algorithm"] = {**raw["algorithm"], "max_staleness": 1}
     # Enough data that dynamic sampling cannot run the 16-row split dry before the last step.
     raw["data"] = {**raw["data"], "epochs": 6}
     cfg = parse_config(raw)
-    storage = Path(cfg.run.output_dir).resolve() / STORAGE_DIR
-    done, killed = threading.Event(), {}
-    killer = threading.Thread(target=_kill_a_worker_then_the_rollout_actor, args=(storage, done, killed))
-    killer.start()
-    try:
-        train(cfg)
-    finally:
-        done.set()
-        killer.join()
+    killed = {}
+    train_breaking(cfg, _kill_a_worker_then_the_rollout_actor(killed))
     assert killed.get("worker", (None,))[0] and killed.get("rollout actor"), f"not everything was killed: {killed}"
-    state = TrainerState.load(latest_checkpoint(storage))
-    assert state.step == 6
-    # A resume drops the records of the steps after its checkpoint (they are trained again): one per step.
-    records = metrics_records(cfg.run.output_dir)
-    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
-    final = {r["step"]: r for r in records}
-    # Exactly once: the prompts the six surviving steps drew (those in flight at a checkpoint were drawn
-    # again after the restart, by the step that trained them) are the consumed keys, none twice.
-    assert sum(final[s]["groups_drawn"] for s in range(1, 7)) == len(state.consumed)
+    # Exactly once over the six steps; under async rollouts the prompts in flight at a checkpoint are
+    # among those drawn again after the restart.
+    _, final = trained_every_prompt_once(cfg, 6)
     # No step trained a sample more than one version old (over every rank), and steps did train on
     # samples generated while the step before trained; the restarted rollout actor got the
     # checkpoint's weights back before it generated again (its initial ones would be too old).

@@ -77,6 +77,10 @@ def _case(name, tmp, tiny):
         "judge path missing": (["reward.weights.thinking=1", f"reward.judge.model.path={tmp / 'no-judge'}"],
                                "reward.judge.model.path"),
         "more GPUs than the cluster": (["train.use_gpu=true"], "training workers 2 x (1 CPU, 1 GPU)"),
+        # The embedded Ray's one node has no custom resources: the key and that are named.
+        "a custom resource no node has": (["train.resources={trainer: 1}"],
+                                          "no node has the custom resource 'trainer' the training workers ask for; "
+                                          "the cluster has no custom resources"),
     }
     if name == "busterx stage 3 without a judge":  # its default overrides add the thinking reward
         return busterx, [], "reward.judge.model.path"
@@ -94,7 +98,7 @@ CASES = ["unknown key", "wrong type", "negative lr", "group size 1", "clip_low >
          "pickled weights only (sft)", "needs trust_remote_code", "max_new_tokens beyond max_model_len",
          "max_new_tokens beyond the model's positions", "every reward weight 0", "judge path missing",
          "CLIP path missing", "busterx stage 3 without a judge", "busterx stage 3 judge path missing",
-         "more GPUs than the cluster"]
+         "more GPUs than the cluster", "a custom resource no node has"]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -17,9 +17,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from raytrain.config import parse_config
-from raytrain.train.launch import train
 from tests.helpers.dapo_runs import assert_weights_changed, dapo_config, train_breaking, trained_every_prompt_once
-from tests.helpers.runs import metrics_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
@@ -93,26 +91,9 @@ def _roles_of(nodes: Nodes, actors: list[dict]) -> list[str]:
     return sorted(nodes.role[a["Address"]["NodeID"]] for a in actors)
 
 
-def test_dapo_across_three_nodes_places_each_role_on_its_node_and_trains(nodes, warm_model_dir, base_config_dict):
-    before = nodes.actor_ids()
-    raw = _pinned(dapo_config(base_config_dict, warm_model_dir, total_steps=2, checkpoint_every=1))
-    cfg = parse_config(raw)
-    final = train(cfg)
-    assert_weights_changed(warm_model_dir, final)
-    records = metrics_records(cfg.run.output_dir)
-    assert [r["step"] for r in records] == [1, 2]
-    assert [r["rollout_version"] for r in records] == [0, 1]  # step 2 rolled out by step 1's weights, sent across nodes
-
-    # Where Ray put each role (the GCS actor table): each training worker on a trainer node of its own,
-    # the rollout actor on the rollout node, the reward actor on the head.
-    workers = nodes.actors("RayTrainWorker", before)
-    assert _roles_of(nodes, workers) == [TRAINER, TRAINER] and len({a["Address"]["NodeID"] for a in workers}) == 2
-    assert _roles_of(nodes, nodes.actors("RolloutActor", before)) == [ROLLOUT]
-    assert _roles_of(nodes, nodes.actors("RewardScorer", before)) == [HEAD]
-    # Resuming across the nodes is the next test's: it resumes twice, after each lost node.
-
-
-def test_lost_trainer_and_rollout_nodes_resume_from_checkpoint_training_every_prompt_once(nodes, warm_model_dir, base_config_dict):
+def test_dapo_across_nodes_survives_lost_trainer_and_rollout_nodes_training_every_prompt_once(
+        nodes, warm_model_dir, base_config_dict):
+    # One run: each role on its own node, the weights synced across nodes every step, then two nodes lost.
     # Synchronous rollouts, ZeRO-2 (ZeRO-3 and the async mode have their own kill test in test_dapo.py).
     raw = _pinned(dapo_config(base_config_dict, warm_model_dir, total_steps=STEPS, checkpoint_every=1, max_failures=3, zero_stage=2))
     raw["data"] = {**raw["data"], "epochs": 6}  # dynamic sampling must not run the 16-row split dry before the last step
@@ -133,7 +114,8 @@ def test_lost_trainer_and_rollout_nodes_resume_from_checkpoint_training_every_pr
             return bool(replaced)
         return False
 
-    train_breaking(cfg, breaker)
+    final_model = train_breaking(cfg, breaker)
+    assert_weights_changed(warm_model_dir, final_model)
     assert lost.get(TRAINER) and lost.get(ROLLOUT), f"not every node was lost: {lost}"
     assert lost[TRAINER][2] < STEPS and lost[ROLLOUT][2] < STEPS, lost  # both mid-run, before the last checkpoint
 
@@ -149,4 +131,10 @@ def test_lost_trainer_and_rollout_nodes_resume_from_checkpoint_training_every_pr
     assert lost[TRAINER][0] in {a["Address"]["NodeID"] for a in workers}  # the first attempt ran on the lost node
     (rollout,) = nodes.actors("RolloutActor", before)
     assert rollout["NumRestarts"] >= 1 and rollout["Address"]["NodeID"] == lost[ROLLOUT][1]
+    # Where Ray put each role (the GCS actor table), in every attempt: the training workers on trainer
+    # nodes (one per node: each offers one `trainer`), the rollout actor on the rollout node, the reward
+    # actor on the head.
+    assert {nodes.role[a["Address"]["NodeID"]] for a in workers} == {TRAINER}
+    assert nodes.role[rollout["Address"]["NodeID"]] == ROLLOUT
+    assert _roles_of(nodes, nodes.actors("RewardScorer", before)) == [HEAD]
 

@@ -69,7 +69,7 @@ def roles(cfg: Config, needs_rollouts: bool) -> list[Role]:
         if rw.enabled("thinking"):
             j = rw.judge
             out.append(Role("thinking judge", j.num_actors, j.num_cpus, j.num_gpus, j.model.path if j.model else "", j.resources))
-    out.append(Role("data decode", cfg.data.decode_concurrency, DECODE_CPUS, 0.0, "Ray Data actors"))
+    out.append(Role("data decode", cfg.data.decode_concurrency, DECODE_CPUS, 0.0, "Ray Data tasks"))
     return out
 
 
@@ -121,17 +121,21 @@ def _fits(role: Role, node: Mapping[str, float]) -> bool:
     return all(amount <= node.get(key, 0.0) + 1e-9 for key, amount in want.items())
 
 
+def _amounts(resources: Mapping[str, float]) -> str:
+    """Custom resources in words, by name: `rollout 1, trainer 2`."""
+    return ", ".join(f"{k} {_num(v)}" for k, v in sorted(resources.items()))
+
+
 def _request(role: Role) -> str:
     """One actor's request in words: `4 CPUs and 1 GPUs`, with its custom resources `1 CPUs, 0 GPUs and trainer 1`."""
-    custom = [f"{k} {_num(v)}" for k, v in sorted(role.resources.items())]
     base = f"{_num(role.cpus)} CPUs"
-    return f"{base} and {_num(role.gpus)} GPUs" if not custom else f"{base}, {_num(role.gpus)} GPUs and {', '.join(custom)}"
+    return f"{base}, {_num(role.gpus)} GPUs and {_amounts(role.resources)}" if role.resources else f"{base} and {_num(role.gpus)} GPUs"
 
 
 def _listing(custom: Mapping[str, float]) -> str:
     # Ray gives every node a `node:<ip>` resource of 1 (and the head `node:__internal_head__`): left out as noise.
     shown = {k: v for k, v in custom.items() if not k.startswith("node:")}
-    return "custom resources " + ", ".join(f"{k} {_num(v)}" for k, v in sorted(shown.items())) if shown else "no custom resources"
+    return f"custom resources {_amounts(shown)}" if shown else "no custom resources"
 
 
 def _num(x: float) -> str:
@@ -143,8 +147,7 @@ def describe(plan: Sequence[Role], nodes: Sequence[Mapping[str, float]] | None =
     and (given `nodes`) what the cluster has."""
     lines = [f"{'role':<18}{'count':>6}{'CPUs each':>11}{'GPUs each':>11}{'CPUs':>7}{'GPUs':>7}  note"]
     for r in plan:
-        custom = ", ".join(f"{k} {_num(v)}" for k, v in sorted(r.resources.items()))
-        note = "; ".join(x for x in (r.note, custom and f"custom: {custom}") if x)
+        note = "; ".join(x for x in (r.note, r.resources and f"custom: {_amounts(r.resources)}") if x)
         lines.append(f"{r.name:<18}{r.count:>6}{_num(r.cpus):>11}{_num(r.gpus):>11}{_num(r.total_cpus):>7}"
                      f"{_num(r.total_gpus):>7}  {note}".rstrip())
     cpus, gpus = totals(plan)
@@ -162,5 +165,5 @@ def check(plan: Sequence[Role], nodes: Sequence[Mapping[str, float]]) -> None:
     missing = shortfalls(plan, nodes)
     if missing:
         asks = ", ".join(f"{r.name} {r.count} x ({_num(r.cpus)} CPU, {_num(r.gpus)} GPU"
-                         + "".join(f", {k} {_num(v)}" for k, v in sorted(r.resources.items())) + ")" for r in plan if r.count)
+                         + (f", {_amounts(r.resources)}" if r.resources else "") + ")" for r in plan if r.count)
         raise PlacementError(f"the cluster cannot hold this run: {'; '.join(missing)}. Asked: {asks}")

@@ -1,7 +1,7 @@
 """Ray Data pipeline: manifest rows -> decoded, budgeted frames -> (through a model family) processed prompts.
 
 The driver builds the row order (cheap metadata only); decoding and the
-processor run in parallel Ray Data actors (`raytrain.models.prompts`); Ray Train
+processor run in parallel Ray Data tasks (`raytrain.models.prompts`); Ray Train
 workers stream their shards. A file that cannot be decoded becomes a row with
 `error` set, so the consumer skips it, counts it and lists it by path: nothing
 disappears silently.

@@ -22,7 +22,7 @@ from tests.helpers.dapo_runs import assert_weights_changed, dapo_config, train_b
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
 HEAD, TRAINER, ROLLOUT = "head", "trainer", "rollout"
-HEAD_CPUS = 4  # the tiny run's unpinned roles: reward actor 0.5, Ray Data's decode actors 2 x 0.5, its read tasks
+HEAD_CPUS = 4  # the tiny run's unpinned roles: reward actor 0.5, Ray Data's decode tasks 2 x 0.5, its read tasks
 NODE_ARGS = {"object_store_memory": 200 * 1024**2}  # the tiny model's buckets and batches; four nodes share the RAM
 STEPS = 4  # of the node-loss run
 # A node whose raylet is killed is declared dead after 3 missed health checks of 1 s (Ray's default waits ~15 s).

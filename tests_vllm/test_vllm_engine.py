@@ -89,6 +89,15 @@ def test_group_samples(engine, prompts, rollout_cfg, kind):
     assert all(len({tuple(s.token_ids) for s in g}) > 1 for g in groups), "G samples of a random model should differ"
 
 
+def test_seeded_sampling_depends_on_the_prompt_and_version_not_on_call_order(engine, prompts, rollout_cfg):
+    # `rollout.sampling.seed`: each prompt's request carries its own seed (`sample_seed`).
+    sampling = rollout_cfg.sampling.model_copy(update={"seed": 3})
+    tokens = lambda groups: [[s.token_ids for s in g] for g in groups]  # noqa: E731
+    forward = tokens(engine.generate(prompts, sampling))
+    assert tokens(engine.generate(prompts[::-1], sampling))[::-1] == forward
+    assert tokens(engine.generate(prompts, sampling.model_copy(update={"seed": 4}))) != forward
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sampled_logprobs_match_the_trainer(engine, family, trainer_model, prompts, rollout_cfg, temperature):
     sampling = rollout_cfg.sampling.model_copy(update={"temperature": temperature, "max_new_tokens": 24})

@@ -64,7 +64,7 @@ class RunConfig(Strict):
     name: str = Field("run", description="Run name; checkpoints and metrics go to `output_dir`. Also the `run` tag of the "
                                          "run's Ray metrics and its name in the experiment trackers.")
     output_dir: Path = Field(Path("runs/run"), description="Where checkpoints, metrics and reports are written. Re-running with the same directory resumes.")
-    seed: int = Field(0, description="Seed for data order, sampling and initialisation.")
+    seed: int = Field(0, description="Seed for data order and initialisation (rollout sampling: `rollout.sampling.seed`).")
     loggers: list[Literal["jsonl", "tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=lambda: ["jsonl"],
         description="Where training rank 0 logs each step's scalars, under the names of `metrics.jsonl`: `jsonl` "
@@ -196,6 +196,12 @@ class DataConfig(MediaConfig):
     )
     epochs: int = Field(1, gt=0, description="Passes over the training split (each reshuffled).")
     decode_concurrency: int = Field(2, gt=0, description="Parallel Ray Data decode tasks.")
+    preserve_order: bool = Field(
+        False,
+        description="Training workers get their prompts in row order (Ray Data's `preserve_order`), not as decode "
+                    "tasks finish: with one training worker and `rollout.sampling.seed` a run is reproducible step "
+                    "for step. Off by default: a slow file then holds up the ones after it.",
+    )
     max_rows: int | None = Field(None, gt=0, description="Use only the first N rows of each split (quick tests).")
 
 
@@ -205,6 +211,13 @@ class SamplingConfig(Strict):
     temperature: float = Field(1.0, gt=0, description="Rollout temperature (DAPO: 1.0).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (PRPO: 0.7).")
     max_new_tokens: int = Field(768, gt=0, description="Response length limit; a response hitting it is truncated.")
+    seed: int | None = Field(
+        None,
+        description="Seeds each prompt's G samples from (this seed, the prompt's data key, the policy version), so a "
+                    "run samples the same responses whichever engine, call order or async schedule serves them: "
+                    "the same run twice gives the same losses. None (default): unseeded, as vLLM's batched sampler "
+                    "is fastest without per-request seeds.",
+    )
 
 
 class VLLMConfig(Strict):

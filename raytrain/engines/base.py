@@ -8,6 +8,7 @@ small GPU runs), `VLLMEngine` (`raytrain.engines.vllm_engine`) with vLLM. Both r
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol
 
 import torch
@@ -55,3 +56,12 @@ def make_engine(model: ModelConfig, rollout: RolloutConfig, *, weights: str | No
 
     device = "cuda" if rollout.num_gpus > 0 and torch.cuda.is_available() else "cpu"
     return TransformersEngine(model, weights=weights, device=device)
+
+
+def sample_seed(sampling: SamplingConfig, prompt: Prompt, version: int) -> int | None:
+    """The seed of one prompt's G samples under `rollout.sampling.seed` (None when unseeded): from the seed, the
+    prompt's data key (unique per epoch and row) and the policy version, never from the order of calls."""
+    if sampling.seed is None:
+        return None
+    digest = hashlib.sha256(f"{sampling.seed}:{prompt.key}:{version}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: torch and vLLM take a signed 64-bit seed

@@ -3,12 +3,14 @@ and the same generation on a training worker's live module (`LiveModuleEngine`, 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import torch
 
 from raytrain.config.sections import ModelConfig, SamplingConfig
 from raytrain.data.batch import Prompt, Sample
+from raytrain.engines.base import sample_seed
 from raytrain.models.family import ModelFamily
 from raytrain.models.loading import apply_sync_state, load_family, load_policy, sync_state
 from raytrain.models.logprobs import masked_logprobs
@@ -105,17 +107,19 @@ def _sample_one(family: ModelFamily, model, prompt: Prompt, sampling: SamplingCo
     sample_args = {"do_sample": False} if greedy else {
         "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
     }
-    out = model.generate(
-        **inputs,
-        **sample_args,
-        num_return_sequences=n,
-        max_new_tokens=sampling.max_new_tokens,
-        eos_token_id=family.end_id,
-        pad_token_id=family.pad_id,
-        suppress_tokens=family.suppress_ids,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
+    seed = None if greedy else sample_seed(sampling, prompt, version)
+    with _seeded(seed, model.device):
+        out = model.generate(
+            **inputs,
+            **sample_args,
+            num_return_sequences=n,
+            max_new_tokens=sampling.max_new_tokens,
+            eos_token_id=family.end_id,
+            pad_token_id=family.pad_id,
+            suppress_tokens=family.suppress_ids,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
     new_tokens = out.sequences[:, prompt_length:].cpu()
     # From raw logits: the policy's own (temperature-scaled) distribution, which the trainer recomputes.
     logprobs = masked_logprobs(
@@ -134,6 +138,18 @@ def _sample_one(family: ModelFamily, model, prompt: Prompt, sampling: SamplingCo
             version=version,
         ))
     return samples
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device):
+    """The global RNG, which `generate` samples from, seeded with `seed` inside the block and put back after;
+    untouched when `seed` is None."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 class LiveModuleEngine:

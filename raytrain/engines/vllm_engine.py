@@ -55,6 +55,7 @@ from safetensors.torch import save_file
 
 from raytrain.config.sections import ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.data.batch import Prompt, Refusal, Sample
+from raytrain.engines.base import sample_seed
 from raytrain.models.loading import DTYPES, load_family, sync_spec
 from raytrain.weight_sync.group import GroupAddress, WeightGroup
 from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, Shape, pack_bucket, unpack_bucket
@@ -232,11 +233,12 @@ class VLLMEngine(BucketReceiver):
 
     # -- generation ---------------------------------------------------------------------------
 
-    def _sampling_params(self, sampling: SamplingConfig, n: int, greedy: bool):
+    def _sampling_params(self, sampling: SamplingConfig, n: int, greedy: bool, seed: int | None = None):
         from vllm import SamplingParams
 
         return SamplingParams(
             n=n,
+            seed=seed,
             temperature=0.0 if greedy else sampling.temperature,
             top_p=1.0 if greedy else sampling.top_p,
             max_tokens=sampling.max_new_tokens,
@@ -248,7 +250,10 @@ class VLLMEngine(BucketReceiver):
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample] | Refusal]:
         self.check_serving()
-        params = self._sampling_params(sampling, 1 if greedy else sampling.group_size, greedy)
+        n = 1 if greedy else sampling.group_size
+        # One SamplingParams per prompt: under `rollout.sampling.seed` each carries the prompt's own seed.
+        params = [self._sampling_params(sampling, n, greedy, None if greedy else sample_seed(sampling, p, self.version))
+                  for p in prompts]
         inputs = self.serving.inputs(prompts)
         self._wake()
         try:
@@ -257,7 +262,7 @@ class VLLMEngine(BucketReceiver):
             except self._request_errors:
                 # vLLM refuses a whole call for one bad prompt (it validates each as it adds it):
                 # serve them one by one, and each refused one says why.
-                outputs = [self._run_one(p, x, params) for p, x in zip(prompts, inputs)]
+                outputs = [self._run_one(p, x, pp) for p, x, pp in zip(prompts, inputs, params)]
         finally:
             self._sleep()
         return [out if isinstance(out, Refusal) else [self._sample(c) for c in out.outputs] for out in outputs]

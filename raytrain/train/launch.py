@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from actors.reward import RewardActor
@@ -78,6 +78,7 @@ def train(cfg: Config) -> Path:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
         datasets={"train": build_dataset(cfg, rows)},
+        dataset_config=_ingest(cfg),
     )
     try:
         result = trainer.fit()
@@ -98,6 +99,13 @@ def train(cfg: Config) -> Path:
         shutil.rmtree(out / MERGED_DIR, ignore_errors=True)
         print(f"[run] merged weights: {merge_adapter(final, out / MERGED_DIR, cfg.model)}", flush=True)
     return final
+
+
+def _ingest(cfg: Config) -> DataConfig:
+    """Ray Train's ingest options: its defaults, in row order under `data.preserve_order`."""
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = options.preserve_order or cfg.data.preserve_order
+    return DataConfig(execution_options=options)
 
 
 def _report_skipped(skipped: list[dict]) -> None:

@@ -1,4 +1,5 @@
-"""Chaos: random kills of every role during one DAPO run on local Ray, then the run's invariants.
+"""Chaos: random kills of every role during one asynchronous (one-step-off) DAPO run on local Ray, then the
+run's invariants.
 
 A seeded schedule kills a training worker, the rollout actor, the reward actor and the judge actor, one
 each, in a random order, each at a random moment after a randomly chosen step's checkpoint. Ray restarts
@@ -64,6 +65,10 @@ def test_random_kills_of_every_role_lose_nothing_and_repeat_nothing(base_config_
                      "judge": {"model": {"path": str(warm_model_dir), "dtype": "float32"}, "max_new_tokens": 4,
                                "num_cpus": 0.5, "media": {"num_frames": 2, "max_pixels": 3136, "min_pixels": 784}}}
     raw["train"] = {**raw["train"], "total_steps": STEPS, "checkpoint_every": 1, "max_failures": 4, "actor_restarts": 4}
+    # Asynchronous one-step-off rollouts (k = 1): at every checkpoint a round is in flight, so the kills catch
+    # generate calls, scoring and syncs overlapping, and a resume must draw the in-flight prompts again.
+    raw["rollout"] = {**raw["rollout"], "mode": "async"}
+    raw["algorithm"] = {**raw["algorithm"], "max_staleness": 1}
     cfg = parse_config(raw)
     schedule, killed = _schedule(seed), []
     final = train_breaking(cfg, _killer(schedule, killed, random.Random(seed)), timeout_s=KILL_WINDOW_S)
@@ -72,6 +77,11 @@ def test_random_kills_of_every_role_lose_nothing_and_repeat_nothing(base_config_
     # Steps and policy versions only went forward, one record per step; every prompt trained exactly once.
     _, records = trained_every_prompt_once(cfg, STEPS)
     assert [records[s]["policy_version"] for s in range(1, STEPS + 1)] == list(range(1, STEPS + 1))
+    # No step trained a sample more than one version old, and steps did train samples generated while the
+    # step before trained; a restarted rollout actor got the checkpoint's weights back before it generated
+    # again (its initial ones would be too old, and the step would fail).
+    staleness = [records[s]["rollout_staleness_max"] for s in range(1, STEPS + 1)]
+    assert max(staleness) == 1, staleness
 
     # Every checkpoint left behind is complete and loads, in step order; the final export loads by name.
     left = sorted(c for c in storage_dir(cfg).glob("checkpoint_*") if c.is_dir())

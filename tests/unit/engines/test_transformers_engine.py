@@ -152,6 +152,31 @@ def test_greedy_is_deterministic(engine, prompts, cfg):
         np.testing.assert_allclose(a[0].logprobs, b[0].logprobs, atol=1e-6)
 
 
+def test_seeded_sampling_depends_on_the_prompt_and_version_not_on_call_order(engine, prompts, cfg):
+    # `rollout.sampling.seed`: a prompt's G samples come from its own seed, whatever was sampled before it.
+    sampling = cfg.rollout.sampling.model_copy(update={"seed": 3})
+    tokens = lambda groups: [[s.token_ids for s in g] for g in groups]  # noqa: E731
+    torch.manual_seed(0)
+    forward = tokens(engine.generate(prompts, sampling))
+    torch.manual_seed(1)
+    backward = tokens(engine.generate(prompts[::-1], sampling))[::-1]
+    assert forward == backward
+    assert any(len({tuple(t) for t in group}) > 1 for group in forward)  # still G different samples
+    # The global RNG is left as it was: other sampling in the process does not depend on the rollouts.
+    torch.manual_seed(2)
+    engine.generate(prompts[:1], sampling)
+    after = torch.rand(1)
+    torch.manual_seed(2)
+    assert torch.equal(after, torch.rand(1))
+    # Another seed or another policy version samples anew.
+    assert tokens(engine.generate(prompts, sampling.model_copy(update={"seed": 4}))) != forward
+    engine.version += 1
+    try:
+        assert tokens(engine.generate(prompts, sampling)) != forward
+    finally:
+        engine.version -= 1
+
+
 def test_full_weight_sync(cfg, engine, prompts, tmp_path):
     eng = TransformersEngine(cfg.model)
     other = build_tiny_model(eng.family.processor, seed=1).eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def train(cfg: Config) -> Path:
     rows = split_rows(cfg.data, cfg.data.train_split, epochs=cfg.data.epochs, seed=cfg.run.seed, exclude=consumed,
                       multiple_of=cfg.train.num_workers)
     restarts = cfg.train.actor_restarts
+    # Read by Ray Train's controller, to which the trainer passes it on.
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(cfg.train.controller_poll_s)
     rollouts, reward = [], None
     if ALGORITHMS[cfg.algorithm.name].needs_rollouts:
         tags = run_tags(cfg.run, cfg.algorithm)

@@ -153,10 +153,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         f"skipped, NaN or infinite loss inputs on {metrics['step_skipped']} rank(s)" if metrics["step_skipped"]
                         else f"{metrics['passes_dropped']} micro-batch(es) with a NaN or infinite loss left out"))
                 _show(log_metrics(out_dir, metrics), progress, gauges, trackers, bar)
-            if checkpoint_now:
+            if checkpoint_now:  # only checkpoints go to Ray Train: each report waits for its controller's poll
                 save_checkpoint(engine, family.processor, cfg, state, rank, feed, metrics, gathered)
-            else:
-                ray.train.report(metrics)
     finally:
         if rank == 0:
             progress.close()

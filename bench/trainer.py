@@ -50,11 +50,14 @@ MAX_LEN, OVERLONG_BUFFER = 24, 8  # the demo's soft overlong punishment at this 
 # The project's modes: the config each sets over the shared one. `sync`: rollout, then train, then weight
 # sync, with the defaults' one torch thread per actor and worker; `sync-2t`: the same with both cores for
 # each phase (in sync mode the rollout actor and the training worker never compute at the same time);
-# `async`: one-step-off rollouts (`rollout.mode: async`, k = 1), one thread each, generating while training.
+# `async`: one-step-off rollouts (`rollout.mode: async`, k = 1), one thread each, generating while training;
+# `colocated`: the training worker generates with its own live module (`rollout.colocate`), on both cores,
+# as TRL does: no rollout actor, no weight sync.
 MODES: dict[str, dict] = {
     "sync": {},
     "sync-2t": {"rollout": {"torch_threads": 2}, "train": {"torch_threads": 2}},
     "async": {"rollout": {"mode": "async"}, "algorithm": {"max_staleness": 1}},
+    "colocated": {"rollout": {"colocate": True}, "train": {"torch_threads": 2}},
 }
 RESULT = "BENCH_RESULT "  # a child's last line: its figures as JSON
 

@@ -30,6 +30,7 @@ from raytrain.train.experience import PromptFeed
 STATE_FILE = "trainer_state.json"
 DEEPSPEED_TAG = "deepspeed"
 MODEL_DIR = "model"
+STORAGE_DIR = "ray"  # under run.output_dir: Ray Train's checkpoints and run state
 
 
 @dataclass
@@ -89,16 +90,15 @@ def latest_checkpoint(storage_dir: str | Path) -> Path | None:
     return max(states, key=lambda p: _position(states[p])) if states else None
 
 
-def resume_point(handed: str | Path | None, chosen: str | Path | None) -> Path | None:
-    """The checkpoint a worker loads: the one Ray Train `handed` it when complete and further on than the
-    one the driver `chosen` at start (a restart within this run), else the driver's, whose consumed keys
-    the driver left out of the data (Ray hands over its newest registered checkpoint, which may be one
-    truncated since, or older than a complete one it did not get to register)."""
-    handed_state = _complete_state(handed)[0] if handed is not None else None
-    if handed_state is not None:
-        if chosen is None or _position(handed_state) > _position(TrainerState.load(chosen)):
-            return Path(handed)
-    return Path(chosen) if chosen is not None else None
+def resume_point(storage_dir: str | Path, rank: int) -> Path | None:
+    """The checkpoint every rank loads: the newest complete one on the run's storage (`latest_checkpoint`), as
+    rank 0 sees it. Not the one Ray Train hands over on a restart: that is its newest *registered* one, which
+    may be truncated since or older than a complete one its controller had not registered yet (it registers
+    at its next poll) when a node died, so that step would be trained again. The driver left the consumed
+    keys of the newest one at launch out of the data; a later one's feed skips its own."""
+    chosen = [str(latest_checkpoint(storage_dir) or "") if rank == 0 else None]
+    dist.broadcast_object_list(chosen, src=0)
+    return Path(chosen[0]) if chosen[0] else None
 
 
 def save_checkpoint(engine, processor, cfg: Config, state: TrainerState, rank: int, feed: PromptFeed, metrics: dict,

@@ -21,10 +21,9 @@ from raytrain.observe.console import quiet_ray_data, use_bar
 from raytrain.observe.curves import plot_training
 from raytrain.observe.ray_metrics import run_tags
 from raytrain.train.algorithms import ALGORITHMS
-from raytrain.train.checkpoint import MODEL_DIR, TrainerState, latest_checkpoint
+from raytrain.train.checkpoint import MODEL_DIR, STORAGE_DIR, TrainerState, latest_checkpoint
 from raytrain.train.loop import train_loop_per_worker
 
-STORAGE_DIR = "ray"  # under run.output_dir: Ray Train's checkpoints and run state
 FINAL_DIR = "final"  # under run.output_dir: the last checkpoint's Hugging Face export
 MERGED_DIR = "final-merged"  # under run.output_dir: with `model.lora.export_merged`, base + adapter in one model
 CURVES = "training.png"  # under run.output_dir: the curves of metrics.jsonl, drawn at the end of every run

@@ -14,7 +14,6 @@ steps before it trains (`RolloutsAhead`), so its rollout actor generates while i
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from raytrain.observe.console import Progress, say
 from raytrain.observe.ray_metrics import StepGauges, run_tags
 from raytrain.observe.trackers import Trackers
 from raytrain.train.algorithms import ALGORITHMS
-from raytrain.train.checkpoint import DEEPSPEED_TAG, TrainerState, resume_point, save_checkpoint
+from raytrain.train.checkpoint import DEEPSPEED_TAG, STORAGE_DIR, TrainerState, resume_point, save_checkpoint
 from raytrain.train.experience import ActorRollouts, LocalRollouts, PromptFeed, RolloutsAhead
 from raytrain.train.metrics import BAR_SHOWN, SHOWN, keep_records_through, log_metrics, step_metrics, step_text
 from raytrain.train.policy_sync import gathered_weights, push_policy, weight_group
@@ -66,12 +65,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     syncs = algorithm.needs_rollouts and not cfg.rollout.colocate
     group = weight_group(cfg, rollouts) if rank == 0 and syncs else None
     state = TrainerState()
-    checkpoint = ray.train.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as handed:
-        source = resume_point(handed, loop_config["resume_from"])
-        if source is not None:
-            engine.load_checkpoint(str(source), tag=DEEPSPEED_TAG, load_module_strict=not cfg.model.lora.enabled)
-            state = TrainerState.load(source)
+    source = resume_point(Path(cfg.run.output_dir) / STORAGE_DIR, rank)
+    if source is not None:
+        engine.load_checkpoint(str(source), tag=DEEPSPEED_TAG, load_module_strict=not cfg.model.lora.enabled)
+        state = TrainerState.load(source)
     if rank == 0:
         keep_records_through(Path(cfg.run.output_dir), state.step)
         if source is not None:

@@ -46,11 +46,9 @@ def test_a_truncated_or_half_copied_latest_checkpoint_is_reported_and_the_one_be
     assert checkpoint_problem(good) is None and checkpoint_problem(tmp_path / "absent") == f"no {STATE_FILE}"
 
 
-def test_a_worker_resumes_from_what_the_driver_chose_unless_ray_hands_a_later_complete_one(tmp_path):
+def test_every_rank_resumes_from_the_newest_complete_checkpoint_on_storage(tmp_path, gloo_rank):
+    # Not Ray Train's newest registered one, which can be older (its controller registers at its next poll).
     older, newer, broken = (_complete(tmp_path, s) for s in (2, 4, 6))
-    (broken / "model/model.safetensors").write_bytes(b"")
-    assert resume_point(None, older) == older  # first start: the driver's choice
-    assert resume_point(older, newer) == newer  # Ray's newest registered is older than a complete one
-    assert resume_point(newer, older) == newer  # a restart within the run: Ray's later checkpoint
-    assert resume_point(broken, older) == older  # Ray's newest, truncated since
-    assert resume_point(None, None) is None
+    (broken / "model/model.safetensors").write_bytes(b"")  # the newest, truncated since
+    assert resume_point(tmp_path, rank=0) == newer
+    assert resume_point(tmp_path / "none yet", rank=0) is None

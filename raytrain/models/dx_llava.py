@@ -422,7 +422,7 @@ class DxLlava(ModelFamily):
         batch = super().collate(prompts, responses)
         images = self.pixels(prompts)
         batch["pixel_values"] = self.normalize(images)
-        batch["head_pixel_values"] = self.normalize(head_view(images))
+        batch["head_pixel_values"] = self.normalize(head_view(images) if self.augment_head else images)
         batch["binary_labels"] = torch.tensor([float(p.label.lower() == "fake") for p in prompts])
         return batch
 

@@ -66,6 +66,7 @@ class ModelFamily:
     end_token: ClassVar[str]  # ends an assistant turn: generation stops at it, SFT targets end with it
     vision_tokens: ClassVar[tuple[str, ...]] = ()  # special tokens of the prompt's media, never sampled
     has_head: ClassVar[bool] = False  # a binary real/fake head beside the LM (`forward(head=True)`, `head_probs`)
+    augment_head = True  # the head trains on its own augmented view (`model.head_augment`, set by `load_family`)
     # Top-level submodules that never train and never travel to rollout engines (which hold their own copy).
     frozen_modules: ClassVar[tuple[str, ...]] = ()
     # Top-level submodules that train when `model.trainable` is null; None: every weight.

@@ -42,7 +42,9 @@ def load_processor(cfg: ModelConfig):
 def load_family(cfg: ModelConfig) -> ModelFamily:
     """The model family of the checkpoint at `cfg.path`, holding its processor."""
     config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
-    return family_class(config)(load_processor(cfg))
+    family = family_class(config)(load_processor(cfg))
+    family.augment_head = family.has_head and cfg.head_augment
+    return family
 
 
 def without_lora(cfg: ModelConfig) -> ModelConfig:

@@ -104,6 +104,11 @@ def test_sft_loss_is_lm_plus_weighted_head_bce_on_the_head_view(base_config_dict
     (inputs,) = batch.micro_batches(len(batch), family.collate)
     assert not torch.equal(inputs["pixel_values"], inputs["head_pixel_values"])  # its own augmented view
     assert inputs["binary_labels"].tolist() == [1.0, 0.0]
+    # `model.head_augment: false` (the tiny recipe's): the head sees the generation view.
+    plain = load_family(cfg.model.model_copy(update={"head_augment": False}))
+    assert not plain.augment_head and family.augment_head
+    (unaugmented,) = batch.micro_batches(len(batch), plain.collate)
+    assert torch.equal(unaugmented["pixel_values"], unaugmented["head_pixel_values"])
     tokens, seqs = float(inputs["loss_mask"].sum()), 2.0
     sft = ALGORITHMS["sft"]
     losses = {}

@@ -251,9 +251,10 @@ class VLLMEngine(BucketReceiver):
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample] | Refusal]:
         self.check_serving()
         n = 1 if greedy else sampling.group_size
-        # One SamplingParams per prompt: under `rollout.sampling.seed` each carries the prompt's own seed.
-        params = [self._sampling_params(sampling, n, greedy, None if greedy else sample_seed(sampling, p, self.version))
-                  for p in prompts]
+        if greedy or sampling.seed is None:  # one SamplingParams for the call (each copies the allowed token ids)
+            params = [self._sampling_params(sampling, n, greedy)] * len(prompts)
+        else:  # `rollout.sampling.seed`: each prompt's request carries its own seed
+            params = [self._sampling_params(sampling, n, greedy, sample_seed(sampling, p, self.version)) for p in prompts]
         inputs = self.serving.inputs(prompts)
         self._wake()
         try:

@@ -64,7 +64,7 @@ def train(cfg: Config) -> Path:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.model_dump(mode="json"), "rollout_actors": rollouts, "reward_actor": reward,
-                           "console_bar": use_bar(cfg.run), "resume_from": str(previous) if previous else None},
+                           "console_bar": use_bar(cfg.run)},
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,

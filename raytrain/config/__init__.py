@@ -145,9 +145,14 @@ class Config(Strict):
         if self.rollout.colocate:
             raise ValueError("rollout.mode async overlaps rollout actors with the trainers; rollout.colocate generates with "
                              "the trainer's own module, between its steps (set rollout.mode sync)")
-        if self.rollout.engine != "transformers":
-            raise ValueError("rollout.mode async needs rollout.engine transformers (its engine stages a sync while it "
-                             "generates; the vLLM engine does not yet)")
+        if self.rollout.engine == "vllm":
+            if self.rollout.vllm.mode == "colocated":
+                raise ValueError("rollout.mode async generates while the trainers train; rollout.vllm.mode colocated puts the "
+                                 "engine to sleep while they do (set rollout.vllm.mode separate)")
+            if self.rollout.weight_transport == "broadcast":
+                raise ValueError("rollout.mode async with the vLLM engine stages each sync in the engine's process, from "
+                                 "the object store; a broadcast would go into vLLM's workers while they generate (set "
+                                 "rollout.weight_transport object_store or auto)")
         return self
 
     @model_validator(mode="after")
@@ -170,7 +175,8 @@ class Config(Strict):
         if r.weight_transport != "auto":
             return r.weight_transport
         separate_gpus = self.train.use_gpu and r.num_gpus >= 1 and r.vllm.mode == "separate"
-        return "broadcast" if separate_gpus and not self.model.lora.enabled else "object_store"
+        staged_vllm = r.mode == "async" and r.engine == "vllm"  # stages what the object store brings
+        return "broadcast" if separate_gpus and not self.model.lora.enabled and not staged_vllm else "object_store"
 
 
 class ConfigError(ValueError):

@@ -273,7 +273,9 @@ class RolloutConfig(Strict):
                     "generates and swaps them in between generate calls (a sync waits at most for the call in "
                     "progress, and the engine holds a second copy of the synced tensors meanwhile). Prompts in flight "
                     "are not consumed at a checkpoint: a resume draws them again. k = 0 is `sync` exactly. Needs "
-                    "`engine: transformers` and separate rollout actors (not `colocate`).",
+                    "separate rollout actors (not `colocate`); with `engine: vllm`, `vllm.mode: separate` and weights "
+                    "through the object store (`weight_transport` `auto` or `object_store`: the engine's process "
+                    "stages them and swaps them into vLLM between generate calls).",
     )
     num_actors: int = Field(1, gt=0, description="Rollout actors, one shared pool: each rank sends each generate call to the actor "
                                                   "running the fewest of its calls (any number, independent of `train.num_workers`).")
@@ -300,8 +302,8 @@ class RolloutConfig(Strict):
                     "and pulled by every actor. `broadcast`: training rank 0 and the engines' processes form a "
                     "process group of their own and each bucket is one broadcast (NCCL GPU to GPU with "
                     "`train.use_gpu`, gloo on CPU). `auto`: broadcast on GPUs when every engine has its own GPUs "
-                    "(not colocated) and full weights are synced; the object store otherwise. LoRA adapters "
-                    "(megabytes) always travel through the object store.",
+                    "(not colocated) and full weights are synced, except to vLLM under `mode: async`; the object store "
+                    "otherwise. LoRA adapters (megabytes) always travel through the object store.",
     )
     weight_group_timeout_s: float = Field(
         300.0, gt=0, description="Seconds the weight group waits for a member (rendezvous, one broadcast) before failing."

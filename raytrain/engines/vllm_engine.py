@@ -31,6 +31,12 @@ Weights arrive as versioned buckets (`raytrain.weight_sync.protocol.BucketReceiv
   `LoRARequest` id, loaded eagerly so a bad adapter fails the sync, not the
   next rollout. The frozen base is never re-sent.
 
+Under `rollout.mode: async` a sync arrives while the engine generates: its buckets (or
+adapter) are staged in this process, copied out of the object store, and swapped into
+vLLM between two generate calls (`finish_update` waits for the call in progress). Every
+call to vLLM, generation and the swap alike, holds one lock, so vLLM is never entered
+from two threads at once; the staged copy costs host memory for the synced tensors.
+
 Log-probabilities are vLLM's "processed" ones: after the vision special tokens
 are masked out and the temperature applied, as the trainer recomputes them
 (`raytrain.models.logprobs.masked_logprobs`). With `top_p < 1` they are those of the
@@ -47,6 +53,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import weakref
 from pathlib import Path
 
@@ -176,6 +183,11 @@ class VLLMEngine(BucketReceiver):
         self._request_errors = (VLLMClientError, ValueError)
         v = rollout.vllm
         self.cfg, self.colocated = cfg, v.mode == "colocated"
+        # `rollout.mode: async`: syncs are staged here and swapped in between generate calls.
+        self.staged = rollout.mode == "async"
+        self._staged_buckets: list[dict[str, torch.Tensor]] = []
+        self._reloading = False  # between vLLM's `begin_weight_sync` and `finish_weight_sync`
+        self._serving = threading.Lock()  # held by every call into vLLM (generation, the swap of a sync)
         adapter = weights is not None and (Path(weights) / "adapter_config.json").exists()
         self._workdir = Path(tempfile.mkdtemp(prefix="vllm-engine-"))
         weakref.finalize(self, shutil.rmtree, self._workdir, ignore_errors=True)
@@ -249,6 +261,10 @@ class VLLMEngine(BucketReceiver):
         )
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample] | Refusal]:
+        with self._serving:
+            return self._generate(prompts, sampling, greedy)
+
+    def _generate(self, prompts: list[Prompt], sampling: SamplingConfig, greedy: bool) -> list[list[Sample] | Refusal]:
         self.check_serving()
         n = 1 if greedy else sampling.group_size
         if greedy or sampling.seed is None:  # one SamplingParams for the call (each copies the allowed token ids)
@@ -306,22 +322,33 @@ class VLLMEngine(BucketReceiver):
 
     def head_probs(self, prompts: list[Prompt]) -> list[float | None]:
         """The binary head's probability of fake where this side keeps the head (DX-LLaVA); None otherwise."""
-        return self.serving.head_probs(prompts)
+        with self._serving:
+            return self.serving.head_probs(prompts)
 
     def sync_spec(self) -> dict[str, Shape]:
         return self._spec
 
     def begin_update(self, version: int, plan: dict[str, Shape], group: GroupAddress | None = None) -> None:
         super().begin_update(version, plan, group)  # checks the plan and the group before anything changes
-        self._adapter_parts = {}
-        if not self.cfg.lora.enabled:
-            self._wake()
-            self.llm.collective_rpc("begin_weight_sync")
+        self._adapter_parts, self._staged_buckets = {}, []
+        if not self.cfg.lora.enabled and not self.staged:
+            self._begin_reload()
+
+    def _begin_reload(self) -> None:
+        self._wake()
+        self.llm.collective_rpc("begin_weight_sync")
+        self._reloading = True
 
     def _apply_bucket(self, bucket: dict[str, torch.Tensor]) -> None:
+        # Copies: an object-store bucket is a read-only view of shared memory the sender frees.
         if self.cfg.lora.enabled:
-            self._adapter_parts.update({k: v.detach().to("cpu").contiguous() for k, v in bucket.items()})
-            return
+            self._adapter_parts.update({k: v.detach().to("cpu", copy=True).contiguous() for k, v in bucket.items()})
+        elif self.staged:
+            self._staged_buckets.append({k: v.detach().to("cpu", copy=True) for k, v in bucket.items()})
+        else:
+            self._load_into_vllm(bucket)
+
+    def _load_into_vllm(self, bucket: dict[str, torch.Tensor]) -> None:
         for_vllm, local = self.serving.split(bucket)
         if local:
             self.serving.load_local(local)
@@ -331,6 +358,9 @@ class VLLMEngine(BucketReceiver):
     def join_weight_group(self, address: GroupAddress, first_rank: int) -> int:
         if self.cfg.lora.enabled:
             raise ValueError("under LoRA the vLLM engine takes adapters through the object store, not a weight group")
+        if self.staged:  # a broadcast goes straight into vLLM's workers, which may be generating
+            raise ValueError("under rollout.mode async the vLLM engine stages weights that come through the object store, "
+                             "not a weight group")
         self.weight_group = None  # until every worker joined the new group
         self.llm.collective_rpc("join_weight_group", args=(dataclasses.astuple(address), first_rank))
         self.weight_group = address
@@ -347,12 +377,21 @@ class VLLMEngine(BucketReceiver):
             self.serving.load_local(returned)
 
     def _abort(self, applied: bool) -> bool:
-        if self.cfg.lora.enabled:  # nothing was served from the stashed parts
-            self._adapter_parts = {}
+        # Nothing was served from stashed adapter parts or staged buckets that vLLM has not started loading.
+        self._adapter_parts, self._staged_buckets = {}, []
+        if self.cfg.lora.enabled or not self._reloading:
             return True
         # Ends the layerwise reload either way: layers that got no tensor get their old ones back.
         self._finish_reload()
         return not applied
+
+    def _mixed_weights(self) -> str | None:
+        # Staged: a sync in progress has not touched what vLLM serves (only a failed swap breaks it).
+        return self._broken if self.staged else super()._mixed_weights()
+
+    def finish_update(self) -> int:
+        with self._serving:  # weights and version change together, between generate calls
+            return super().finish_update()
 
     def _commit(self, version: int) -> None:
         if self.cfg.lora.enabled:
@@ -360,13 +399,19 @@ class VLLMEngine(BucketReceiver):
             self._write_adapter(folder, self._adapter_parts)
             self._adapter_parts = {}
             self._serve_adapter(folder, f"policy-v{version}")
-        else:
-            self._finish_reload()
+            return
+        if self.staged:
+            self._begin_reload()
+            for bucket in self._staged_buckets:
+                self._load_into_vllm(bucket)
+            self._staged_buckets = []
+        self._finish_reload()
 
     def _finish_reload(self) -> None:
         """End the layerwise reload, and forget what the old weights computed: the prefix cache (KV) and
         the encoder cache (vision embeddings), the scheduler's record of it included."""
         self.llm.collective_rpc("finish_weight_sync")
+        self._reloading = False
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
         self._sleep()

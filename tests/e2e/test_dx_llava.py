@@ -97,6 +97,7 @@ def test_pipeline_wiring_freeze_resume_and_question_files(dx_model, tmp_path, ra
 
 
 @pytest.mark.recipe
+@pytest.mark.timeout(3600)
 def test_dx_llava_recipe_effect(dx_model, tmp_path, ray_local):
     """The issue's acceptance numbers with the shipped tiny config: instruct lifts held-out F1 from <= 0.6
     (after align) to >= 0.85 with the head's accuracy >= 0.85, and PRPO keeps F1 within 0.02 while its

@@ -98,7 +98,7 @@ def test_broadcast_refused_where_it_cannot_work(base_config_dict, change, messag
 
 @pytest.mark.parametrize("change, message", [
     ({"colocate": True}, "rollout.mode async overlaps rollout actors"),
-    ({"engine": "vllm"}, "rollout.mode async needs rollout.engine transformers"),
+    ({"engine": "vllm", "weight_transport": "broadcast"}, "stages each sync in the engine's process"),
 ])
 def test_async_rollouts_refuse_what_they_cannot_overlap(base_config_dict, change, message):
     base_config_dict["rollout"]["mode"] = "async"
@@ -107,3 +107,14 @@ def test_async_rollouts_refuse_what_they_cannot_overlap(base_config_dict, change
     base_config_dict["rollout"].update(change)
     with pytest.raises(ConfigError, match=message):
         parse_config(base_config_dict)
+
+
+def test_async_vllm_takes_weights_through_the_object_store(base_config_dict):
+    # On GPUs `auto` broadcasts into separate engines; an async vLLM engine stages what the object store brings.
+    raw = _gpu_config(base_config_dict, num_gpus=1)
+    assert parse_config(raw).weight_transport() == "broadcast"
+    raw["rollout"]["mode"] = "async"
+    assert parse_config(raw).weight_transport() == "object_store"
+    raw["rollout"].update(num_gpus=0.5, vllm={"mode": "colocated"})  # sleeps while the trainers train
+    with pytest.raises(ConfigError, match="puts the engine to sleep"):
+        parse_config(raw)

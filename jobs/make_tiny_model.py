@@ -1,14 +1,16 @@
-"""Build a tiny random model: `python -m jobs.make_tiny_model [--family qwen2.5-vl|dx-llava] --out DIR`."""
+"""Build a tiny random model: `python -m jobs.make_tiny_model [--family qwen2.5-vl|dx-llava|clip] --out DIR`."""
 
 import argparse
 from pathlib import Path
 
-from raytrain.models.tiny import save_tiny_dx_llava, save_tiny_model
+from raytrain.models.tiny import save_tiny_clip, save_tiny_dx_llava, save_tiny_model
 
 # What each family's tiny model is made of (all built locally, random, with a locally trained tokenizer).
 BUILDERS = {
     "qwen2.5-vl": (save_tiny_model, "tiny Qwen2.5-VL"),
     "dx-llava": (save_tiny_dx_llava, "tiny DX-LLaVA (ConvNeXt-atto tower, LLaMA, projector, binary head)"),
+    # `reward.paragraph.encoder` (a transformers CLIP folder): the stand-in for PRPO's OpenCLIP ConvNeXt.
+    "clip": (save_tiny_clip, "tiny CLIP (PRPO's paragraph-reward encoder)"),
 }
 
 

@@ -17,6 +17,7 @@ from jobs import dx_llava, evaluate, make_questions
 from raytrain.config.sections import ModelConfig
 from raytrain.recipes.dx_llava import REPORT, STAGE_SETTINGS, STAGES
 from raytrain.train.launch import FINAL_DIR
+from tests.helpers.runs import metrics_records
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "dx_llava.yaml"
@@ -45,8 +46,19 @@ def _dataset(out: Path, num_train: int, num_test: int) -> Path:
     return out / "manifest.parquet"
 
 
-def _sets(model: Path, manifest: Path, out: Path, **extra) -> list[str]:
-    values = {"model.path": model, "data.manifest": manifest, "run.output_dir": out, **extra}
+@pytest.fixture(scope="module")
+def dx_clip(tmp_path_factory) -> Path:
+    """The PRPO stage's paragraph-reward encoder, as the tiny config's comment builds it."""
+    from jobs import make_tiny_model
+
+    out = tmp_path_factory.mktemp("dx-clip")
+    make_tiny_model.main(["--family", "clip", "--out", str(out)])
+    return out
+
+
+def _sets(model: Path, clip: Path, manifest: Path, out: Path, **extra) -> list[str]:
+    values = {"model.path": model, "dx_llava.prpo.reward.paragraph.encoder": clip, "data.manifest": manifest,
+              "run.output_dir": out, **extra}
     return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
 
 
@@ -56,11 +68,11 @@ def _parameters(path: Path) -> dict:
     return dict(load_policy(ModelConfig(path=str(path), dtype="float32")).named_parameters())
 
 
-def test_pipeline_wiring_freeze_resume_and_question_files(dx_model, tmp_path, ray_local, capsys):
+def test_pipeline_wiring_freeze_resume_and_question_files(dx_model, dx_clip, tmp_path, ray_local, capsys):
     manifest = _dataset(tmp_path / "data", num_train=12, num_test=6)
     out = tmp_path / "run"
     few = {f"dx_llava.{stage}.train.total_steps": 2 for stage in STAGES}
-    sets = _sets(dx_model, manifest, out, **few, **{
+    sets = _sets(dx_model, dx_clip, manifest, out, **few, **{
         "train.prompts_per_worker": 2, "rollout.sampling.max_new_tokens": 8,
         "dx_llava.prpo.rollout.sampling.max_new_tokens": 8, "reward.max_len": 8, "reward.overlong_buffer": 4,
         "evaluation.batch_size": 6})
@@ -98,12 +110,15 @@ def test_pipeline_wiring_freeze_resume_and_question_files(dx_model, tmp_path, ra
 
 @pytest.mark.recipe
 @pytest.mark.timeout(3600)
-def test_dx_llava_recipe_effect(dx_model, tmp_path, ray_local):
+def test_dx_llava_recipe_effect(dx_model, dx_clip, tmp_path, ray_local):
     """The issue's acceptance numbers with the shipped tiny config: instruct lifts held-out F1 from <= 0.6
-    (after align) to >= 0.85 with the head's accuracy >= 0.85, and PRPO keeps F1 within 0.02 while its
-    held-out PCR paragraph reward does not fall."""
+    (after align) to >= 0.85 with the head's accuracy >= 0.85, and PRPO, which trains (its paragraph rewards
+    differ, VCR from the tiny CLIP), keeps F1 within 0.02 while its held-out PCR paragraph reward does not fall."""
     manifest = _dataset(tmp_path / "data", num_train=96, num_test=48)
-    report = dx_llava.main(["--config", str(CONFIG), *_sets(dx_model, manifest, tmp_path / "run")])
+    report = dx_llava.main(["--config", str(CONFIG), *_sets(dx_model, dx_clip, manifest, tmp_path / "run")])
+    steps = metrics_records(tmp_path / "run" / "prpo")
+    print("PRPO steps (loss, mean paragraph reward):", [(r["loss"], r["reward/paragraph"]) for r in steps])
+    assert any(r["loss"] != 0.0 for r in steps) and all(0.0 < r["reward/paragraph"] < 1.0 for r in steps)
     align, instruct, prpo = (report[s] for s in STAGES)
     print(json.dumps({s: report[s] for s in ("start", *STAGES)}, indent=2))
     assert instruct["loss"] < align["loss"] < report["start"]["loss"]

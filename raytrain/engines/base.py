@@ -8,7 +8,9 @@ small GPU runs), `VLLMEngine` (`raytrain.engines.vllm_engine`) with vLLM. Both r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 from typing import Protocol
 
 import torch
@@ -44,6 +46,32 @@ class RolloutEngine(Protocol):
 
     def finish_update(self) -> int:
         """Serve the new weights from now on; returns the version now served (fails if a tensor is missing)."""
+
+
+class ServingGate:
+    """Generate calls and weight swaps take turns on an engine (`rollout.mode: async`, where a sync's calls run
+    in a thread of their own): a swap waits at most for the call in progress, and a waiting swap holds back the
+    calls after it, so back-to-back generate calls cannot starve it (a plain lock is not fair)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._no_swap_waiting = threading.Event()
+        self._no_swap_waiting.set()
+
+    @contextlib.contextmanager
+    def call(self):
+        self._no_swap_waiting.wait()
+        with self._lock:
+            yield
+
+    @contextlib.contextmanager
+    def swap(self):
+        self._no_swap_waiting.clear()
+        try:
+            with self._lock:
+                yield
+        finally:
+            self._no_swap_waiting.set()
 
 
 def make_engine(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None) -> RolloutEngine:

@@ -4,13 +4,12 @@ and the same generation on a training worker's live module (`LiveModuleEngine`, 
 from __future__ import annotations
 
 import contextlib
-import threading
 
 import torch
 
 from raytrain.config.sections import ModelConfig, SamplingConfig
 from raytrain.data.batch import Prompt, Sample
-from raytrain.engines.base import sample_seed
+from raytrain.engines.base import ServingGate, sample_seed
 from raytrain.models.family import ModelFamily
 from raytrain.models.loading import apply_sync_state, load_family, load_policy, sync_state
 from raytrain.models.logprobs import masked_logprobs
@@ -37,12 +36,12 @@ class TransformersEngine(BucketReceiver):
         self._group: WeightGroup | None = None
         self._received: dict[str, torch.Tensor] | None = None
         self._staged: dict[str, torch.Tensor] = {}
-        self._serving = threading.Lock()  # held by a generate call; a sync's swap waits for it
+        self._gate = ServingGate()  # a sync's swap waits for the generate call in progress
         # What a sync carries: the adapter alone under LoRA, every weight otherwise.
         self._spec = tensor_spec(sync_state(self.model, cpu_copy=False))
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample]]:
-        with self._serving:
+        with self._gate.call():
             self.check_serving()
             return sample_groups(self.family, self.model, prompts, sampling, greedy=greedy, version=self.version)
 
@@ -71,7 +70,7 @@ class TransformersEngine(BucketReceiver):
         return None  # staged: the served weights are always one version's
 
     def finish_update(self) -> int:
-        with self._serving:  # weights and version change together, between generate calls
+        with self._gate.swap():  # weights and version change together, between generate calls
             return super().finish_update()
 
     def join_weight_group(self, address: GroupAddress, first_rank: int) -> int:

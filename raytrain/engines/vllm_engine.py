@@ -34,8 +34,8 @@ Weights arrive as versioned buckets (`raytrain.weight_sync.protocol.BucketReceiv
 Under `rollout.mode: async` a sync arrives while the engine generates: its buckets (or
 adapter) are staged in this process, copied out of the object store, and swapped into
 vLLM between two generate calls (`finish_update` waits for the call in progress). Every
-call to vLLM, generation and the swap alike, holds one lock, so vLLM is never entered
-from two threads at once; the staged copy costs host memory for the synced tensors.
+call to vLLM, generation and the swap alike, goes through one `ServingGate`, so vLLM is
+never entered from two threads at once; the staged copy costs host memory for the synced tensors.
 
 Log-probabilities are vLLM's "processed" ones: after the vision special tokens
 are masked out and the temperature applied, as the trainer recomputes them
@@ -53,7 +53,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import weakref
 from pathlib import Path
 
@@ -62,7 +61,7 @@ from safetensors.torch import save_file
 
 from raytrain.config.sections import ModelConfig, RolloutConfig, SamplingConfig
 from raytrain.data.batch import Prompt, Refusal, Sample
-from raytrain.engines.base import sample_seed
+from raytrain.engines.base import ServingGate, sample_seed
 from raytrain.models.loading import DTYPES, load_family, sync_spec
 from raytrain.weight_sync.group import GroupAddress, WeightGroup
 from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, Shape, pack_bucket, unpack_bucket
@@ -187,7 +186,7 @@ class VLLMEngine(BucketReceiver):
         self.staged = rollout.mode == "async"
         self._staged_buckets: list[dict[str, torch.Tensor]] = []
         self._reloading = False  # between vLLM's `begin_weight_sync` and `finish_weight_sync`
-        self._serving = threading.Lock()  # held by every call into vLLM (generation, the swap of a sync)
+        self._gate = ServingGate()  # every call into vLLM goes through it: generation, the swap of a sync
         adapter = weights is not None and (Path(weights) / "adapter_config.json").exists()
         self._workdir = Path(tempfile.mkdtemp(prefix="vllm-engine-"))
         weakref.finalize(self, shutil.rmtree, self._workdir, ignore_errors=True)
@@ -261,7 +260,7 @@ class VLLMEngine(BucketReceiver):
         )
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, greedy: bool = False) -> list[list[Sample] | Refusal]:
-        with self._serving:
+        with self._gate.call():
             return self._generate(prompts, sampling, greedy)
 
     def _generate(self, prompts: list[Prompt], sampling: SamplingConfig, greedy: bool) -> list[list[Sample] | Refusal]:
@@ -322,7 +321,7 @@ class VLLMEngine(BucketReceiver):
 
     def head_probs(self, prompts: list[Prompt]) -> list[float | None]:
         """The binary head's probability of fake where this side keeps the head (DX-LLaVA); None otherwise."""
-        with self._serving:
+        with self._gate.call():
             return self.serving.head_probs(prompts)
 
     def sync_spec(self) -> dict[str, Shape]:
@@ -390,7 +389,7 @@ class VLLMEngine(BucketReceiver):
         return self._broken if self.staged else super()._mixed_weights()
 
     def finish_update(self) -> int:
-        with self._serving:  # weights and version change together, between generate calls
+        with self._gate.swap():  # weights and version change together, between generate calls
             return super().finish_update()
 
     def _commit(self, version: int) -> None:

@@ -15,6 +15,7 @@ from raytrain.models.tiny import build_tiny_model
 from raytrain.weight_sync.group import GroupAddress
 from raytrain.weight_sync.protocol import buckets, tensor_spec
 from raytrain.weight_sync.sender import LocalEngines, push_weights
+from tests.helpers.engine_checks import greedy_tokens
 
 BUCKET_BYTES = 256 << 10  # the tiny model's ~2 MB go in several buckets
 
@@ -35,25 +36,21 @@ def engine(model_cfg, rollout_cfg):
     return VLLMEngine(model_cfg, rollout_cfg)
 
 
-def _greedy(engine, prompts, sampling):
-    return [g[0].token_ids for g in engine.generate(prompts, sampling, greedy=True)]
-
-
 def test_a_staged_sync_is_served_only_once_finished(engine, family, model_cfg, prompts, rollout_cfg):
     sampling = rollout_cfg.sampling
-    before = _greedy(engine, prompts, sampling)
+    before = greedy_tokens(engine, prompts, sampling)
     new = sync_state(build_tiny_model(family.processor, seed=1))
     engine.begin_update(engine.version + 1, tensor_spec(new))
     for bucket in buckets(new, BUCKET_BYTES):
         engine.load_bucket(bucket)
     # Every bucket arrived, none is served yet: generation goes on with the old weights and version.
-    assert _greedy(engine, prompts, sampling) == before
+    assert greedy_tokens(engine, prompts, sampling) == before
     assert {s.version for g in engine.generate(prompts[:2], sampling) for s in g} == {0}
     assert engine.finish_update() == 1
     hf = TransformersEngine(model_cfg)
     push_weights(LocalEngines([hf]), new, version=1, bucket_bytes=BUCKET_BYTES)
-    after = _greedy(engine, prompts, sampling)
-    assert after == _greedy(hf, prompts, sampling) and after != before
+    after = greedy_tokens(engine, prompts, sampling)
+    assert after == greedy_tokens(hf, prompts, sampling) and after != before
 
 
 def test_a_sync_during_generation_lands_between_two_calls(engine, family, prompts, rollout_cfg):

@@ -17,6 +17,7 @@ from raytrain.engines.transformers_engine import TransformersEngine
 from raytrain.models.loading import load_policy, sync_state
 from raytrain.models.logprobs import token_logprobs
 from raytrain.weight_sync.sender import LocalEngines, open_weight_group, push_weights
+from tests.helpers.engine_checks import greedy_tokens
 
 LOGPROB_ATOL = 1e-4  # float32 both sides; vLLM's CPU kernels sum in another order (measured ~1e-6)
 BUCKET_BYTES = 256 << 10  # the tiny model's LLaMA, projector and head go in several buckets
@@ -62,10 +63,6 @@ def prompts(hf_engine):
     return out
 
 
-def _greedy(engine, prompts, sampling):
-    return [g[0].token_ids for g in engine.generate(prompts, sampling, greedy=True)]
-
-
 def _perturbed(model, gen: torch.Generator, prefixes: tuple[str, ...], scale: float):
     """`model` with noise added to its parameters under `prefixes` (the projector's scaled up so the image
     tokens weigh on the answers)."""
@@ -81,7 +78,7 @@ def test_prompt_embeds_rollouts_match_transformers(engine, hf_engine, prompts, r
     assert config.hf_config.architectures == ["LlamaForCausalLM"] and config.hf_config.model_type == "llama"
     assert all(set(x) == {"prompt_embeds"} for x in engine.serving.inputs(prompts))
     sampling = rollout_cfg.sampling
-    assert _greedy(engine, prompts, sampling) == _greedy(hf_engine, prompts, sampling)
+    assert greedy_tokens(engine, prompts, sampling) == greedy_tokens(hf_engine, prompts, sampling)
     assert engine.head_probs(prompts) == pytest.approx(hf_engine.head_probs(prompts), abs=1e-6)
 
 
@@ -121,8 +118,8 @@ def test_synced_projector_and_llm_reach_both_sides(engine, hf_engine, dx_cfg, pr
     groups = engine.generate(prompts, sampling)
     assert {s.version for g in groups for s in g} == {1}
     assert _logprob_gap(engine, new, prompts, groups, 1.0) <= LOGPROB_ATOL < _logprob_gap(engine, old, prompts, groups, 1.0) / 10
-    after = _greedy(engine, prompts, sampling)
-    assert after == _greedy(hf_engine, prompts, sampling)
+    after = greedy_tokens(engine, prompts, sampling)
+    assert after == greedy_tokens(hf_engine, prompts, sampling)
 
     old, new = new, _perturbed(load_policy(dx_cfg).eval(), gen, ("projector.", "head.", "language_model."), 1.0)
     engines = LocalEngines([engine])
@@ -132,7 +129,7 @@ def test_synced_projector_and_llm_reach_both_sides(engine, hf_engine, dx_cfg, pr
     assert engine.version == hf_engine.version == 2
     groups = engine.generate(prompts, sampling)
     assert _logprob_gap(engine, new, prompts, groups, 1.0) <= LOGPROB_ATOL < _logprob_gap(engine, old, prompts, groups, 1.0) / 10
-    assert _greedy(engine, prompts, sampling) == _greedy(hf_engine, prompts, sampling)
+    assert greedy_tokens(engine, prompts, sampling) == greedy_tokens(hf_engine, prompts, sampling)
     assert engine.head_probs(prompts) == pytest.approx(hf_engine.head_probs(prompts), abs=1e-6)
 
 

@@ -21,7 +21,7 @@ from raytrain.models.logprobs import token_logprobs
 from raytrain.models.tiny import build_tiny_model
 from raytrain.weight_sync.protocol import buckets
 from raytrain.weight_sync.sender import LocalEngines, open_weight_group, push_weights
-from tests.helpers.engine_checks import check_groups, check_unannounced_bucket_refused_without_stalling
+from tests.helpers.engine_checks import check_groups, check_unannounced_bucket_refused_without_stalling, greedy_tokens
 
 # float32 on both sides; vLLM's CPU kernels (oneDNN GEMMs, its own attention) sum in another
 # order than torch: measured gaps here are ~1e-6.
@@ -55,10 +55,6 @@ def trainer_model(model_cfg):
 def hf_engine(model_cfg):
     """The transformers engine on the same checkpoint; the sync tests send it the same weights."""
     return TransformersEngine(model_cfg)
-
-
-def _greedy(engine, prompts, sampling):
-    return [g[0].token_ids for g in engine.generate(prompts, sampling, greedy=True)]
 
 
 def _trainer_logprobs(family, model, prompts, groups, temperature: float) -> list[np.ndarray]:
@@ -130,7 +126,7 @@ def test_video_timing_follows_sample_fps(engine, family, trainer_model, sample_f
 def test_greedy_matches_the_transformers_engine(engine, hf_engine, prompts, sample_fps_prompt, rollout_cfg):
     sampling = rollout_cfg.sampling
     chosen = [*prompts, sample_fps_prompt]
-    assert _greedy(engine, chosen, sampling) == _greedy(hf_engine, chosen, sampling)
+    assert greedy_tokens(engine, chosen, sampling) == greedy_tokens(hf_engine, chosen, sampling)
     check_groups(hf_engine, hf_engine.generate(chosen, sampling), len(chosen), sampling.group_size, sampling.max_new_tokens)
     assert hf_engine.suppress_ids == engine.suppress_ids
 
@@ -171,27 +167,27 @@ def _corruptions(state: dict[str, torch.Tensor]):
 
 @pytest.mark.parametrize("kind", ["missing", "unexpected", "wrong shape"])
 def test_mismatched_sync_refused(engine, family, prompts, rollout_cfg, kind):
-    before = _greedy(engine, prompts, rollout_cfg.sampling)
+    before = greedy_tokens(engine, prompts, rollout_cfg.sampling)
     key, bad = _corruptions(sync_state(build_tiny_model(family.processor, seed=1)))[kind]
     with pytest.raises(ValueError) as exc:
         push_weights(LocalEngines([engine]), bad, version=1, bucket_bytes=BUCKET_BYTES)
     assert kind in str(exc.value) and key in str(exc.value), str(exc.value)
     assert engine.version == 0
     # Refused before any tensor was loaded: the engine still serves the original weights.
-    assert _greedy(engine, prompts, rollout_cfg.sampling) == before
+    assert greedy_tokens(engine, prompts, rollout_cfg.sampling) == before
 
 
 def test_full_weight_sync(engine, hf_engine, family, trainer_model, prompts, rollout_cfg):
     """New weights (the vision tower's too) change vLLM's answers to transformers' with the same weights."""
     sampling = rollout_cfg.sampling
-    before = _greedy(engine, prompts, sampling)
+    before = greedy_tokens(engine, prompts, sampling)
     state = sync_state(build_tiny_model(family.processor, seed=1))
     assert len(list(buckets(state, BUCKET_BYTES))) > 2
 
     push_weights(LocalEngines([engine, hf_engine]), state, version=1, bucket_bytes=BUCKET_BYTES)
     assert engine.version == hf_engine.version == 1
-    after = _greedy(engine, prompts, sampling)
-    assert after == _greedy(hf_engine, prompts, sampling)
+    after = greedy_tokens(engine, prompts, sampling)
+    assert after == greedy_tokens(hf_engine, prompts, sampling)
     assert after != before, "a differently seeded model should answer differently"
     assert {s.version for g in engine.generate(prompts[:2], sampling) for s in g} == {1}
 
@@ -199,7 +195,7 @@ def test_full_weight_sync(engine, hf_engine, family, trainer_model, prompts, rol
     # (layer post-processing, the prefix and encoder caches included).
     push_weights(LocalEngines([engine, hf_engine]), sync_state(trainer_model), version=2, bucket_bytes=BUCKET_BYTES)
     assert engine.version == 2
-    assert _greedy(engine, prompts, sampling) == before
+    assert greedy_tokens(engine, prompts, sampling) == before
 
 
 def test_incomplete_sync_does_not_advance(engine, trainer_model, prompts, rollout_cfg):
@@ -244,12 +240,12 @@ def test_full_weight_sync_by_broadcast(engine, hf_engine, family, trainer_model,
     push_weights(engines, new, served + 1, BUCKET_BYTES, group)
     assert engine.version == served + 1
     push_weights(LocalEngines([hf_engine]), new, hf_engine.version + 1, BUCKET_BYTES)
-    trained = _greedy(hf_engine, prompts, sampling)
-    assert _greedy(engine, prompts, sampling) == trained
+    trained = greedy_tokens(hf_engine, prompts, sampling)
+    assert greedy_tokens(engine, prompts, sampling) == trained
 
     state = sync_state(trainer_model)
     check_unannounced_bucket_refused_without_stalling(engine, group, state, BUCKET_BYTES)
-    assert _greedy(engine, prompts, sampling) == trained
+    assert greedy_tokens(engine, prompts, sampling) == trained
 
     # A restarted sender opens a new group; the engine joins it in place of the old one, and a sync
     # announced for the old group is refused before anything is broadcast.

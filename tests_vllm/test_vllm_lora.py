@@ -11,6 +11,7 @@ from raytrain.engines.transformers_engine import TransformersEngine
 from raytrain.models.loading import load_policy, sync_state
 from raytrain.models.tiny import build_tiny_model
 from raytrain.weight_sync.sender import LocalEngines, open_weight_group, push_weights
+from tests.helpers.engine_checks import greedy_tokens
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +47,11 @@ def _trainer(lora_cfg, seed: int):
     return model.eval()
 
 
-def _greedy(engine, prompts, sampling):
-    return [g[0].token_ids for g in engine.generate(prompts, sampling, greedy=True)]
-
-
 def test_adapter_sync_changes_output_to_the_adapted_model(engine, lora_cfg, prompts, rollout_cfg):
     sampling = rollout_cfg.sampling
     hf = TransformersEngine(lora_cfg)  # the same base with a zero adapter: the base model's answers
-    before = _greedy(engine, prompts, sampling)
-    assert before == _greedy(hf, prompts, sampling)
+    before = greedy_tokens(engine, prompts, sampling)
+    assert before == greedy_tokens(hf, prompts, sampling)
 
     for version, seed in ((1, 7), (2, 8)):
         state = sync_state(_trainer(lora_cfg, seed))
@@ -62,8 +59,8 @@ def test_adapter_sync_changes_output_to_the_adapted_model(engine, lora_cfg, prom
         assert sum(v.numel() for v in state.values()) < sum(p.numel() for p in hf.model.parameters()) / 4
         push_weights(LocalEngines([engine, hf]), state, version=version)
         assert engine.version == hf.version == version
-        after = _greedy(engine, prompts, sampling)
-        assert after == _greedy(hf, prompts, sampling), f"adapter version {version}"
+        after = greedy_tokens(engine, prompts, sampling)
+        assert after == greedy_tokens(hf, prompts, sampling), f"adapter version {version}"
         assert after != before, "a perturbed adapter should change the greedy answers"
         assert {s.version for g in engine.generate(prompts[:2], sampling) for s in g} == {version}
         before = after
@@ -73,7 +70,7 @@ def test_adapter_sync_changes_output_to_the_adapted_model(engine, lora_cfg, prom
 
 def test_full_state_or_bad_adapter_refused(engine, lora_cfg, family, prompts, rollout_cfg):
     served = engine.version
-    before = _greedy(engine, prompts, rollout_cfg.sampling)
+    before = greedy_tokens(engine, prompts, rollout_cfg.sampling)
     with pytest.raises(ValueError, match="missing"):
         push_weights(LocalEngines([engine]), sync_state(build_tiny_model(family.processor, seed=1)), version=served + 1)
     bad = sync_state(_trainer(lora_cfg, 9))
@@ -83,7 +80,7 @@ def test_full_state_or_bad_adapter_refused(engine, lora_cfg, family, prompts, ro
         push_weights(LocalEngines([engine]), bad, version=served + 1)
     assert key in str(exc.value)
     assert engine.version == served
-    assert _greedy(engine, prompts, rollout_cfg.sampling) == before
+    assert greedy_tokens(engine, prompts, rollout_cfg.sampling) == before
 
 
 def test_lora_engine_refuses_a_weight_group(engine):

@@ -11,6 +11,11 @@ from raytrain.weight_sync.protocol import BucketMeta, BucketReceiver, bucket_met
 from raytrain.weight_sync.sender import LocalEngines
 
 
+def greedy_tokens(engine, prompts, sampling) -> list[list[int]]:
+    """Each prompt's greedy response as token ids: what an engine serves, to compare engines and weights."""
+    return [g[0].token_ids for g in engine.generate(prompts, sampling, greedy=True)]
+
+
 class DictEngine(BucketReceiver):
     """A receiver over a plain dict shaped like `state` (zeros at first): records what it applied and
     committed, and receives by gloo broadcast once it joined a weight group."""

@@ -40,4 +40,3 @@ def test_a_waiting_swap_goes_before_the_calls_after_it():
     for t in threads:
         t.join(timeout=10)
     assert order == ["call in progress", "swap", "next call"]
-

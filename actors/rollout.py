@@ -20,7 +20,7 @@ from raytrain.data.batch import Prompt, Refusal, Sample
 from raytrain.engines.base import make_engine
 from raytrain.observe.ray_metrics import RolloutMetrics
 from raytrain.weight_sync.group import GroupAddress
-from raytrain.weight_sync.protocol import BucketMeta, Shape
+from raytrain.weight_sync.protocol import BucketMeta, HostBucket, Shape, from_host_arrays, to_host_arrays
 
 WEIGHTS = "weights"  # the concurrency group of the sync calls, in `OverlappingRolloutActor`
 SYNC_CALLS = ("begin_update", "load_bucket", "finish_update", "join_weight_group", "receive_bucket")
@@ -45,8 +45,8 @@ class RolloutActor:
     def begin_update(self, version: int, plan: dict[str, Shape], group: GroupAddress | None = None) -> None:
         self.engine.begin_update(version, plan, group)
 
-    def load_bucket(self, bucket: dict[str, torch.Tensor]) -> None:
-        self.engine.load_bucket(bucket)
+    def load_bucket(self, bucket: HostBucket) -> None:
+        self.engine.load_bucket(from_host_arrays(*bucket))
 
     def finish_update(self) -> int:
         return self.engine.finish_update()
@@ -103,7 +103,7 @@ class RolloutActors:
         return ray.get(pending)
 
     def share(self, bucket: dict[str, torch.Tensor]) -> ray.ObjectRef:
-        return ray.put(bucket)
+        return ray.put(to_host_arrays(bucket))
 
 
 def start_rollout_actors(model: ModelConfig, rollout: RolloutConfig, *, weights: str | None = None, name_prefix: str | None = None,

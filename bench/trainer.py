@@ -10,9 +10,9 @@ large 34.8 M), trained from the same random weights on the same 80 synthetic 56x
 clip 0.2 / 0.28, `--steps` steps of which the first `--skip` are left out of the steady state. Rewards
 are the project's format, overlong and accuracy functions (`rewards.outcome`) on both sides.
 
-- The project: `raytrain.train.launch.train` with one training worker, one transformers rollout actor
-  and the reward actor on an embedded Ray, once per mode of `MODES` (a mode is the config it sets over
-  the shared one). Dynamic sampling is off: TRL has none, and with it the project would generate more
+- The project: `raytrain.train.launch.train` with one training worker (ZeRO-0: one worker has nothing to
+  shard), one transformers rollout actor and the reward actor on an embedded Ray, once per mode of `MODES`
+  (a mode is the config it sets over the shared one). Dynamic sampling is off: TRL has none, and with it the project would generate more
   groups per step for the same update. Its steady state and per-phase times are those metrics.jsonl
   records per step (rank 0; the phases add up to the step); time to first step runs from `train()`
   being called (Ray, actors, Train worker, DeepSpeed, the data pipeline) to the first record.
@@ -22,7 +22,8 @@ are the project's format, overlong and accuracy functions (`rewards.outcome`) on
 - Bare torch: the same model, a batch of the same shape (16 rows: an image prompt and 24 response
   tokens each), forward, token log-probs, a policy-gradient loss, backward and an AdamW step with no
   framework, at each thread count a mode trains with: what the project's train phase costs without
-  DeepSpeed, Ray Train and the loss bookkeeping.
+  DeepSpeed, Ray Train and the loss bookkeeping; and the floor of a weight sync, the model's weights
+  copied once in memory into a buffer already allocated.
 
 Every run is its own process of this interpreter, one after the other, so none inherits another's
 threads or Ray; the benchmark environment is .venv with TRL layered over it (see the Makefile), so
@@ -86,7 +87,7 @@ def project_config(model_dir: Path, manifest: Path, out: Path, steps: int, mode:
         "reward": {"weights": REWARD_WEIGHTS, "max_len": MAX_LEN, "overlong_buffer": OVERLONG_BUFFER},
         "algorithm": {"name": "dapo", "clip_low": 0.2, "clip_high": 0.28, "dynamic_sampling": False},
         "train": {"num_workers": 1, "total_steps": steps, "prompts_per_worker": PROMPTS_PER_STEP, "lr": LR,
-                  "checkpoint_every": steps, "max_failures": 0},
+                  "checkpoint_every": steps, "max_failures": 0, "zero_stage": 0},
         # Logical CPUs: the worker, the actors and the decode tasks all fit, on the machine's cores.
         "cluster": {"num_cpus": 8},
     }
@@ -132,7 +133,7 @@ def run_project(args) -> dict:
     return {"step_s": step_s, "samples_per_s": sum(s["responses"] for s in steady) / len(steady) / step_s,
             "first_step_s": first[0] - t0 if first else float("nan"),
             "phases": {p: sum(s[p] for s in steady) / len(steady) for p in phases},
-            "threads": cfg.train.torch_threads}
+            "threads": cfg.train.torch_threads, "sync_bytes": records[-1].get("weight_sync/bytes", 0)}
 
 
 def _train_images(manifest: Path) -> list[tuple[str, str]]:
@@ -224,15 +225,23 @@ def run_bare(args) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def median_s(fn) -> float:
+        times = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return sorted(times)[len(times) // 2]
+
     for _ in range(2):
         step()
-    times = []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return {"step_s": sorted(times)[len(times) // 2], "threads": args.threads, "rows": len(prompts),
-            "seq_len": int(inputs["input_ids"].shape[1])}
+    # The floor of a weight sync: the weights' bytes copied once in memory, into a buffer already allocated.
+    weights = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    into = torch.empty_like(weights)
+    into.copy_(weights)
+    return {"step_s": median_s(step), "threads": args.threads, "rows": len(prompts),
+            "seq_len": int(inputs["input_ids"].shape[1]), "copy_s": median_s(lambda: into.copy_(weights)),
+            "copy_bytes": weights.numel() * weights.element_size()}
 
 
 def prepare(work: Path, size: str) -> tuple[Path, Path, int]:
@@ -329,6 +338,10 @@ def main() -> None:
                 print(f"  train phase {ph['train']:.3f} s = {ph['train'] / b['step_s']:.2f}x the bare-torch step "
                       f"({b['step_s']:.3f} s: forward, backward, AdamW on {b['rows']} rows of {b['seq_len']} tokens, "
                       f"{threads} thread(s))")
+                if p["sync_bytes"]:
+                    print(f"  weight sync of {p['sync_bytes'] / 2**20:.0f} MiB {ph['weight_sync']:.3f} s = "
+                          f"{ph['weight_sync'] / b['copy_s']:.1f}x an in-memory copy of the weights' "
+                          f"{b['copy_bytes'] / 2**20:.0f} MiB ({b['copy_s']:.3f} s)")
                 if best is None or p["samples_per_s"] > best[1]["samples_per_s"]:
                     best = (mode, p)
             ratio = best[1]["samples_per_s"] / trl["samples_per_s"]

@@ -129,8 +129,8 @@ class Config(Strict):
         if self.rollout.engine != "transformers":
             raise ValueError("rollout.colocate generates with the training worker's own transformers module: "
                              "set rollout.engine transformers (vLLM colocates with rollout.vllm.mode colocated)")
-        if self.train.zero_stage != 2:
-            raise ValueError("rollout.colocate needs train.zero_stage 2: under ZeRO-3 a worker holds only shards of the "
+        if self.train.zero_stage == 3:
+            raise ValueError("rollout.colocate needs train.zero_stage 0 or 2: under ZeRO-3 a worker holds only shards of the "
                              "weights, and gathering them for every generated token is not supported")
         if self.model.quantization != "none" and not self.train.use_gpu:
             raise ValueError(f"rollout.colocate with model.quantization {self.model.quantization} needs train.use_gpu: "

@@ -255,7 +255,7 @@ class RolloutConfig(Strict):
                     "training worker generates its own prompts' G responses with its own live module, so no rollout "
                     "actors start (the `num_actors`, `num_cpus`, `num_gpus`, `torch_threads` and weight-sync options "
                     "below do not apply), no second copy of the policy is held and no weights are sent (0 bytes "
-                    "synced). Needs `engine: transformers` and `train.zero_stage: 2` (the module must be whole on "
+                    "synced). Needs `engine: transformers` and `train.zero_stage` 0 or 2 (the module must be whole on "
                     "every rank). Off by default: generation and training then take turns on the same worker and "
                     "its thread budget, and generation cannot use vLLM; separate rollout actors are the way to "
                     "scale. It pays where the weight sync and the second copy cost more than the generation itself "
@@ -510,11 +510,15 @@ class TrainConfig(Strict):
     lr: float = Field(1e-6, gt=0, description="Learning rate (DAPO full fine-tune: 1e-6; LoRA: 1e-5).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
-    zero_stage: Literal[2, 3] = Field(
+    zero_stage: Literal[0, 2, 3] = Field(
         2,
         description="DeepSpeed ZeRO stage (Rajbhandari et al. 2020). 2 shards gradients and optimizer states; 3 also the "
                     "parameters, gathered layer by layer in every forward and onto rank 0 for each weight sync and export "
-                    "(for full fine-tuning of a model whose weights, gradients and Adam states do not fit a GPU).",
+                    "(for full fine-tuning of a model whose weights, gradients and Adam states do not fit a GPU). 0 shards "
+                    "nothing: DeepSpeed's plain data parallelism, whole gradients and Adam states on every rank, stepped "
+                    "in place. It spares ZeRO's copies into and out of flat partitions (measured on CPU, 34.8 M "
+                    "parameters: a step 1.07x bare torch's against ZeRO-2's 1.31x): for one worker, where there is "
+                    "nothing to shard, or LoRA, whose states are small.",
     )
     zero3_param_persistence_threshold: int = Field(
         100_000, ge=0,
@@ -567,6 +571,8 @@ class TrainConfig(Strict):
                              f"and max_tokens_per_micro_batch (padded tokens per pass), not {' and '.join(chosen)}")
         if self.offload_params == "cpu" and self.zero_stage != 3:
             raise ValueError("offload_params cpu needs zero_stage 3 (only ZeRO-3 shards parameters)")
+        if self.offload_optimizer == "cpu" and self.zero_stage == 0:
+            raise ValueError("offload_optimizer cpu needs zero_stage 2 or 3 (ZeRO-Offload moves ZeRO's optimizer partitions)")
         return self
 
 

@@ -83,7 +83,8 @@ def make_engine(model: ModelConfig, rollout: RolloutConfig, *, weights: str | No
     from raytrain.engines.transformers_engine import TransformersEngine
 
     device = "cuda" if rollout.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-    return TransformersEngine(model, weights=weights, device=device)
+    # Staged syncs where weights arrive while it generates (`rollout.mode: async`).
+    return TransformersEngine(model, weights=weights, device=device, staged=rollout.mode == "async")
 
 
 def sample_seed(sampling: SamplingConfig, prompt: Prompt, version: int) -> int | None:

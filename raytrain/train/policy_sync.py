@@ -40,8 +40,9 @@ def push_policy(engine, cfg: Config, rollouts: list, version: int, rank: int, gr
     buckets; every rank waits for it. Returns the bytes sent to each engine (0 on other ranks)."""
     sent = 0
     if rank == 0:
-        # A broadcast flattens each bucket from the live weights (on the GPU under NCCL: no host round trip).
-        state = sync_state(engine.module, gathered, cpu_copy=group is None)
+        # The live weights, not a copy: a broadcast flattens each bucket from them (on the GPU under NCCL: no host
+        # round trip), and the object store's put copies each bucket (from a GPU through the host, a bucket at a time).
+        state = sync_state(engine.module, gathered, cpu_copy=False)
         push_weights(_reached(cfg, rollouts), state, version, cfg.rollout.weight_bucket_mb << 20, group)
         sent = sum(t.numel() * t.element_size() for t in state.values())
     dist.barrier()

@@ -4,15 +4,18 @@ The sender splits a state dict into size-bounded buckets (`buckets`) and announc
 the names and shapes it will send (`tensor_spec`). The receiver checks that plan
 against what its model serves before applying anything, accepts each bucket once,
 and only then moves to the new version (`WeightUpdate`). Engines get the receiving
-steps from `BucketReceiver`. A bucket travels as tensors or flat (`flatten_bucket`:
-one broadcast over a `raytrain.weight_sync.group.WeightGroup`, or one byte string).
+steps from `BucketReceiver`. A bucket travels as tensors, as NumPy arrays (`to_host_arrays`: Ray's
+object store) or flat (`flatten_bucket`: one broadcast over a `raytrain.weight_sync.group.WeightGroup`,
+or one byte string).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:  # annotations only: the group module builds on this one
@@ -110,6 +113,30 @@ def unflatten_bucket(meta: BucketMeta, flat: torch.Tensor) -> dict[str, torch.Te
         raise ValueError(f"packed weight bucket holds {flat.numel()} bytes, its entries describe {size}")
     return {name: flat[offset:offset + nbytes].view(getattr(torch, dtype_name)).reshape(shape)
             for (name, dtype_name, shape), (offset, nbytes) in zip(meta, spans)}
+
+
+HostBucket = tuple[BucketMeta, list[np.ndarray]]
+
+
+def to_host_arrays(bucket: dict[str, torch.Tensor]) -> HostBucket:
+    """One bucket as its meta and each tensor's bytes in a NumPy array, for Ray's object store: NumPy arrays
+    travel as pickle protocol 5's out-of-band buffers, written once into shared memory and read there
+    without a copy (a dict of tensors is pickled through torch's own reducer: 2.2x slower to put, measured
+    on 133 MB). A CPU tensor is not copied here (the put is the copy); a GPU tensor comes to the host here,
+    a bucket at a time."""
+    return bucket_meta(bucket), [t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+                                 for t in bucket.values()]
+
+
+def from_host_arrays(meta: BucketMeta, arrays: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """The tensors of `to_host_arrays`, as views of the arrays (read-only ones from the object store: the
+    receiving engine copies what it keeps before the bucket is released, and never writes to them)."""
+    if len(meta) != len(arrays):
+        raise ValueError(f"weight bucket describes {len(meta)} tensors and carries {len(arrays)}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return {name: torch.from_numpy(a).view(getattr(torch, dtype_name)).reshape(shape)
+                for (name, dtype_name, shape), a in zip(meta, arrays)}
 
 
 def pack_bucket(bucket: dict[str, torch.Tensor]) -> tuple[BucketMeta, bytes]:

@@ -64,13 +64,18 @@ def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_
     assert_resumes_one_step(cfg, parse_config(_pooled(dapo_config(base_config_dict, warm_model_dir, total_steps=3, checkpoint_every=1))))
 
 
-def test_colocated_dapo_generates_with_the_live_module_and_syncs_nothing(base_config_dict, warm_model_dir, ray_local):
-    # Each worker generates with its own DeepSpeed module (ZeRO-2); its micro-batches are packed by a token
-    # budget (a few rows each: the prompts are ~50-60 tokens, the responses up to 16).
-    raw = {**base_config_dict, "model": {**base_config_dict["model"], "path": str(warm_model_dir)},
-           "rollout": {**base_config_dict["rollout"], "colocate": True},
-           "train": {**base_config_dict["train"], "total_steps": 2, "checkpoint_every": 2, "max_tokens_per_micro_batch": 256}}
-    cfg = parse_config(raw)
+def test_colocated_dapo_on_zero0_generates_with_the_live_module_syncs_nothing_and_resumes(base_config_dict, warm_model_dir,
+                                                                                         ray_local):
+    # Each worker generates with its own DeepSpeed module, under ZeRO-0 (whole gradients and Adam states on each
+    # rank, the setting for small runs that colocation is for); its micro-batches are packed by a token budget
+    # (a few rows each: the prompts are ~50-60 tokens, the responses up to 16).
+    def config(steps: int):
+        return parse_config({**base_config_dict, "model": {**base_config_dict["model"], "path": str(warm_model_dir)},
+                             "rollout": {**base_config_dict["rollout"], "colocate": True},
+                             "train": {**base_config_dict["train"], "total_steps": steps, "checkpoint_every": 2,
+                                       "zero_stage": 0, "max_tokens_per_micro_batch": 256}})
+
+    cfg = config(2)
     final = train(cfg)
 
     records = metrics_records(cfg.run.output_dir)
@@ -85,6 +90,8 @@ def test_colocated_dapo_generates_with_the_live_module_and_syncs_nothing(base_co
     assert_weights_changed(warm_model_dir, final)
     state = TrainerState.load(latest_checkpoint(Path(cfg.run.output_dir) / STORAGE_DIR))
     assert (state.step, state.version) == (2, 2)
+    # ZeRO-0's checkpoint (the optimizer states in each rank's model-states file) resumes.
+    assert_resumes_one_step(cfg, config(3))
 
 
 def test_async_with_no_staleness_trains_exactly_as_sync(base_config_dict, warm_model_dir, ray_local, tmp_path):

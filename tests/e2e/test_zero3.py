@@ -5,7 +5,8 @@ The ranks' micro-batches mix images and videos differently (rank 0: two images, 
 a video with an image, then nothing, so it adds a padding pass). The model's own forward would
 call the vision tower once on rank 0 and twice on rank 1, and ZeRO-3's per-module parameter
 gathers would deadlock; the worker must take the same step as under ZeRO-2 and as one process
-without DeepSpeed, and gather the same weights for the engines and the export."""
+without DeepSpeed, and gather the same weights for the engines and the export. ZeRO-0 (no sharding: whole
+gradients all-reduced once, at the step) takes the same step too."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch.multiprocessing as mp
 from raytrain.config import parse_config
 from tests.helpers.train_batches import rank_batch
 
-RUNS = [("full", 2), ("full", 3), ("lora", 2), ("lora", 3)]  # (fine-tuning, ZeRO stage)
+RUNS = [("full", 0), ("full", 2), ("full", 3), ("lora", 0), ("lora", 2), ("lora", 3)]  # (fine-tuning, ZeRO stage)
 DEADLOCK_S = 300
 
 
@@ -131,7 +132,7 @@ def _single_process_step(cfg, media_prompts) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("tuning", ["full", "lora"])
-def test_zero3_step_with_different_media_mixes_equals_zero2_and_one_process(steps, media_prompts, tuning):
+def test_zero3_step_with_different_media_mixes_equals_zero2_zero0_and_one_process(steps, media_prompts, tuning):
     from raytrain.models.loading import load_policy, sync_state
 
     raw, out, states = steps
@@ -139,15 +140,16 @@ def test_zero3_step_with_different_media_mixes_equals_zero2_and_one_process(step
     torch.manual_seed(0)
     initial = sync_state(load_policy(cfg.model))
     expected = _single_process_step(cfg, media_prompts)
-    (loss2, state2), (loss3, state3) = states[tuning, 2], states[tuning, 3]
-    assert loss3 == pytest.approx(loss2, rel=1e-5)
-    assert set(state3) == set(state2) == set(expected)
+    (loss0, state0), (loss2, state2), (loss3, state3) = states[tuning, 0], states[tuning, 2], states[tuning, 3]
+    assert loss3 == pytest.approx(loss2, rel=1e-5) and loss0 == pytest.approx(loss2, rel=1e-5)
+    assert set(state0) == set(state3) == set(state2) == set(expected)
     moved = [k for k in expected if not torch.equal(expected[k], initial[k])]
     if tuning == "full":
         assert any(".visual." in k for k in moved) and any("language_model" in k for k in moved)
     else:
         assert moved and all("lora_" in k for k in expected)  # the adapter alone travels
     for k in expected:  # whole tensors (not shards), the same update
+        torch.testing.assert_close(state0[k], expected[k], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(state2[k], expected[k], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(state3[k], expected[k], rtol=1e-4, atol=1e-6)
     # The ZeRO-3 export is an ordinary checkpoint of the same weights.

@@ -71,7 +71,8 @@ def main(inp: str, out: str) -> None:
         mask = inputs["response_mask"].bool()
         results[name] = {
             "gradient_clipping": engine.gradient_clipping(), "reduce_bucket_size": engine.zero_reduce_bucket_size(),
-            "zero_stage": engine.zero_optimization_stage(), "optimizer": type(engine.optimizer.optimizer).__name__,
+            "zero_stage": engine.zero_optimization_stage(), "engine_optimizer": type(engine.optimizer).__name__,
+            "optimizer": type(getattr(engine.optimizer, "optimizer", engine.optimizer)).__name__,
             "loss": stats["loss"], "changed": changed,
             # The frozen (quantized) base: its log-probs with the adapter off are the same after the step.
             "base_drift": float((_logp(family, engine, inputs, adapter=False) - base)[mask].abs().max()),

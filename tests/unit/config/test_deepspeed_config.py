@@ -100,6 +100,7 @@ def test_shipped_ds_config_fits_the_gpu_configs():
     ({"micro_batch_size": 2, "gradient_accumulation_steps": 2}, {}, "not micro_batch_size and gradient_accumulation_steps"),
     ({"micro_batch_size": 2, "max_tokens_per_micro_batch": 512}, {}, "not micro_batch_size and max_tokens_per_micro_batch"),
     ({"offload_params": "cpu"}, {}, "needs zero_stage 3"),
+    ({"zero_stage": 0, "offload_optimizer": "cpu"}, {}, "offload_optimizer cpu needs zero_stage 2 or 3"),
     ({}, {"quantization": "4bit"}, "set lora.enabled"),
     ({"zero_stage": 3}, {"quantization": "8bit", "lora": {"enabled": True}}, "needs train.zero_stage 2"),
 ])

@@ -45,7 +45,7 @@ def test_colocated_needs_a_gpu_share_per_worker(base_config_dict, change):
 
 @pytest.mark.parametrize("change, message", [
     ({"rollout": {"engine": "vllm"}}, "set rollout.engine transformers"),
-    ({"train": {"zero_stage": 3}}, "needs train.zero_stage 2"),
+    ({"train": {"zero_stage": 3}}, "needs train.zero_stage 0 or 2"),
     ({"model": {"quantization": "4bit", "lora": {"enabled": True}}}, "needs train.use_gpu"),
 ])
 def test_colocated_transformers_rollouts_refuse_what_they_cannot_serve(base_config_dict, change, message):

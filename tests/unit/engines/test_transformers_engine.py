@@ -12,10 +12,12 @@ import torch
 from peft import PeftModel
 
 from raytrain.config import parse_config
+from raytrain.engines.base import make_engine
 from raytrain.engines.transformers_engine import LiveModuleEngine, TransformersEngine
 from raytrain.models.loading import load_family, load_policy, sync_state
 from raytrain.models.logprobs import token_logprobs
 from raytrain.models.tiny import build_tiny_model
+from raytrain.weight_sync.protocol import buckets, tensor_spec
 from raytrain.weight_sync.sender import LocalEngines, push_weights
 from tests.helpers.engine_checks import check_groups
 
@@ -197,6 +199,29 @@ def test_full_weight_sync(cfg, engine, prompts, tmp_path):
     # Samples carry the version that produced them.
     torch.manual_seed(6)
     assert {s.version for g in eng.generate(prompts[:1], cfg.rollout.sampling) for s in g} == {1}
+
+
+def test_unstaged_sync_loads_in_place_and_a_cut_short_one_stops_generation(cfg, prompts):
+    # `rollout.mode: sync`: buckets go straight into the served tensors (no copy kept aside).
+    eng = make_engine(cfg.model, cfg.rollout)
+    assert not eng.staged and make_engine(cfg.model, cfg.rollout.model_copy(update={"mode": "async"})).staged
+    served = {k: v.data_ptr() for k, v in eng.model.state_dict().items()}
+    state = sync_state(build_tiny_model(eng.family.processor, seed=1))
+    push_weights(LocalEngines([eng]), state, version=1, bucket_bytes=64 << 10)
+    assert eng.served_version() == 1
+    for k, v in eng.model.state_dict().items():
+        assert torch.equal(v, state[k]) and v.data_ptr() == served[k], k
+
+    # Cut short after a bucket: weights of no single version, so no generation until a complete sync.
+    other = sync_state(build_tiny_model(eng.family.processor, seed=2))
+    eng.begin_update(2, tensor_spec(other))
+    eng.load_bucket(next(buckets(other, 64 << 10)))
+    assert eng.served_version() is None
+    with pytest.raises(RuntimeError, match="serves no single weight version"):
+        eng.generate(prompts[:1], cfg.rollout.sampling)
+    push_weights(LocalEngines([eng]), other, version=2, bucket_bytes=64 << 10)
+    assert eng.served_version() == 2
+    assert {s.version for g in eng.generate(prompts[:1], cfg.rollout.sampling) for s in g} == {2}
 
 
 def _corruptions(state: dict[str, torch.Tensor]):

@@ -1,6 +1,6 @@
 """The engine DeepSpeed builds from the run's config (raytrain.train.step.deepspeed_engine), one step on one
 gloo rank: a user's DeepSpeed file changes its settings, and QLoRA (4-bit and 8-bit bitsandbytes on CPU)
-trains only the adapter over the frozen quantized weights."""
+trains only the adapter over the frozen quantized weights, under ZeRO-2 and (4-bit) ZeRO-0."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def test_user_settings_and_quantized_lora(base_config_dict, media_prompts, tmp_p
     user = tmp_path / "ds_config.json"
     user.write_text(json.dumps({"gradient_clipping": 0.5, "zero_optimization": {"stage": 2, "reduce_bucket_size": 12345}}))
     runs = {"generated": LORA, "user": {**LORA, "train.deepspeed_config": str(user)},
-            "4bit": {**LORA, "model.quantization": "4bit"}, "8bit": {**LORA, "model.quantization": "8bit"}}
+            "4bit": {**LORA, "model.quantization": "4bit"}, "8bit": {**LORA, "model.quantization": "8bit"},
+            "4bit-zero0": {**LORA, "model.quantization": "4bit", "train.zero_stage": 0}}
     inp, out = tmp_path / "in.pkl", tmp_path / "out.json"
     inp.write_bytes(pickle.dumps({"raw": base_config_dict, "prompts": media_prompts, "runs": runs}))
     path = os.pathsep.join([str(QLORA_DIR), str(REPO), os.environ.get("PYTHONPATH", "")])
@@ -37,7 +38,10 @@ def test_user_settings_and_quantized_lora(base_config_dict, media_prompts, tmp_p
     assert (generated["gradient_clipping"], generated["reduce_bucket_size"]) == (1.0, 500_000_000)  # DeepSpeed's default bucket
     assert (mine["gradient_clipping"], mine["reduce_bucket_size"], mine["zero_stage"]) == (0.5, 12345, 2)
     assert generated["quantized_layers"] == [] and generated["optimizer"] == "AdamW"
-    for bits, layer in (("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")):
+    # ZeRO-0: DeepSpeed steps the AdamW it was given itself, with no ZeRO optimizer around it.
+    assert (results["4bit-zero0"]["zero_stage"], results["4bit-zero0"]["engine_optimizer"]) == (0, "AdamW")
+    assert generated["engine_optimizer"] == "DeepSpeedZeroOptimizer"
+    for bits, layer in (("4bit", "Linear4bit"), ("8bit", "Linear8bitLt"), ("4bit-zero0", "Linear4bit")):
         run = results[bits]
         assert layer in run["quantized_layers"], run["quantized_layers"]
         assert math.isfinite(run["loss"]) and run["loss"] != 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
@@ -13,7 +14,17 @@ import torch
 from raytrain.config.sections import ModelConfig, RolloutConfig
 from raytrain.engines.base import make_engine
 from raytrain.weight_sync.group import WeightGroup
-from raytrain.weight_sync.protocol import WeightUpdate, bucket_meta, buckets, check_spec, pack_bucket, tensor_spec, unpack_bucket
+from raytrain.weight_sync.protocol import (
+    WeightUpdate,
+    bucket_meta,
+    buckets,
+    check_spec,
+    from_host_arrays,
+    pack_bucket,
+    tensor_spec,
+    to_host_arrays,
+    unpack_bucket,
+)
 from raytrain.weight_sync.sender import LocalEngines, open_weight_group, push_weights
 from tests.helpers.engine_checks import DictEngine, check_unannounced_bucket_refused_without_stalling
 
@@ -130,6 +141,23 @@ def test_pack_unpack_roundtrip(dtype):
         assert out[k].dtype == v.dtype and torch.equal(out[k], v), k
     with pytest.raises(ValueError, match="holds"):
         unpack_bucket(meta, data + b"\0")
+
+
+def test_host_arrays_travel_out_of_band_and_come_back_as_the_same_tensors():
+    # Mixed dtypes (bfloat16 has no NumPy dtype), a 0-d tensor and a non-contiguous one.
+    bucket = {"w": torch.randn(3, 4), "t": torch.randn(4, 3).t(), "b": torch.arange(5), "s": torch.tensor(7),
+              "h": torch.randn(3).to(torch.bfloat16), "m": torch.tensor([True, False])}
+    buffers = []
+    # As Ray's object store pickles it (protocol 5): every tensor's bytes are a buffer of their own, not pickled.
+    data = pickle.dumps(to_host_arrays(bucket), protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == len(bucket) and len(data) < 2048
+    meta, arrays = pickle.loads(data, buffers=[memoryview(b.raw()).toreadonly() for b in buffers])
+    out = from_host_arrays(meta, arrays)  # read-only arrays, as the store hands them out
+    assert list(out) == list(bucket)
+    for k, v in bucket.items():
+        assert out[k].dtype == v.dtype and out[k].shape == v.shape and torch.equal(out[k], v), k
+    with pytest.raises(ValueError, match="describes 6 tensors and carries 5"):
+        from_host_arrays(meta, arrays[:-1])
 
 
 def test_weight_group_broadcasts_each_bucket_to_every_member():

@@ -124,5 +124,10 @@ def start_rollout_actors(model: ModelConfig, rollout: RolloutConfig, *, weights:
             options["runtime_env"] = {"py_executable": rollout.python}
         actor_class = OverlappingRolloutActor if rollout.mode == "async" else RolloutActor
         actors.append(actor_class.options(**options).remote(model, rollout, weights, tags))
-    ray.get([a.version.remote() for a in actors])  # surface load errors here, not mid-training
     return actors
+
+
+def wait_loaded(actors: list) -> None:
+    """Return once every actor has loaded its engine, raising the first load error: a caller that waits here
+    before training sees a bad model folder at start, not mid-run (and can do other work while they load)."""
+    ray.get([a.version.remote() for a in actors])

@@ -101,9 +101,9 @@ def _local_ray():
         # own head node); jobs.prepare_data sizes its Ray to --workers, too small for training.
         ray.shutdown()
     if not ray.is_initialized():
-        # address="local": always a fresh instance, never a cluster some other process left
-        # in /tmp/ray/ray_current_cluster.
-        ray.init(address="local", num_cpus=8, include_dashboard=False)
+        from raytrain.cluster import init_ray
+
+        init_ray(num_cpus=8)  # as a job starts its embedded Ray: a fresh instance, no dashboard
     return ray
 
 

@@ -11,7 +11,7 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from actors.reward import RewardActor
-from actors.rollout import start_rollout_actors
+from actors.rollout import start_rollout_actors, wait_loaded
 from raytrain.cluster import init_ray, node_resources
 from raytrain.config import Config, placement
 from raytrain.data.pipeline import split_rows
@@ -57,10 +57,13 @@ def train(cfg: Config) -> Path:
     if ALGORITHMS[cfg.algorithm.name].needs_rollouts:
         tags = run_tags(cfg.run, cfg.algorithm)
         if not cfg.rollout.colocate:  # colocated: each training worker generates with its own module
+            # They load their engines while this process builds the dataset (`wait_loaded` below).
             rollouts = start_rollout_actors(cfg.model, cfg.rollout, max_restarts=restarts, tags=tags)
         encoder_gpus = cfg.reward.paragraph.num_gpus if cfg.reward.enabled("paragraph") else 0
         reward = RewardActor.options(num_gpus=encoder_gpus, resources=dict(cfg.reward.resources), max_restarts=restarts).remote(
             cfg.reward, cfg.data.answer_format, tags=tags, judge_restarts=restarts)
+    dataset = build_dataset(cfg, rows)
+    wait_loaded(rollouts)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.model_dump(mode="json"), "rollout_actors": rollouts, "reward_actor": reward,
@@ -79,7 +82,7 @@ def train(cfg: Config) -> Path:
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
-        datasets={"train": build_dataset(cfg, rows)},
+        datasets={"train": dataset},
         dataset_config=_ingest(cfg),
     )
     try:

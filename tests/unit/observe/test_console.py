@@ -1,13 +1,17 @@
-"""The console: plain periodic lines on a non-interactive stream, each once; Ray Data's bars off unless asked."""
+"""The console: plain periodic lines on a non-interactive stream, each once; Ray Data's bars off unless asked; no
+warning a second from Ray Train's placement-group cleaner on an embedded Ray."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 
 import pytest
 from ray.data import DataContext
 
 from jobs.make_dashboard import SHIPPED, dashboard
+from raytrain.cluster import PLACEMENT_GROUP_CLEANER_LOGGER
 from raytrain.config.sections import RunConfig
 from raytrain.observe.console import Progress, eta, quiet_ray_data, use_bar
 from raytrain.observe.ray_metrics import METRICS, step_series
@@ -54,3 +58,14 @@ def test_every_step_figure_maps_to_a_declared_metric_and_the_dashboard_is_curren
     assert all(set(tags) <= set(METRICS[name].tag_keys) for name, tags, _ in series)
     # The shipped Grafana dashboard is the one built from the declarations (rebuild: python -m jobs.make_dashboard).
     assert json.loads(SHIPPED.read_text()) == json.loads(json.dumps(dashboard()))
+
+
+def test_an_embedded_ray_without_a_dashboard_quiets_ray_trains_placement_group_cleaner(ray_local):
+    # Without the dashboard's state API the cleaner would warn once a second for a whole run (raytrain.cluster).
+    assert importlib.util.find_spec(PLACEMENT_GROUP_CLEANER_LOGGER), "Ray Train moved its cleaner: update the logger name"
+
+    @ray_local.remote(num_cpus=0)
+    def cleaner_level() -> int:
+        return logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).getEffectiveLevel()
+
+    assert ray_local.get(cleaner_level.remote()) == logging.ERROR

@@ -102,7 +102,7 @@ class Config(Strict):
     @model_validator(mode="after")
     def _deepspeed(self):
         if self.model.quantization != "none" and self.train.zero_stage == 3:
-            raise ValueError(f"model.quantization {self.model.quantization} needs train.zero_stage 2 "
+            raise ValueError(f"model.quantization {self.model.quantization} needs train.zero_stage 0 or 2 "
                              "(ZeRO-3 cannot shard bitsandbytes' quantized weights)")
         if self.train.deepspeed_config is not None:
             try:

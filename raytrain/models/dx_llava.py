@@ -429,13 +429,13 @@ class DxLlava(ModelFamily):
     def generation_inputs(self, prompt: Prompt) -> dict[str, torch.Tensor]:
         return {**super().generation_inputs(prompt), "pixel_values": self.normalize(self.pixels([prompt]))}
 
-    def forward(self, model, batch: dict[str, torch.Tensor], *, head: bool = False):
+    def forward(self, model, batch: dict[str, torch.Tensor], *, head: bool = False, keep: int = 0):
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
-                    head_pixel_values=batch["head_pixel_values"] if head else None, use_cache=False)
+                    head_pixel_values=batch["head_pixel_values"] if head else None, use_cache=False, logits_to_keep=keep)
         return out.logits, out.head_logits
 
-    def logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.forward(model, batch)[0]
+    def logits(self, model, batch: dict[str, torch.Tensor], keep: int = 0) -> torch.Tensor:
+        return self.forward(model, batch, keep=keep)[0]
 
     @torch.no_grad()
     def head_probs(self, model, prompts: list[Prompt]) -> list[float]:

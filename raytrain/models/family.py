@@ -146,15 +146,17 @@ class ModelFamily:
         input_ids = torch.tensor(prompt.input_ids, dtype=torch.long).unsqueeze(0)
         return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
-    def logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[B, L, V] logits of a `collate` batch."""
+    def logits(self, model, batch: dict[str, torch.Tensor], keep: int = 0) -> torch.Tensor:
+        """[B, L, V] logits of a `collate` batch; with `keep`, of its last `keep` positions alone ([B, keep, V]:
+        the LM head projects no others)."""
         inputs = {k: v for k, v in batch.items() if k != "response_mask"}
-        return model(**inputs, use_cache=False).logits
+        return model(**inputs, use_cache=False, logits_to_keep=keep).logits
 
-    def forward(self, model, batch: dict[str, torch.Tensor], *, head: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The logits of a `collate` batch and, with `head` on a family with a binary head, the head's [B]
-        logits of fake on the batch's head view, from one forward pass (None otherwise)."""
-        return self.logits(model, batch), None
+    def forward(self, model, batch: dict[str, torch.Tensor], *, head: bool = False,
+                keep: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The logits of a `collate` batch (`keep`: see `logits`) and, with `head` on a family with a binary head,
+        the head's [B] logits of fake on the batch's head view, from one forward pass (None otherwise)."""
+        return self.logits(model, batch, keep), None
 
     def head_probs(self, model, prompts: list[Prompt]) -> list[float]:
         """The binary head's probability of fake for each prompt (`has_head` families only)."""

@@ -126,11 +126,11 @@ class Qwen2_5_VL(Qwen2Text):
             start += count
         return encoded
 
-    def logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def logits(self, model, batch: dict[str, torch.Tensor], keep: int = 0) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k not in ("response_mask", *(pv for pv, _, _ in _PIXELS))}
         if any(pv in batch for pv, _, _ in _PIXELS):
             inputs["mm_encoder_outputs"] = self.encode_media(model, batch)
-        return model(**inputs, use_cache=False).logits
+        return model(**inputs, use_cache=False, logits_to_keep=keep).logits
 
     def vllm_input(self, prompt: Prompt) -> dict:
         """The prompt's tokens (its expanded placeholder run collapsed to one: vLLM expands it again) and

@@ -67,11 +67,11 @@ def micro_batch_loss(cfg: Config, algorithm: Algorithm, family: ModelFamily, eng
     # Through the engine, not its module: DeepSpeed counts micro-batches in its forward, and ZeRO-3
     # accumulates a step's gradients only across the passes it counted.
     head = algorithm.trains_head and family.has_head
-    logp, head_logits = policy_outputs(family, engine, model_inputs, temperature=temperature, head=head)
+    logp, head_logits = policy_outputs(family, engine, model_inputs, temperature=temperature, head=head, responses_only=True)
     ref_logp = None
     if ref_model is not None:
         with torch.no_grad():
-            ref_logp = token_logprobs(family, ref_model, model_inputs, temperature=temperature)
+            ref_logp = token_logprobs(family, ref_model, model_inputs, temperature=temperature, responses_only=True)
     loss, stats = algorithm.loss(cfg.algorithm, logp, ref_logp, batch, num_tokens, num_seqs)
     if head_logits is not None:
         # The binary head's BCE beside the LM loss (DX-LLaVA: LM + 10 x BCE), a mean over the step's rows.

@@ -11,7 +11,7 @@ from raytrain.algos.losses import POLICY_LOSSES, policy_loss
 from raytrain.config.sections import AlgorithmConfig, ModelConfig, TrainConfig
 from raytrain.data.batch import TrainBatch, consecutive_rows, padded_tokens, response_positions, token_budget_rows
 from raytrain.models.loading import load_family, load_policy
-from raytrain.models.logprobs import masked_logprobs, token_logprobs
+from raytrain.models.logprobs import first_response_position, masked_logprobs, token_logprobs
 from raytrain.train.step import micro_batch_groups
 
 
@@ -77,6 +77,30 @@ def _gradient(model, family, parts: list[dict], algo: AlgorithmConfig, num_token
         loss.backward()
         total += float(loss.detach())
     return total, torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+
+
+def test_the_trainer_projects_only_positions_from_the_first_response_token_on(batch, model_and_family):
+    # `responses_only` (the train step's forward): the LM head runs on the positions from the batch's first
+    # response token on, and every response token gets the log-prob the whole-row forward gives it.
+    model, family = model_and_family
+    (inputs,) = batch.micro_batches(len(batch), family.collate)
+    inputs = {k: v for k, v in inputs.items() if k not in ("old_logprobs", "advantages", "loss_mask")}
+    start = first_response_position(inputs["response_mask"])
+    length = inputs["input_ids"].shape[1]
+    assert 0 < start < length - 5  # media prompts: most of each row precedes its response
+    projected = []
+    hook = model.lm_head.register_forward_hook(lambda _, args, __: projected.append(args[0].shape[1]))
+    try:
+        with torch.no_grad():
+            full = token_logprobs(family, model, inputs)
+            tail = token_logprobs(family, model, inputs, responses_only=True)
+    finally:
+        hook.remove()
+    assert projected == [length, length - start + 1]
+    response = inputs["response_mask"].bool()
+    assert tail.shape == full.shape and (tail[:, :start] == 0).all()
+    torch.testing.assert_close(tail[response], full[response], rtol=1e-5, atol=1e-6)
+    assert first_response_position(torch.zeros(2, 7)) == 7
 
 
 @pytest.mark.parametrize("policy_loss, loss_agg", [

@@ -15,7 +15,8 @@ are the project's format, overlong and accuracy functions (`rewards.outcome`) on
   (a mode is the config it sets over the shared one). Dynamic sampling is off: TRL has none, and with it the project would generate more
   groups per step for the same update. Its steady state and per-phase times are those metrics.jsonl
   records per step (rank 0; the phases add up to the step); time to first step runs from `train()`
-  being called (Ray, actors, Train worker, DeepSpeed, the data pipeline) to the first record.
+  being called (Ray, actors, Train worker, DeepSpeed, the data pipeline) to the first record, whose
+  `startup/*` figures say where it went.
 - TRL: `GRPOTrainer` in one process with accelerate on CPU, torch's default threads (2 here), one
   generation and one optimizer step per step (16 completions per device batch); steady state and
   time to first step (from loading the model) come from a callback's step timestamps.
@@ -133,7 +134,8 @@ def run_project(args) -> dict:
     return {"step_s": step_s, "samples_per_s": sum(s["responses"] for s in steady) / len(steady) / step_s,
             "first_step_s": first[0] - t0 if first else float("nan"),
             "phases": {p: sum(s[p] for s in steady) / len(steady) for p in phases},
-            "threads": cfg.train.torch_threads, "sync_bytes": records[-1].get("weight_sync/bytes", 0)}
+            "threads": cfg.train.torch_threads, "sync_bytes": records[-1].get("weight_sync/bytes", 0),
+            "startup": {k.removeprefix("startup/").removesuffix("_s"): v for k, v in records[0].items() if k.startswith("startup/")}}
 
 
 def _train_images(manifest: Path) -> list[tuple[str, str]]:
@@ -334,6 +336,7 @@ def main() -> None:
                       f"= {p['samples_per_s'] / trl['samples_per_s']:.2f}x TRL; first step after {p['first_step_s']:.1f} s "
                       f"= {p['first_step_s'] / trl['first_step_s']:.1f}x TRL's (process {p['wall_s']:.0f} s)")
                 print("  per step: " + ", ".join(f"{k} {v:.3f} s" for k, v in ph.items()))
+                print("  start-up: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in p["startup"].items()))
                 b = bare[threads]
                 print(f"  train phase {ph['train']:.3f} s = {ph['train'] / b['step_s']:.2f}x the bare-torch step "
                       f"({b['step_s']:.3f} s: forward, backward, AdamW on {b['rows']} rows of {b['seq_len']} tokens, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import ray
@@ -39,7 +40,10 @@ def check_placement(cfg: Config) -> None:
 def train(cfg: Config) -> Path:
     """Run (or resume) training; returns the final Hugging Face export folder."""
     cfg = cfg.with_absolute_paths()
+    # Wall-clock marks of the start-up, which the first step's record breaks down (`startup_metrics`).
+    startup = {"started": time.time()}
     check_placement(cfg)
+    startup["ray_ready"] = time.time()
     quiet_ray_data(cfg.run)
     out = cfg.run.output_dir
     storage = out / STORAGE_DIR
@@ -64,10 +68,11 @@ def train(cfg: Config) -> Path:
             cfg.reward, cfg.data.answer_format, tags=tags, judge_restarts=restarts)
     dataset = build_dataset(cfg, rows)
     wait_loaded(rollouts)
+    startup["fit"] = time.time()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.model_dump(mode="json"), "rollout_actors": rollouts, "reward_actor": reward,
-                           "console_bar": use_bar(cfg.run)},
+                           "console_bar": use_bar(cfg.run), "startup": startup},
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,

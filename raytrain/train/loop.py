@@ -31,12 +31,13 @@ from raytrain.observe.trackers import Trackers
 from raytrain.train.algorithms import ALGORITHMS
 from raytrain.train.checkpoint import DEEPSPEED_TAG, STORAGE_DIR, TrainerState, resume_point, save_checkpoint
 from raytrain.train.experience import ActorRollouts, LocalRollouts, PromptFeed, RolloutsAhead
-from raytrain.train.metrics import BAR_SHOWN, SHOWN, keep_records_through, log_metrics, step_metrics, step_text
+from raytrain.train.metrics import BAR_SHOWN, SHOWN, keep_records_through, log_metrics, startup_metrics, step_metrics, step_text
 from raytrain.train.policy_sync import gathered_weights, push_policy, weight_group
 from raytrain.train.step import deepspeed_engine, sum_across_ranks, train_step
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
+    entered = time.time()
     cfg = parse_config(loop_config["config"])
     algorithm = ALGORITHMS[cfg.algorithm.name]
     ctx = ray.train.get_context()
@@ -96,6 +97,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         bar = loop_config["console_bar"]
         progress = Progress(cfg.train.total_steps, "[train] step", bar=bar, remote=True, unit="step", start=state.step)
         gauges, trackers = StepGauges(run_tags(cfg.run, cfg.algorithm)), Trackers(cfg.run, loop_config["config"], state.step)
+    ready = time.time()
     try:
         t_idle_from = None  # end of the previous step's weight sync: its checkpoint and logging are idle time
         while state.step < total_steps:
@@ -144,6 +146,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 metrics["throughput/rollout_tokens_per_s"] = metrics["response_tokens_mean"] * metrics["responses"] / max(t_rollout, 1e-9)
             if algorithm.needs_rollouts:  # 0 when colocated: the engine is the trained module itself
                 metrics["weight_sync/bytes"] = sync_bytes
+            if ready is not None:  # this worker group's first step: where the time to it went
+                metrics.update(startup_metrics(loop_config["startup"], entered, ready, time.time()))
+                ready = None
             if rank == 0:
                 if metrics["step_skipped"] or metrics["passes_dropped"]:
                     say(f"[train] step {state.step}: " + (

@@ -63,6 +63,19 @@ def step_metrics(algorithm: Algorithm, state: TrainerState, stats: dict, global_
     return metrics
 
 
+def startup_metrics(driver: dict[str, float], entered: float, ready: float, stepped: float) -> dict[str, float]:
+    """Where the time to a worker group's first step went, in seconds, from wall-clock marks (`time.time()`:
+    the driver's and rank 0's clocks, one machine's or kept in step by NTP): `driver` holds those of
+    `raytrain.train.launch.train` (`started`, `ray_ready`, `fit`); `entered`, `ready` and `stepped` are when rank 0
+    entered the worker loop, had its policy, DeepSpeed engine and resumed state, and ended its first step."""
+    return {"startup/ray_s": driver["ray_ready"] - driver["started"],  # Ray started or joined, placement checked
+            "startup/actors_and_data_s": driver["fit"] - driver["ray_ready"],  # rollout/reward actors loaded, dataset built
+            "startup/train_workers_s": entered - driver["fit"],  # Ray Train's controller and worker group, process group
+            "startup/model_s": ready - entered,  # policy loaded, DeepSpeed engine, checkpoint resumed, engines synced
+            "startup/first_step_s": stepped - ready,  # the first batch's data, rollouts, rewards and update
+            "startup/total_s": stepped - driver["started"]}
+
+
 def log_metrics(out_dir: Path, metrics: dict) -> dict:
     """Append the step's record, floats rounded, to `metrics.jsonl`; returns that record (what the trackers
     and Ray's metrics get, so every view holds the same numbers)."""

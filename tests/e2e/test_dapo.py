@@ -48,6 +48,11 @@ def test_dapo_trains_syncs_checkpoints_and_resumes(base_config_dict, warm_model_
         assert per_category and set(per_category) <= categories
         assert all(0.0 <= v <= 1.0 for v in per_category.values())
 
+    # The first record says where the time to it went; the phases add up to the whole.
+    phases = [records[0][f"startup/{k}_s"] for k in ("ray", "actors_and_data", "train_workers", "model", "first_step")]
+    assert all(p >= 0 for p in phases) and sum(phases) == pytest.approx(records[0]["startup/total_s"], abs=1e-4)
+    assert records[0]["startup/train_workers_s"] > 0 and not any(k.startswith("startup/") for k in records[1])
+
     # Every training run ends with its curves, an image a person can open.
     with Image.open(Path(cfg.run.output_dir) / "training.png") as image:
         assert image.size[0] > 400 and image.size[1] > 200

@@ -645,7 +645,12 @@ class DXLLaVAConfig(Strict):
 
 class ClusterConfig(Strict):
     num_cpus: int | None = Field(None, gt=0, description="Logical CPUs of the embedded local Ray (ignored when joining a cluster).")
-    dashboard: bool = Field(False, description="Start the dashboard with the embedded Ray (bound to 127.0.0.1).")
+    dashboard: bool = Field(
+        False,
+        description="Start the dashboard with the embedded Ray (bound to 127.0.0.1). Without it Ray Train's placement-group "
+                    "cleaner, which asks the dashboard's state API, is kept from warning once a second (the embedded Ray "
+                    "ends with the job, placement groups and all).",
+    )
     metrics_export_port: int | None = Field(
         None, gt=0, lt=65536,
         description="Port of the embedded Ray's Prometheus metrics endpoint (what `ray start --metrics-export-port` sets "

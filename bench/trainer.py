@@ -15,8 +15,8 @@ are the project's format, overlong and accuracy functions (`rewards.outcome`) on
   (a mode is the config it sets over the shared one). Dynamic sampling is off: TRL has none, and with it the project would generate more
   groups per step for the same update. Its steady state and per-phase times are those metrics.jsonl
   records per step (rank 0; the phases add up to the step); time to first step runs from `train()`
-  being called (Ray, actors, Train worker, DeepSpeed, the data pipeline) to the first record, whose
-  `startup/*` figures say where it went.
+  being called (Ray, actors, Train worker, DeepSpeed, the data pipeline) to the end of the first step:
+  `startup/total_s` of the first record, whose other `startup/*` figures say where it went.
 - TRL: `GRPOTrainer` in one process with accelerate on CPU, torch's default threads (2 here), one
   generation and one optimizer step per step (16 completions per device batch); steady state and
   time to first step (from loading the model) come from a callback's step timestamps.
@@ -40,7 +40,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -102,22 +101,9 @@ def run_project(args) -> dict:
     out = Path(args.work) / f"project-{Path(args.model_dir).name}-{args.mode}"  # a run of its own: nothing to resume
     cfg = parse_config(project_config(Path(args.model_dir), Path(args.manifest), out, args.steps, args.mode))
     metrics = out / "metrics.jsonl"
-    first: list[float] = []
-    done = threading.Event()
-
-    def watch():  # the first record's arrival: the end of the first step as a user sees it
-        while not done.is_set() and not first:
-            if metrics.is_file() and metrics.stat().st_size:
-                first.append(time.perf_counter())
-            time.sleep(0.02)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    t0 = time.perf_counter()
-    watcher.start()
     try:
         train(cfg)
     finally:
-        done.set()
         import ray
 
         ray.shutdown()
@@ -132,7 +118,8 @@ def run_project(args) -> dict:
     steady = steps[args.skip:]
     step_s = sum(sum(s[p] for p in phases) for s in steady) / len(steady)
     return {"step_s": step_s, "samples_per_s": sum(s["responses"] for s in steady) / len(steady) / step_s,
-            "first_step_s": first[0] - t0 if first else float("nan"),
+            # The first record's own breakdown of the time from `train()` being called to the end of its step.
+            "first_step_s": records[0]["startup/total_s"],
             "phases": {p: sum(s[p] for s in steady) / len(steady) for p in phases},
             "threads": cfg.train.torch_threads, "sync_bytes": records[-1].get("weight_sync/bytes", 0),
             "startup": {k.removeprefix("startup/").removesuffix("_s"): v for k, v in records[0].items() if k.startswith("startup/")}}
